@@ -1,0 +1,148 @@
+"""The engine and sessions: one SQLite file in WAL mode, safe to share between threads and processes.
+
+`make_engine(path)` checks the file's schema version *before* anything can write to it: a database
+written by a newer dinf is refused with `SchemaTooNew` and left byte-for-byte as it was. Then it
+turns on WAL (readers never block the writer), a generous busy timeout, and creates missing tables.
+
+Write transactions start with `BEGIN IMMEDIATE` (`write_session`): the poller thread and the UI
+then queue for the write lock instead of failing with "database is locked" when a deferred
+read transaction tries to upgrade after the other side committed.
+
+It deliberately holds no queries (`storage.repo`) and no table definitions (`storage.models`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from storage import models
+from storage.models import SCHEMA_VERSION, SchemaVersion
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long a writer waits for another one before giving up (the poller's writes take milliseconds)."""
+
+DINF_VERSION = "0.1.0"
+
+
+class DatabaseError(RuntimeError):
+    """The database file cannot be used; the message says why and what to do."""
+
+
+class SchemaTooNew(DatabaseError):
+    """The file was written by a newer dinf; it is refused and left untouched."""
+
+
+def read_schema_version(path: Path) -> int | None:
+    """The version recorded in an existing file, read without writing a byte; None if unversioned."""
+    # With no -wal file beside it the main file is complete, and immutable=1 reads it without
+    # creating -wal/-shm files; otherwise another process has it open and WAL must be honoured.
+    wal_in_use = Path(f"{path}-wal").exists()
+    uri = f"file:{quote(path.resolve().as_posix())}?" + ("mode=ro" if wal_in_use else "immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    try:
+        try:
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"{path} is not a dinf database (SQLite says: {exc})") from exc
+        if not has_table:
+            return None
+        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+        return None if row is None else int(row[0])
+    finally:
+        conn.close()
+
+
+def _check_version(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    version = read_schema_version(path)
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database {path} has schema version {version}, but this dinf ({DINF_VERSION}) knows "
+            f"schema {SCHEMA_VERSION}. It was written by a newer dinf; upgrade dinf, or point "
+            "DINF_DB at another file. The file was not modified."
+        )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy's "begin" hook below issue BEGIN itself, instead of pysqlite's implicit one.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # noqa: ANN001 - SQLAlchemy Connection
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(path: Path | str) -> Engine:
+    """An engine for the database at `path` (created with its parent directory if missing).
+
+    Raises SchemaTooNew for a file from a newer dinf, DatabaseError for a file that isn't a database.
+    """
+    path = Path(path).expanduser()
+    _check_version(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        f"sqlite:///{path}",
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+    )
+    _configure_sqlite(engine)
+    with engine.connect() as conn:
+        # journal_mode can't change inside a transaction; run it on the raw connection.
+        raw = conn.connection.dbapi_connection
+        mode = raw.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise DatabaseError(f"cannot turn on WAL mode for {path} (got {mode!r}); is it on a network disk?")
+        raw.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a power cut loses at most the last commit
+    _create_schema(engine)
+    return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    assert models.Run.__tablename__  # the import registers every table before create_all
+    with write_session(engine) as session:
+        SQLModel.metadata.create_all(session.connection())
+        row = session.get(SchemaVersion, 1)
+        if row is None:
+            session.add(SchemaVersion(id=1, version=SCHEMA_VERSION, written_by=DINF_VERSION))
+        elif row.version > SCHEMA_VERSION:  # another process upgraded it between our check and now
+            raise SchemaTooNew(f"database schema version {row.version} is newer than {SCHEMA_VERSION}")
+        session.commit()
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transactions take the write lock up front (BEGIN IMMEDIATE)."""
+    with Session(engine.execution_options(sqlite_immediate=True), expire_on_commit=False) as session:
+        yield session
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads; it sees one consistent snapshot per transaction."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+def schema_version(engine: Engine) -> int:
+    with read_session(engine) as session:
+        return session.exec(select(SchemaVersion.version)).one()

@@ -1,0 +1,329 @@
+"""Ingest a worker's result bundle (result.json, completions.jsonl, comparison.json) into the database.
+
+Idempotent: every row has a natural key under a unique constraint (run + batch size, measurement +
+rank, run + batch size + request index, ...) and is written with an upsert, so ingesting the same
+bundle twice, or a bundle of a run the poller already ingested, leaves one copy of everything.
+A bundle ingested without a run (`dinf ingest DIR`) is found again by the sha256 of its result.json.
+
+It parses with `worker.contract.read_result` (which refuses other schema versions) and checks the
+fields it stores, naming the one at fault. It does not fetch anything from a cluster (the service
+layer does) and never commits: the caller's transaction makes an ingestion all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from storage import repo
+from storage.models import (
+    IMPORTED,
+    STAT_COLUMNS,
+    STAT_PARTS,
+    Completion,
+    CorrectnessResult,
+    Measurement,
+    RankStat,
+    Run,
+    RunRank,
+)
+from worker import contract
+
+
+class IngestError(ValueError):
+    """The bundle can't be ingested; the message names the file and field at fault."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    run_id: int
+    created_run: bool
+    measurements: int
+    completions: int
+    correctness: int
+
+
+def bundle_digest(result_path: Path) -> str:
+    return hashlib.sha256(result_path.read_bytes()).hexdigest()
+
+
+def ingest_bundle(*, session: Session, bundle_dir: Path, run: Run | None = None) -> IngestReport:
+    """Store the bundle in `bundle_dir` under `run` (or under an IMPORTED run made for it)."""
+    bundle_dir = Path(bundle_dir)
+    result_path = bundle_dir / contract.RESULT_FILE
+    if not result_path.is_file():
+        raise IngestError(f"{bundle_dir}: no {contract.RESULT_FILE} here; is this a dinf run's output directory?")
+    try:
+        result = contract.read_result(result_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(f"{result_path}: {exc}") from exc
+    digest = bundle_digest(result_path)
+
+    created = False
+    if run is None:
+        run = session.exec(select(Run).where(Run.bundle_digest == digest)).first()
+    if run is None:
+        run = _imported_run(session=session, result=result, digest=digest, bundle_dir=bundle_dir)
+        created = True
+    elif run.bundle_digest not in (None, digest):
+        other = session.exec(select(Run).where(Run.bundle_digest == digest)).first()
+        if other is not None and other.id != run.id:
+            raise IngestError(f"{result_path} is already stored as run {other.id} ({other.uid})")
+
+    measurements = _store_measurements(session=session, run=run, result=result, source=result_path)
+    _store_ranks(session=session, run=run, result=result, source=result_path)
+    completions = _store_completions(session=session, run=run, path=bundle_dir / contract.COMPLETIONS_FILE)
+    correctness = _store_correctness(session=session, run=run, path=bundle_dir / contract.COMPARISON_FILE)
+    repo.update_run(
+        session=session,
+        run=run,
+        bundle_digest=digest,
+        load_time_s=_number(result.get("load_time_s"), "load_time_s", result_path),
+        environment_json=json.dumps(result.get("environment") or {}, sort_keys=True),
+        num_gpus=_int(result.get("num_gpus"), "num_gpus", result_path, default=run.num_gpus),
+        local_results_dir=str(bundle_dir.resolve()),
+        ingested_at=time.time(),
+    )
+    return IngestReport(
+        run_id=run.id, created_run=created, measurements=measurements, completions=completions,
+        correctness=correctness,
+    )
+
+
+# --- pieces -----------------------------------------------------------------------------------
+
+
+def _imported_run(*, session: Session, result: dict, digest: str, bundle_dir: Path) -> Run:
+    spec = result.get("spec") if isinstance(result.get("spec"), dict) else {}
+    name = str(result.get("run_name") or spec.get("run_name") or bundle_dir.name)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "run"
+    cluster = repo.get_or_create_cluster(session=session, name="imported", backend="imported")
+    world_size = result.get("world_size")
+    run = repo.create_run(
+        session=session,
+        uid=f"{slug[:40]}-{digest[:10]}",
+        name=name,
+        mode=str(spec.get("mode", "?")),
+        spec=spec,
+        num_ranks=world_size if isinstance(world_size, int) else 1,
+        cluster_id=cluster.id,
+        state=IMPORTED,
+    )
+    repo.update_run(session=session, run=run, finished_at=run.created_at)
+    return run
+
+
+def _store_measurements(*, session: Session, run: Run, result: dict, source: Path) -> int:
+    records = result.get("measurements")
+    if not isinstance(records, list):
+        raise IngestError(f"{source}: 'measurements' must be a list")
+    load_time = _number(result.get("load_time_s"), "load_time_s", source)
+    num_gpus = result.get("num_gpus")
+    for i, record in enumerate(records):
+        where = f"measurements[{i}]"
+        if not isinstance(record, dict):
+            raise IngestError(f"{source}: {where} must be an object")
+        values: dict[str, Any] = {
+            "run_id": run.id,
+            "batch_size": _int(record.get("batch_size"), f"{where}.batch_size", source, required=True),
+            "num_requests": _int(record.get("num_requests"), f"{where}.num_requests", source),
+            "max_new_tokens": _int(record.get("max_new_tokens"), f"{where}.max_new_tokens", source),
+            "prompt_tokens": _int(record.get("prompt_tokens"), f"{where}.prompt_tokens", source),
+            "output_tokens": _int(record.get("output_tokens"), f"{where}.output_tokens", source),
+            "repeats": _int(record.get("repeats"), f"{where}.repeats", source),
+            "num_gpus": num_gpus if isinstance(num_gpus, int) else None,
+            "load_time_s": load_time,
+            "wall_s_json": json.dumps(record.get("wall_s") or []),
+            "prefill_s_json": json.dumps(record.get("prefill_s") or []),
+            "raw_json": json.dumps(record, sort_keys=True),
+        }
+        for key in ("decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
+                    "per_gpu_output_tok_s"):
+            values[key] = _number(record.get(key), f"{where}.{key}", source)
+        for field, prefix in STAT_COLUMNS.items():
+            stat = record.get(field)
+            if stat is None:
+                continue
+            if not isinstance(stat, dict):
+                raise IngestError(f"{source}: {where}.{field} must be a Stat object (n, median, p90, mean, ci95)")
+            for part, suffix in STAT_PARTS.items():
+                convert = _int if part == "n" else _number
+                values[f"{prefix}_{suffix}"] = convert(stat.get(part), f"{where}.{field}.{part}", source)
+        measurement_id = repo.upsert(session=session, model=Measurement, values=values, keys=("run_id", "batch_size"))
+        _store_rank_stats(session=session, measurement_id=measurement_id, record=record, where=where, source=source)
+    return len(records)
+
+
+def _store_rank_stats(*, session: Session, measurement_id: int, record: dict, where: str, source: Path) -> None:
+    per_rank = record.get("per_rank") or []
+    if not isinstance(per_rank, list):
+        raise IngestError(f"{source}: {where}.per_rank must be a list")
+    for j, stat in enumerate(per_rank):
+        at = f"{where}.per_rank[{j}]"
+        if not isinstance(stat, dict):
+            raise IngestError(f"{source}: {at} must be an object")
+        values: dict[str, Any] = {
+            "measurement_id": measurement_id,
+            "rank": _int(stat.get("rank"), f"{at}.rank", source, required=True),
+        }
+        for key in ("peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes"):
+            values[key] = _int(stat.get(key), f"{at}.{key}", source)
+        for key in ("compute_s", "comm_s", "idle_s", "bubble_pct", "exposed_comm_pct"):
+            values[key] = _number(stat.get(key), f"{at}.{key}", source)
+        repo.upsert(session=session, model=RankStat, values=values, keys=("measurement_id", "rank"))
+
+
+def _store_ranks(*, session: Session, run: Run, result: dict, source: Path) -> None:
+    ranks = result.get("ranks") or []
+    if not isinstance(ranks, list):
+        raise IngestError(f"{source}: 'ranks' must be a list")
+    for j, info in enumerate(ranks):
+        at = f"ranks[{j}]"
+        if not isinstance(info, dict):
+            raise IngestError(f"{source}: {at} must be an object")
+        layers = info.get("layers")
+        first, last = (layers if isinstance(layers, list) and len(layers) == 2 else (None, None))
+        values = {
+            "run_id": run.id,
+            "rank": _int(info.get("rank"), f"{at}.rank", source, required=True),
+            "host": None if info.get("host") is None else str(info.get("host")),
+            "device": None if info.get("device") is None else str(info.get("device")),
+            "stage": _int(info.get("stage"), f"{at}.stage", source),
+            "first_layer": _int(first, f"{at}.layers[0]", source),
+            "last_layer_exclusive": _int(last, f"{at}.layers[1]", source),
+            "param_bytes": _int(info.get("param_bytes"), f"{at}.param_bytes", source),
+            "load_time_s": _number(info.get("load_time_s"), f"{at}.load_time_s", source),
+        }
+        repo.upsert(session=session, model=RunRank, values=values, keys=("run_id", "rank"))
+
+
+def _store_completions(*, session: Session, run: Run, path: Path) -> int:
+    if not path.is_file():
+        return 0
+    count = 0
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"{path}:{lineno}: not JSON ({exc})") from exc
+        if not isinstance(record, dict):
+            raise IngestError(f"{path}:{lineno}: must be an object")
+        values = {
+            "run_id": run.id,
+            "batch_size": _int(record.get("batch_size"), "batch_size", path, required=True, line=lineno),
+            "index": _int(record.get("index"), "index", path, required=True, line=lineno),
+            "prompt": str(record.get("prompt") or ""),
+            "text": str(record.get("text") or ""),
+            "prompt_ids_json": json.dumps(record.get("prompt_ids") or []),
+            "output_ids_json": json.dumps(record.get("output_ids") or []),
+            "topk_ids_json": json.dumps(record.get("topk_ids") or []),
+        }
+        repo.upsert(session=session, model=Completion, values=values, keys=("run_id", "batch_size", "index"))
+        count += 1
+    return count
+
+
+def _store_correctness(*, session: Session, run: Run, path: Path) -> int:
+    """comparison.json: one summary, or a list of them per batch size (`per_batch_size`)."""
+    if not path.is_file():
+        return 0
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise IngestError(f"{path}: must be a JSON object")
+    sections = data.get("per_batch_size")
+    if sections is None:
+        sections = [data]
+    if not isinstance(sections, list):
+        raise IngestError(f"{path}: 'per_batch_size' must be a list")
+    for i, section in enumerate(sections):
+        if not isinstance(section, dict):
+            raise IngestError(f"{path}: per_batch_size[{i}] must be an object")
+        summary = summarise_comparison(section)
+        batch_size = section.get("batch_size")
+        values = {
+            "run_id": run.id,
+            "batch_size": batch_size if isinstance(batch_size, int) else -1,
+            "reference": _text(section.get("reference", data.get("reference"))),
+            **summary,
+            "raw_json": json.dumps(section, sort_keys=True),
+        }
+        repo.upsert(session=session, model=CorrectnessResult, values=values, keys=("run_id", "batch_size"))
+    return len(sections)
+
+
+def summarise_comparison(section: dict) -> dict[str, Any]:
+    """Exact-match and top-k agreement from per-prompt records, or the summary fields given."""
+    prompts = section.get("prompts")
+    first_divergences: list[int | None] = []
+    num_exact = section.get("num_exact")
+    topk_rate = section.get("topk_agreement_rate")
+    if isinstance(prompts, list) and prompts:
+        diverged_topk: list[bool] = []
+        for record in prompts:
+            if not isinstance(record, dict):
+                continue
+            first = record.get("first_divergence")
+            first_divergences.append(first if isinstance(first, int) else None)
+            if first is not None:
+                within = record.get("within_topk", record.get("topk_ok"))
+                if isinstance(within, bool):
+                    diverged_topk.append(within)
+        if num_exact is None:
+            num_exact = sum(1 for first in first_divergences if first is None)
+        if topk_rate is None and diverged_topk:
+            topk_rate = sum(diverged_topk) / len(diverged_topk)
+    num_prompts = section.get("num_prompts", len(first_divergences) or None)
+    rate = section.get("exact_match_rate")
+    if rate is None and isinstance(num_exact, int) and isinstance(num_prompts, int) and num_prompts:
+        rate = num_exact / num_prompts
+    return {
+        "num_prompts": num_prompts if isinstance(num_prompts, int) else None,
+        "num_exact": num_exact if isinstance(num_exact, int) else None,
+        "exact_match_rate": float(rate) if isinstance(rate, (int, float)) else None,
+        "first_divergences_json": json.dumps(first_divergences),
+        "topk_agreement_rate": float(topk_rate) if isinstance(topk_rate, (int, float)) else None,
+    }
+
+
+# --- field checks -----------------------------------------------------------------------------
+
+
+def _where(source: Path, field: str, line: int | None) -> str:
+    return f"{source}:{line}: {field}" if line is not None else f"{source}: {field}"
+
+
+def _int(value: Any, field: str, source: Path, *, required: bool = False, default: int | None = None,
+         line: int | None = None) -> int | None:
+    if value is None:
+        if required:
+            raise IngestError(f"{_where(source, field, line)} is missing")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise IngestError(f"{_where(source, field, line)} must be an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, field: str, source: Path) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise IngestError(f"{source}: {field} must be a number, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None  # SQLite has no NaN; "no value" is honest
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

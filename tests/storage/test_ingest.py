@@ -1,0 +1,135 @@
+"""Ingesting result bundles: every field lands in its column, and re-ingesting adds nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlmodel import func, select
+
+from storage import repo
+from storage.db import read_session, write_session
+from storage.ingest import IngestError, ingest_bundle
+from storage.models import (
+    IMPORTED,
+    Completion,
+    CorrectnessResult,
+    Measurement,
+    RankStat,
+    Run,
+    RunRank,
+)
+
+TABLES = (Run, Measurement, RankStat, RunRank, Completion, CorrectnessResult)
+
+
+def row_counts(engine) -> dict[str, int]:
+    with read_session(engine) as session:
+        return {t.__name__: session.exec(select(func.count()).select_from(t)).one() for t in TABLES}
+
+
+def ingest(engine, bundle: Path, run_id: int | None = None):
+    with write_session(engine) as session:
+        run = None if run_id is None else repo.get_run(session=session, run_id=run_id)
+        report = ingest_bundle(session=session, bundle_dir=bundle, run=run)
+        session.commit()
+        return report
+
+
+def test_fields_land_in_columns(engine, bundle_dir):
+    report = ingest(engine, bundle_dir)
+    assert report.created_run and report.measurements == 2 and report.completions == 4
+    result = json.loads((bundle_dir / "result.json").read_text())
+    with read_session(engine) as session:
+        run = repo.get_run(session=session, run_id=report.run_id)
+        assert run.state == IMPORTED and run.mode == "pp" and run.num_ranks == 2 and run.num_gpus == 2
+        assert run.load_time_s == result["load_time_s"]
+        rows = repo.measurements_for_runs(session=session, run_ids=[run.id])
+        assert [m.batch_size for m in rows] == [1, 2]
+        for row, record in zip(rows, result["measurements"]):
+            for field, prefix in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("itl_s", "itl"), ("e2e_s", "e2e"),
+                                  ("prefill_latency_s", "prefill")):
+                stat = record[field]
+                assert getattr(row, f"{prefix}_median_s") == stat["median"]
+                assert getattr(row, f"{prefix}_p90_s") == stat["p90"]
+                assert getattr(row, f"{prefix}_mean_s") == stat["mean"]
+                assert getattr(row, f"{prefix}_ci95_s") == stat["ci95"]
+                assert getattr(row, f"{prefix}_n") == stat["n"]
+            for key in ("decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
+                        "per_gpu_output_tok_s", "prompt_tokens", "output_tokens", "repeats"):
+                assert getattr(row, key) == record[key]
+            assert json.loads(row.wall_s_json) == record["wall_s"]
+            assert json.loads(row.raw_json) == record
+            assert row.load_time_s == result["load_time_s"]
+        stats = repo.rank_stats_for_measurements(session=session, measurement_ids=[m.id for m in rows])
+        assert len(stats) == 4
+        first = result["measurements"][0]["per_rank"][1]
+        assert (stats[1].rank, stats[1].peak_rss_bytes, stats[1].bubble_pct) == (
+            1, first["peak_rss_bytes"], first["bubble_pct"])
+        ranks = repo.ranks_for_run(session=session, run_id=run.id)
+        assert [(r.rank, r.first_layer, r.last_layer_exclusive) for r in ranks] == [(0, 0, 2), (1, 2, 4)]
+        completions = repo.completions_for_run(session=session, run_id=run.id, batch_size=2)
+        assert [c.index for c in completions] == [0, 1]
+        assert json.loads(completions[0].output_ids_json) == [11, 12, 13, 14]
+        correctness = repo.correctness_for_runs(session=session, run_ids=[run.id])
+        assert [(c.batch_size, c.num_prompts, c.num_exact, c.exact_match_rate) for c in correctness] == [
+            (1, 2, 1, 0.5), (2, 2, 1, 0.5)]
+        assert json.loads(correctness[0].first_divergences_json) == [None, 3]
+        assert correctness[0].topk_agreement_rate == 1.0
+        assert correctness[0].reference == "fixture-single"
+
+
+def test_reingest_adds_nothing(engine, bundle_dir):
+    first = ingest(engine, bundle_dir)
+    counts = row_counts(engine)
+    second = ingest(engine, bundle_dir)
+    assert second.run_id == first.run_id and not second.created_run
+    assert row_counts(engine) == counts
+
+
+def test_reingest_into_submitted_run_updates_in_place(engine, bundle_dir, tmp_path):
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="r-1", name="r", mode="pp", spec={}, num_ranks=2)
+        session.commit()
+        run_id = run.id
+    ingest(engine, bundle_dir, run_id)
+    counts = row_counts(engine)
+    # The same run's results fetched again, with one number changed: updated, not duplicated.
+    changed = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, changed)
+    result = json.loads((changed / "result.json").read_text())
+    result["measurements"][0]["output_throughput_tok_s"] = 99.5
+    (changed / "result.json").write_text(json.dumps(result))
+    ingest(engine, changed, run_id)
+    assert row_counts(engine) == counts
+    with read_session(engine) as session:
+        rows = repo.measurements_for_runs(session=session, run_ids=[run_id])
+        assert rows[0].output_throughput_tok_s == 99.5
+
+
+def test_bad_bundle_names_field_and_writes_nothing(engine, bundle_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    result = json.loads((broken / "result.json").read_text())
+    result["measurements"][1]["ttft_s"]["median"] = "fast"
+    (broken / "result.json").write_text(json.dumps(result))
+    with pytest.raises(IngestError, match=r"measurements\[1\]\.ttft_s\.median must be a number"):
+        ingest(engine, broken)
+    assert all(count == 0 for count in row_counts(engine).values())
+
+
+def test_other_schema_version_refused(engine, bundle_dir, tmp_path):
+    newer = tmp_path / "newer"
+    shutil.copytree(bundle_dir, newer)
+    result = json.loads((newer / "result.json").read_text())
+    result["schema_version"] = 99
+    (newer / "result.json").write_text(json.dumps(result))
+    with pytest.raises(IngestError, match="schema version 99"):
+        ingest(engine, newer)
+
+
+def test_missing_result_file(engine, tmp_path):
+    with pytest.raises(IngestError, match="no result.json"):
+        ingest(engine, tmp_path)

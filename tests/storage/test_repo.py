@@ -1,0 +1,102 @@
+"""Repository functions over a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from remote.cluster import TERMINAL_STATES
+from storage import repo
+from storage.db import read_session, write_session
+from storage.models import FINISHED_STATES, IMPORTED, SUBMIT_FAILED
+
+
+def test_finished_states_match_the_scheduler_terminal_states():
+    assert FINISHED_STATES - {SUBMIT_FAILED, IMPORTED} == {s.value for s in TERMINAL_STATES}
+
+
+def test_state_history_and_timestamps(engine):
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="u1", name="n", mode="pp", spec={"mode": "pp"}, at=100.0)
+        assert repo.record_state(session=session, run=run, state="PENDING", reason="Priority", at=101.0)
+        assert not repo.record_state(session=session, run=run, state="PENDING", reason="Priority", at=102.0)
+        assert repo.record_state(session=session, run=run, state="RUNNING", at=103.0)
+        assert repo.record_state(session=session, run=run, state="COMPLETED", at=110.0)
+        # a stale poll arriving late cannot revive a finished run
+        assert not repo.record_state(session=session, run=run, state="RUNNING", at=111.0)
+        session.commit()
+        run_id = run.id
+    with read_session(engine) as session:
+        run = repo.get_run(session=session, run_id=run_id)
+        assert (run.state, run.started_at, run.finished_at) == ("COMPLETED", 103.0, 110.0)
+        history = repo.state_history(session=session, run_id=run_id)
+        assert [(h.state, h.reason, h.at) for h in history] == [
+            ("DRAFT", None, 100.0), ("PENDING", "Priority", 101.0), ("RUNNING", None, 103.0),
+            ("COMPLETED", None, 110.0)]
+
+
+def test_list_runs_filters(engine):
+    with write_session(engine) as session:
+        exp = repo.create_experiment(session=session, name="sweep", kind="batch_sweep", parameters={"b": [1, 2]})
+        local = repo.get_or_create_cluster(session=session, name="local", backend="local")
+        assert repo.get_or_create_cluster(session=session, name="local", backend="local").id == local.id
+        a = repo.create_run(session=session, uid="a", name="a", mode="pp", spec={}, experiment_id=exp.id,
+                            cluster_id=local.id)
+        b = repo.create_run(session=session, uid="b", name="b", mode="tp", spec={})
+        repo.record_state(session=session, run=b, state="FAILED")
+        session.commit()
+        ids = (a.id, b.id, exp.id, local.id)
+    with read_session(engine) as session:
+        a_id, b_id, exp_id, local_id = ids
+        assert [r.id for r in repo.list_runs(session=session)] == [a_id, b_id]
+        assert [r.id for r in repo.list_runs(session=session, experiment_id=exp_id)] == [a_id]
+        assert [r.id for r in repo.list_runs(session=session, cluster_id=local_id)] == [a_id]
+        assert [r.id for r in repo.list_runs(session=session, unfinished=True)] == [a_id]
+        assert [r.id for r in repo.list_runs(session=session, states=["FAILED"])] == [b_id]
+        assert [r.id for r in repo.list_runs(session=session, run_ids=[b_id])] == [b_id]
+        assert json.loads(repo.get_experiment(session=session, experiment_id=exp_id).parameters_json) == {"b": [1, 2]}
+
+
+def test_find_run_by_id_uid_prefix_and_name(engine):
+    with write_session(engine) as session:
+        one = repo.create_run(session=session, uid="demo-abc123", name="alpha", mode="pp", spec={})
+        repo.create_run(session=session, uid="demo-abd999", name="beta", mode="pp", spec={})
+        session.commit()
+    with read_session(engine) as session:
+        assert repo.find_run(session=session, ref=str(one.id)).uid == "demo-abc123"
+        assert repo.find_run(session=session, ref="demo-abc123").id == one.id
+        assert repo.find_run(session=session, ref="demo-abc").id == one.id
+        assert repo.find_run(session=session, ref="alpha").id == one.id
+        with pytest.raises(repo.RunNotFound, match="several runs"):
+            repo.find_run(session=session, ref="demo-ab")
+        with pytest.raises(repo.RunNotFound, match="no run 'nope'"):
+            repo.find_run(session=session, ref="nope")
+        # LIKE wildcards in the reference are literal
+        with pytest.raises(repo.RunNotFound):
+            repo.find_run(session=session, ref="demo-%")
+
+
+def test_update_run_rejects_unknown_column(engine):
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="x", name="x", mode="pp", spec={})
+        with pytest.raises(AttributeError, match="no column 'jobid'"):
+            repo.update_run(session=session, run=run, jobid="1")
+
+
+def test_job_ids_and_accounting_upsert(engine):
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="x", name="x", mode="pp", spec={})
+        repo.add_job_id(session=session, run=run, job_id="41")
+        repo.add_job_id(session=session, run=run, job_id="42")
+        repo.add_job_id(session=session, run=run, job_id="42")
+        repo.record_accounting(session=session, run_id=run.id, job_id="42", fields={"State": "RUNNING"})
+        repo.record_accounting(session=session, run_id=run.id, job_id="42",
+                               fields={"State": "COMPLETED", "Elapsed": "00:00:07", "MaxRSS": "300M"})
+        session.commit()
+        run_id = run.id
+    with read_session(engine) as session:
+        run = repo.get_run(session=session, run_id=run_id)
+        assert (run.job_id, json.loads(run.job_ids_json)) == ("42", ["41", "42"])
+        rows = repo.accounting_for_run(session=session, run_id=run_id)
+        assert [(r.job_id, r.state, r.elapsed, r.max_rss) for r in rows] == [("42", "COMPLETED", "00:00:07", "300M")]
