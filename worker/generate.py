@@ -1,0 +1,350 @@
+"""Greedy decoding over stages: in one process, as a point-to-point pipeline, or on an HF model.
+
+* `generate_local` runs a list of stages one after another in this process: `single` and `dp` (one
+  stage holding the whole model), `tp` (the DeepSpeed-sharded HF model wrapped as a stage), and the
+  in-process pipeline the unit tests use.
+* `generate_pipeline` is the `pp` loop: one stage per rank, hand-written `torch.distributed`
+  point-to-point messages, M micro-batches in flight so stages overlap, the last stage sending each
+  step's next tokens back to stage 0. Sends are `isend`s kept alive until complete (blocking sends
+  could deadlock once stage 0 sends micro-batch 1 while the last stage sends tokens of micro-batch 0).
+
+Messages: stage s -> s+1 a header int64[4] = (micro_batch, step, seq_len, stop) then hidden
+[B_mb, seq_len, H]; last stage -> stage 0 int64[B_mb + 1] = next token per row + a "done" flag.
+Stop headers go to middle stages only (the last stage decides "done" itself).
+
+Tokens are picked as `generate(do_sample=False)` picks them: argmax of fp32 last-position logits, eos
+forbidden while fewer than min_new_tokens exist (here min = max when ignore_eos), rows that finished
+emit the pad id. Token ids stay on the device until the batch ends: no per-token host sync beyond what
+early stopping needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.model import SeqState
+from worker.tokenizer import PaddedBatch, micro_batch_bounds
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produced: per row, its generated ids, top-k ids and token times."""
+
+    indices: list[int]
+    output_ids: list[list[int]]
+    topk_ids: list[list[list[int]]]
+    token_times_s: list[list[float]]  # per row, seconds since the batch started, one per generated token
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class StepClock:
+    """Token timestamps since a start mark; CUDA events on GPU so marking never syncs the host."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._start = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start_ns = _now_ns()
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return _now_ns()
+
+    def seconds(self, marks: list) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [self._start.elapsed_time(e) / 1e3 for e in marks]
+        return [(m - self._start_ns) / 1e9 for m in marks]
+
+
+def _now_ns() -> int:
+    return time.perf_counter_ns()
+
+
+class Picker:
+    """Greedy choice of the next token, mirroring HF generate's logits processors and eos handling."""
+
+    def __init__(self, eos_id: int, pad_id: int, suppress_eos: bool, top_k: int):
+        self.eos_id, self.pad_id, self.suppress_eos, self.top_k = eos_id, pad_id, suppress_eos, top_k
+
+    def __call__(self, logits: torch.Tensor, finished: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # logits: [B, V] fp32; finished: [B] bool. Returns next ids [B] and top-k ids [B, k].
+        if self.suppress_eos:  # MinNewTokensLengthLogitsProcessor
+            logits = logits.clone()
+            logits[:, self.eos_id] = -float("inf")
+        topk = torch.topk(logits, self.top_k, dim=-1).indices
+        next_ids = torch.argmax(logits, dim=-1)
+        next_ids = torch.where(finished, torch.full_like(next_ids, self.pad_id), next_ids)
+        return next_ids, topk
+
+    def update_finished(self, finished: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+        return finished | (next_ids == self.eos_id)
+
+
+class _Recorder:
+    """Collects one micro-batch's tokens on the device and its token times."""
+
+    def __init__(self, rows: int, device: torch.device):
+        self.tokens: list[torch.Tensor] = []
+        self.topk: list[torch.Tensor] = []
+        self.marks: list = []
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
+
+    def finish(self, batch: PaddedBatch, clock: StepClock, picker: Picker) -> BatchOutput:
+        times = clock.seconds(self.marks)
+        tokens = torch.stack(self.tokens, dim=1).tolist()  # [B, steps]
+        topk = torch.stack(self.topk, dim=1).tolist()  # [B, steps, k]
+        out_ids, out_topk, out_times = [], [], []
+        for row in range(len(tokens)):
+            n = len(tokens[row])
+            if picker.eos_id in tokens[row]:
+                n = tokens[row].index(picker.eos_id) + 1  # pad ids after eos are not outputs
+            out_ids.append(tokens[row][:n])
+            out_topk.append(topk[row][:n])
+            out_times.append(times[:n])
+        return BatchOutput(list(batch.indices), out_ids, out_topk, out_times)
+
+
+def merge_outputs(parts: list[BatchOutput]) -> BatchOutput:
+    merged = BatchOutput([], [], [], [])
+    for p in parts:
+        merged.indices += p.indices
+        merged.output_ids += p.output_ids
+        merged.topk_ids += p.topk_ids
+        merged.token_times_s += p.token_times_s
+    return merged
+
+
+@dataclass
+class StageTimer:
+    """Compute and communication time of one rank (only filled when profiling; syncs the device)."""
+
+    enabled: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compute_ns: int = 0
+    comm_ns: int = 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, kind: str, fn: Callable, *args):
+        if not self.enabled:
+            return fn(*args)
+        self._sync()
+        t0 = _now_ns()
+        result = fn(*args)
+        self._sync()
+        elapsed = _now_ns() - t0
+        if kind == "compute":
+            self.compute_ns += elapsed
+        else:
+            self.comm_ns += elapsed
+        return result
+
+
+# --- one process ------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def generate_local(
+    stages: list,
+    batch: PaddedBatch,
+    max_new_tokens: int,
+    picker: Picker,
+    clock: StepClock,
+    timer: StageTimer | None = None,
+) -> BatchOutput:
+    """Greedy decode of one padded batch through `stages` in order (already on the batch's device)."""
+    timer = timer or StageTimer()
+    seq = SeqState(batch.attention_mask, use_mask=batch.padded)
+    caches = [s.new_cache() for s in stages]
+    rec = _Recorder(batch.input_ids.shape[0], batch.input_ids.device)
+    clock.start()
+
+    def forward(x):
+        for stage, cache in zip(stages, caches):
+            x = stage(x, seq, cache)
+        return x
+
+    x = batch.input_ids
+    for step in range(max_new_tokens):
+        logits = timer.timed("compute", forward, x)
+        next_ids, topk = picker(logits, rec.finished)
+        rec.tokens.append(next_ids)
+        rec.topk.append(topk)
+        rec.marks.append(clock.mark())
+        if step == max_new_tokens - 1:
+            break
+        if not picker.suppress_eos:
+            rec.finished = picker.update_finished(rec.finished, next_ids)
+            if bool(rec.finished.all()):
+                break
+        seq.advance()
+        x = next_ids[:, None]
+    return rec.finish(batch, clock, picker)
+
+
+class CausalLMStage(torch.nn.Module):
+    """A whole HF `LlamaForCausalLM` (e.g. sharded by DeepSpeed AutoTP) behind the stage interface."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        params = inspect.signature(type(model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self):
+        from transformers.cache_utils import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def forward(self, x: torch.Tensor, seq: SeqState, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=x,
+            attention_mask=seq.attention_mask,
+            position_ids=seq.position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+
+# --- pipeline over ranks ----------------------------------------------------------------------
+
+
+class _Sends:
+    """isend handles (and their tensors) kept alive until complete."""
+
+    def __init__(self, timer: StageTimer):
+        self.pending: list = []
+        self.timer = timer
+
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        import torch.distributed as dist
+
+        self.pending.append((dist.isend(tensor, dst), tensor))
+        self.pending = [(w, t) for (w, t) in self.pending if not w.is_completed()]
+
+    def drain(self) -> None:
+        for work, _ in self.pending:
+            self.timer.timed("comm", work.wait)
+        self.pending = []
+
+
+def _recv(shape, dtype, device, src: int, timer: StageTimer) -> torch.Tensor:
+    import torch.distributed as dist
+
+    buf = torch.empty(shape, dtype=dtype, device=device)
+    timer.timed("comm", dist.recv, buf, src)
+    return buf
+
+
+@torch.inference_mode()
+def generate_pipeline(
+    stage,
+    stage_index: int,
+    num_stages: int,
+    batch: PaddedBatch,
+    max_new_tokens: int,
+    micro_batches: int,
+    picker: Picker,
+    clock: StepClock,
+    timer: StageTimer,
+) -> BatchOutput | None:
+    """Run one batch through the pipeline; ranks are stage indices. Returns the outputs on the last stage."""
+    device = batch.input_ids.device
+    bounds = micro_batch_bounds(batch.input_ids.shape[0], micro_batches)
+    parts = [batch.rows(a, b) for a, b in bounds]
+    last = num_stages - 1
+    sends = _Sends(timer)
+    clock.start()
+    hidden_size = stage.config.hidden_size
+    hidden_dtype = next(stage.parameters()).dtype
+
+    def new_state(mb: int):
+        return SeqState(parts[mb].attention_mask, use_mask=batch.padded), stage.new_cache()
+
+    def header(mb: int, step: int, seq_len: int, stop: int) -> torch.Tensor:
+        return torch.tensor([mb, step, seq_len, stop], dtype=torch.long, device=device)
+
+    if stage_index == 0:
+        states = [new_state(mb) for mb in range(len(parts))]
+        for mb, part in enumerate(parts):  # prefill every micro-batch: stages overlap from here on
+            seq, cache = states[mb]
+            h = timer.timed("compute", stage, part.input_ids, seq, cache)
+            sends.send(header(mb, 0, part.input_ids.shape[1], 0), 1)
+            sends.send(h.contiguous(), 1)
+        active, step = list(range(len(parts))), [0] * len(parts)
+        while active:
+            for mb in list(active):
+                msg = _recv((len(parts[mb].indices) + 1,), torch.long, device, last, timer)
+                step[mb] += 1
+                if int(msg[-1]) == 1:
+                    active.remove(mb)
+                    if num_stages > 2:
+                        sends.send(header(mb, step[mb], 0, 1), 1)
+                    continue
+                seq, cache = states[mb]
+                seq.advance()
+                h = timer.timed("compute", stage, msg[:-1, None], seq, cache)
+                sends.send(header(mb, step[mb], 1, 0), 1)
+                sends.send(h.contiguous(), 1)
+        sends.drain()
+        return None
+
+    states: dict[int, tuple] = {}
+    recorders = [_Recorder(len(p.indices), device) for p in parts]
+    remaining = len(parts)
+    while remaining:
+        mb, step, seq_len, stop = _recv((4,), torch.long, device, stage_index - 1, timer).tolist()
+        if stop:
+            remaining -= 1
+            if stage_index + 1 < last:
+                sends.send(header(mb, step, 0, 1), stage_index + 1)
+            continue
+        rows = len(parts[mb].indices)
+        h = _recv((rows, seq_len, hidden_size), hidden_dtype, device, stage_index - 1, timer)
+        if step == 0:
+            states[mb] = new_state(mb)
+        else:
+            states[mb][0].advance()
+        seq, cache = states[mb]
+        out = timer.timed("compute", stage, h, seq, cache)
+        if stage_index < last:
+            sends.send(header(mb, step, seq_len, 0), stage_index + 1)
+            sends.send(out.contiguous(), stage_index + 1)
+            continue
+        rec = recorders[mb]
+        next_ids, topk = picker(out, rec.finished)
+        rec.tokens.append(next_ids)
+        rec.topk.append(topk)
+        rec.marks.append(clock.mark())
+        done = len(rec.tokens) == max_new_tokens
+        if not done and not picker.suppress_eos:
+            rec.finished = picker.update_finished(rec.finished, next_ids)
+            done = bool(rec.finished.all())
+        flag = torch.tensor([1 if done else 0], dtype=torch.long, device=device)
+        sends.send(torch.cat([next_ids, flag]), 0)
+        if done:
+            remaining -= 1
+    sends.drain()
+    if stage_index < last:
+        return None
+    return merge_outputs([rec.finish(part, clock, picker) for rec, part in zip(recorders, parts)])

@@ -1,0 +1,419 @@
+"""One worker run: validate, join the group, load this rank's part, measure every batch size, write results.
+
+Order of work (each step an event phase): start -> init (process group) -> load (only this rank's
+stage, then a barrier: the load time) -> per batch size: warmup (untimed passes) and measure (timed
+passes) -> done. Rank 0 writes spec.json, result.json and completions.jsonl; every rank writes its own
+events and log. A bad spec (or a missing/mismatched checkpoint, a missing prompts file, ...) is
+reported field by field before anything is written, and every rank exits 2.
+
+Exit codes (worker.contract): 0 ok, 1 this rank failed, 2 bad spec, 3 a peer rank was lost.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from worker import contract
+from worker.contract import MODEL_CONFIGS, RunSpec, SpecError
+from worker.events import RankEvents
+
+PROMPTS_FILE = Path(__file__).parent / "prompts" / "correctness.jsonl"
+
+
+class PromptsError(ValueError):
+    pass
+
+
+def read_prompts(path: str | os.PathLike | None) -> list[str]:
+    """Prompts of a JSON-lines file of {"prompt": str}; None reads the 20 shipped prompts."""
+    path = Path(path) if path else PROMPTS_FILE
+    if not path.is_file():
+        raise PromptsError(f"{path} does not exist")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptsError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
+            raise PromptsError(f'{path}:{n}: each line must be {{"prompt": "<non-empty text>"}}')
+        prompts.append(record["prompt"])
+    if not prompts:
+        raise PromptsError(f"{path} holds no prompts")
+    return prompts
+
+
+def preflight(spec: RunSpec, world_size: int) -> dict[str, str]:
+    """Every problem that would stop the run, found before any work (spec fields + files + packages)."""
+    problems = spec.problems(world_size)
+    try:
+        read_prompts(spec.prompts_file)
+    except PromptsError as exc:
+        problems["prompts_file"] = str(exc)
+    if spec.model.source == "checkpoint" and spec.model.path:
+        from worker.checkpoint import CheckpointError, check_checkpoint
+
+        try:
+            config = check_checkpoint(spec.model.path)
+        except CheckpointError as exc:
+            problems["model.path"] = str(exc)
+        except Exception as exc:  # an unreadable config.json or weights file
+            problems["model.path"] = f"cannot read the checkpoint in {spec.model.path}: {exc}"
+        else:
+            layers = config.num_hidden_layers
+            stages = spec.pp_size or world_size
+            if spec.mode == "pp" and stages > layers:
+                problems["pp_size"] = f"{stages} pipeline stages but the model has only {layers} layers"
+            if spec.mode == "pp" and spec.pp_layer_split and sum(spec.pp_layer_split) != layers:
+                problems["pp_layer_split"] = f"sums to {sum(spec.pp_layer_split)} but the model has {layers} layers"
+    if spec.mode == "tp" and importlib.util.find_spec("deepspeed") is None:
+        problems["mode"] = "tp needs DeepSpeed, which is not installed here (pip install 'dinf-tui[worker]')"
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        problems["device"] = "cuda was asked for but this node has no usable CUDA device"
+    if spec.mode == "dp" and spec.num_requests is not None and spec.num_requests < world_size:
+        problems["num_requests"] = f"{spec.num_requests} requests cannot feed {world_size} data-parallel replicas"
+    return problems
+
+
+def run(spec: RunSpec, process_start_ns: int | None = None) -> int:
+    from worker import distributed
+
+    start_ns = process_start_ns or time.perf_counter_ns()
+    env = distributed.detect()
+    problems = preflight(spec, env.world_size)
+    if problems:
+        if env.rank == 0:
+            print(f"dinf-worker: {SpecError(problems)}", file=sys.stderr, flush=True)
+        return contract.EXIT_BAD_SPEC
+    events = RankEvents(spec.output_dir, env.rank)
+    events.phase("start", mode=spec.mode, world_size=env.world_size, launcher=env.launcher)
+    try:
+        Job(spec, env, events, start_ns).run()
+    except Exception as exc:  # every failure ends as an error event + a non-zero exit, never a hang
+        if distributed.is_peer_failure(exc):
+            events.error(f"peer rank lost (rank {env.rank} saw: {type(exc).__name__}: {exc})", exc)
+            code = contract.EXIT_PEER_LOST
+        else:
+            events.error(f"rank {env.rank} failed: {type(exc).__name__}: {exc}", exc)
+            code = contract.EXIT_FAILED
+        events.phase("failed", exit_code=code)
+        events.close()
+        return code
+    events.phase("done")
+    events.close()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return contract.EXIT_OK
+
+
+class Job:
+    """The state of one rank during a run."""
+
+    def __init__(self, spec: RunSpec, env, events: RankEvents, start_ns: int):
+        self.spec, self.env, self.events, self.start_ns = spec, env, events, start_ns
+        self.out = Path(spec.output_dir)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _model(self):
+        from worker.checkpoint import CheckpointTensors, SyntheticTensors, llama_config, load_config
+        from worker.tokenizer import load_tokenizer
+
+        m = self.spec.model
+        if m.source == "synthetic":
+            cfg = MODEL_CONFIGS[m.config]
+            config = llama_config(cfg)
+            return config, SyntheticTensors(m.seed, config), load_tokenizer(None, cfg)
+        config = load_config(m.path)
+        cfg = contract.ModelConfig(
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
+            vocab_size=config.vocab_size,
+        )
+        return config, CheckpointTensors(m.path), load_tokenizer(m.path, cfg)
+
+    def _load(self):
+        from worker.checkpoint import DTYPES, load_causal_lm, load_stage
+        from worker.generate import CausalLMStage
+        from worker.model import StagePlan, parameter_bytes
+
+        spec, env = self.spec, self.env
+        dtype = DTYPES[spec.dtype]
+        config, source, tokenizer = self._model()
+        layers = config.num_hidden_layers
+        if spec.mode == "pp":
+            self.num_stages = spec.pp_size or env.world_size
+            plan = StagePlan.for_stage(layers, env.rank, self.num_stages, spec.pp_layer_split)
+            stage = load_stage(config, plan, source, dtype, self.device)
+            info = {"stage": env.rank, "layers": [plan.first_layer, plan.last_layer]}
+        elif spec.mode == "tp":
+            model = load_causal_lm(config, source, dtype)
+            stage = CausalLMStage(self._shard_with_deepspeed(model, dtype))
+            info = {"stage": 0, "layers": [0, layers]}
+        else:
+            stage = load_stage(config, StagePlan.whole(layers), source, dtype, self.device)
+            info = {"stage": 0, "layers": [0, layers]}
+        info["param_bytes"] = parameter_bytes(stage)
+        return config, tokenizer, stage, info
+
+    def _shard_with_deepspeed(self, model, dtype):
+        if self.device.type == "cpu" and "LOCAL_SIZE" not in os.environ:
+            # DeepSpeed's CPU shm all-reduce JIT-compiles for 30-40 s, leaks /dev/shm, and segfaults
+            # without LOCAL_SIZE; plain gloo all-reduce is exact and needs none of that.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=self.backend or "gloo")
+        engine = deepspeed.init_inference(
+            model,
+            tensor_parallel={"tp_size": self.env.world_size},
+            dtype=dtype,
+            replace_with_kernel_inject=False,
+        )
+        module = engine.module
+        module.to(self.device)
+        return module
+
+    # --- the run --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from worker import distributed
+        from worker.metrics import rank_environment
+
+        spec, env, events = self.spec, self.env, self.events
+        events.phase("init")
+        self.device = distributed.pick_device(spec.device, env.local_rank)
+        self.backend = distributed.init(env, self.device, spec.dist_timeout_s)
+        if self.device.type == "cpu" and env.world_size > 1:
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        if env.rank == 0:
+            _write_atomic(self.out / contract.SPEC_FILE, spec.to_json())
+        events.phase("load")
+        t0 = time.perf_counter_ns()
+        self.config, self.tokenizer, self.stage, info = self._load()
+        rank_load_s = (time.perf_counter_ns() - t0) / 1e9
+        distributed.barrier(self.device)
+        load_time_s = (time.perf_counter_ns() - self.start_ns) / 1e9
+        events.log(f"loaded {info['param_bytes'] / 2**20:.1f} MiB of parameters in {rank_load_s:.2f} s")
+        rank_info = {"rank": env.rank, **rank_environment(self.device), **info, "load_time_s": rank_load_s}
+        self.rank_infos = distributed.gather_objects(rank_info, env.world_size)
+        self.prompts = read_prompts(spec.prompts_file)
+
+        measurements, completions = [], []
+        for batch_size in spec.batch_sizes:
+            m, c = self._measure(batch_size)
+            measurements.append(m)
+            completions += c
+        if env.rank == 0:
+            self._write_results(load_time_s, measurements, completions)
+
+    def _requests(self) -> tuple[list[list[int]], list[str], int]:
+        """Token ids of this rank's requests (dp: a contiguous shard), their texts, and the first index."""
+        from worker.tokenizer import encode_prompt
+
+        n = self.spec.num_requests or len(self.prompts)
+        texts = [self.prompts[i % len(self.prompts)] for i in range(n)]
+        ids = [encode_prompt(self.tokenizer, t) for t in texts]
+        if self.spec.mode != "dp":
+            return ids, texts, 0
+        base, extra = divmod(n, self.env.world_size)
+        r = self.env.rank
+        first = r * base + min(r, extra)
+        count = base + (1 if r < extra else 0)
+        return ids[first : first + count], texts, first
+
+    def _generate(self, batch, max_new_tokens: int, timer):
+        from worker.generate import Picker, StepClock, generate_local, generate_pipeline
+
+        picker = Picker(
+            eos_id=self.config.eos_token_id,
+            pad_id=self.config.pad_token_id,
+            suppress_eos=self.spec.ignore_eos,
+            top_k=self.spec.top_k,
+        )
+        clock = StepClock(self.device)
+        if self.spec.mode == "pp" and self.num_stages > 1:
+            return generate_pipeline(
+                self.stage, self.env.rank, self.num_stages, batch, max_new_tokens,
+                self.spec.micro_batches, picker, clock, timer,
+            )
+        return generate_local([self.stage], batch, max_new_tokens, picker, clock, timer)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pass(self, batches, batch_size: int, timed: bool, timer) -> dict:
+        """One pass over this rank's batches: prefill-only runs, then the timed generation pass."""
+        from worker import distributed
+
+        spec = self.spec
+        lockstep = spec.mode != "dp"  # ranks that run the same batches meet at every timing boundary
+        prefill = []
+        for batch in batches:
+            if lockstep:
+                distributed.barrier(self.device)
+            t0 = time.perf_counter_ns()
+            self._generate(batch, 1, _NoTimer)
+            self._sync()
+            prefill.append((time.perf_counter_ns() - t0) / 1e9)
+        outputs = []
+        expected = sum(len(b.indices) for b in batches) * spec.max_new_tokens
+        done = 0
+        distributed.barrier(self.device)
+        t0 = time.perf_counter_ns()
+        for batch in batches:
+            if lockstep:
+                distributed.barrier(self.device)
+            out = self._generate(batch, spec.max_new_tokens, timer)
+            if out is not None:
+                outputs.append(out)
+            done += len(batch.indices) * spec.max_new_tokens
+            if timed:
+                self.events.progress(batch_size, done, expected)
+        self._sync()
+        distributed.barrier(self.device)
+        wall = (time.perf_counter_ns() - t0) / 1e9
+        return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs]}
+
+    def _measure(self, batch_size: int):
+        from worker import distributed
+        from worker.generate import BatchOutput, StageTimer
+        from worker.metrics import RepeatTiming, peak_memory, reset_peak_memory, summarize, time_split
+        from worker.tokenizer import make_batches
+
+        spec, env = self.spec, self.env
+        ids, texts, first = self._requests()
+        batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first)]
+        self.events.phase("warmup", batch_size=batch_size)
+        for _ in range(spec.warmup):
+            self._pass(batches, batch_size, False, _NoTimer)
+        reset_peak_memory(self.device)
+        self.events.phase("measure", batch_size=batch_size)
+        timer = StageTimer(enabled=spec.profile, device=self.device)
+        passes = [self._pass(batches, batch_size, True, timer) for _ in range(spec.repeats)]
+        for p in passes[1:]:  # top-k ids are kept for the completions of the first pass only
+            for o in p["outputs"]:
+                o["topk_ids"] = []
+        wall_total = sum(p["wall_s"] for p in passes)
+        mine = {
+            "rank": env.rank,
+            "passes": passes,
+            "memory": peak_memory(self.device),
+            "split": time_split(
+                timer.compute_ns / 1e9 if spec.profile else None,
+                timer.comm_ns / 1e9 if spec.profile else None,
+                wall_total,
+            ),
+        }
+        everyone = distributed.gather_objects(mine, env.world_size)
+        if env.rank != 0:
+            return None, []
+        holders = self._output_ranks()
+        repeats = []
+        for r in range(spec.repeats):
+            outs = [BatchOutput(**o) for rank in holders for o in everyone[rank]["passes"][r]["outputs"]]
+            if spec.mode == "dp":
+                prefill = [t for rec in everyone for t in rec["passes"][r]["prefill_s"]]
+            else:
+                prefill = [max(vals) for vals in zip(*(rec["passes"][r]["prefill_s"] for rec in everyone))]
+            prompt_tokens = sum(len(self._prompt_ids(i, texts)) for o in outs for i in o.indices)
+            repeats.append(RepeatTiming(everyone[0]["passes"][r]["wall_s"], prefill, outs, prompt_tokens))
+        per_rank = [{"rank": rec["rank"], **rec["memory"], **rec["split"]} for rec in everyone]
+        measurement = summarize(
+            batch_size, spec.num_requests or len(self.prompts), spec.max_new_tokens, repeats,
+            self._num_gpus(), per_rank,
+        )
+        completions = []
+        for out in repeats[0].outputs:
+            for i, out_ids, topk in zip(out.indices, out.output_ids, out.topk_ids):
+                completions.append({
+                    "batch_size": batch_size,
+                    "index": i,
+                    "prompt": texts[i],
+                    "prompt_ids": self._prompt_ids(i, texts),
+                    "output_ids": out_ids,
+                    "text": _decode(self.tokenizer, out_ids),
+                    "topk_ids": topk,
+                })
+        completions.sort(key=lambda c: c["index"])
+        return measurement, completions
+
+    def _prompt_ids(self, index: int, texts: list[str]) -> list[int]:
+        from worker.tokenizer import encode_prompt
+
+        return encode_prompt(self.tokenizer, texts[index])
+
+    def _output_ranks(self) -> list[int]:
+        """Which ranks' outputs make up the run's outputs."""
+        if self.spec.mode == "pp":
+            return [self.num_stages - 1]
+        if self.spec.mode == "dp":
+            return list(range(self.env.world_size))
+        return [0]
+
+    def _num_gpus(self) -> int:
+        return self.env.world_size if self.device.type == "cuda" else 0
+
+    def _write_results(self, load_time_s: float, measurements: list[dict], completions: list[dict]) -> None:
+        from worker.metrics import environment
+
+        result = {
+            "schema_version": contract.SCHEMA_VERSION,
+            "kind": contract.RESULT_KIND,
+            "run_name": self.spec.run_name,
+            "status": "completed",
+            "spec": self.spec.to_dict(),
+            "world_size": self.env.world_size,
+            "num_gpus": self._num_gpus(),
+            "environment": environment(self.rank_infos, self.backend),
+            "load_time_s": load_time_s,
+            "ranks": [
+                {k: info[k] for k in ("rank", "host", "device", "stage", "layers", "param_bytes", "load_time_s")}
+                for info in self.rank_infos
+            ],
+            "measurements": measurements,
+        }
+        _write_atomic(
+            self.out / contract.COMPLETIONS_FILE, "".join(json.dumps(c) + "\n" for c in completions)
+        )
+        _write_atomic(self.out / contract.RESULT_FILE, json.dumps(result, indent=2))
+
+
+class _NoTimerType:
+    enabled = False
+
+    def timed(self, kind, fn, *args):
+        return fn(*args)
+
+
+_NoTimer = _NoTimerType()
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    from worker.tokenizer import decode
+
+    return decode(tokenizer, ids)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
