@@ -1,0 +1,630 @@
+"""The laptop's service layer: runs from draft to ingested results, for the CLI and the Textual app.
+
+`Dinf` ties the configuration (`tui.config`), the database (`storage`) and the clusters
+(`remote.cluster.Cluster`) together: record a run, preview its batch script, submit it, poll every
+unfinished run with one batched status call per cluster, cancel, stream per-rank logs, and fetch and
+ingest results when a run finishes. Everything blocks; the app calls it from thread workers only.
+Each method opens its own database session, so one `Dinf` may serve several threads.
+
+What it hands out are frozen snapshots (`RunRecord`, `LogSource`) and plain dicts, never live ORM
+objects. No Textual import here (the headless `dinf` CLI uses this module), and no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from remote.cluster import (
+    Cluster,
+    ClusterError,
+    JobState,
+    LogChunk,
+    PreparedRun,
+    Resources,
+    RunBundle,
+)
+from storage import repo
+from storage.db import make_engine, read_session, write_session
+from storage.ingest import IngestReport, ingest_bundle
+from storage.models import DRAFT, FINISHED_STATES, SUBMIT_FAILED, Measurement, RankStat, Run
+from tui import locations
+from tui.config import LOCAL, ClusterConfig, DinfConfig, load_config
+from worker import contract
+from worker.contract import RunSpec, SpecError
+
+LOG_KINDS = ("worker", "events", "launcher")
+"""Per rank: the worker's own log, its JSON-lines events, and the launcher's captured stdout/stderr."""
+
+
+class ServiceError(RuntimeError):
+    """An operation the user asked for can't be done; the message says why and what to do."""
+
+
+RunNotFound = repo.RunNotFound
+
+
+# --- snapshots handed to callers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    state: str
+    at: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as stored, at one moment. Safe to pass between threads; refresh by asking again."""
+
+    id: int
+    uid: str
+    name: str
+    cluster: str | None
+    backend: str | None
+    experiment_id: int | None
+    mode: str
+    state: str
+    state_reason: str | None
+    job_id: str | None
+    job_ids: tuple[str, ...]
+    num_ranks: int
+    num_gpus: int
+    spec: dict[str, Any]
+    resources: dict[str, Any]
+    run_dir: str | None
+    output_dir: str | None
+    logs_dir: str | None
+    script_path: str | None
+    local_results_dir: str | None
+    error: str | None
+    exit_code: int | None
+    load_time_s: float | None
+    created_at: float
+    submitted_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    ingested_at: float | None
+    history: tuple[StateEntry, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @property
+    def has_results(self) -> bool:
+        return self.ingested_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["job_ids"] = list(self.job_ids)
+        data["history"] = [dataclasses.asdict(h) for h in self.history]
+        return data
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """One log file of one rank, as a path on the run's cluster."""
+
+    rank: int
+    kind: str
+    """One of LOG_KINDS."""
+    path: str
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank} {self.kind}"
+
+
+ClusterFactory = Callable[[ClusterConfig], Cluster]
+
+
+def make_cluster(config: ClusterConfig) -> Cluster:
+    """Build the backend for a configured cluster (imported lazily: the CLI's start-up stays light)."""
+    if config.backend == LOCAL:
+        from remote.local import LocalCluster
+
+        return LocalCluster(name=config.name, workdir=config.workdir, python=config.python)
+    from remote.slurm_cluster import SlurmCluster
+
+    return SlurmCluster(name=config.name, host=config.host, workdir=config.workdir, python=config.python)
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+class Dinf:
+    """One user's dinf: configuration, database and clusters. Blocking; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        db_path: Path | None = None,
+        config_path: Path | None = None,
+        data_dir: Path | None = None,
+        cluster_factory: ClusterFactory = make_cluster,
+    ):
+        self.data_dir = Path(data_dir) if data_dir is not None else locations.data_dir()
+        self.db_path = Path(db_path) if db_path is not None else (
+            locations.db_path() if data_dir is None else self.data_dir / locations.DB_FILE_NAME
+        )
+        self.config: DinfConfig = load_config(config_path, data_dir=self.data_dir)
+        self.engine = make_engine(self.db_path)
+        self._cluster_factory = cluster_factory
+        self._clusters: dict[str, Cluster] = {}
+        self._clusters_lock = threading.Lock()
+        self.cluster_errors: dict[str, str] = {}
+        """The last error talking to each cluster (cleared by the next success): the connection state."""
+
+    # --- clusters ---------------------------------------------------------------------------
+
+    def cluster(self, name: str) -> Cluster:
+        """The backend for a configured cluster, built once and reused (it connects lazily)."""
+        with self._clusters_lock:
+            if name not in self._clusters:
+                self._clusters[name] = self._cluster_factory(self.config.cluster(name))
+            return self._clusters[name]
+
+    def close(self) -> None:
+        with self._clusters_lock:
+            clusters, self._clusters = list(self._clusters.values()), {}
+        for cluster in clusters:
+            try:
+                cluster.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the caller's own error
+                pass
+        self.engine.dispose()
+
+    def __enter__(self) -> Dinf:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def runs(self, *, experiment_id: int | None = None, states: Iterable[str] | None = None) -> list[RunRecord]:
+        with read_session(self.engine) as session:
+            rows = repo.list_runs(session=session, experiment_id=experiment_id, states=states)
+            return [self._record(session, row) for row in rows]
+
+    def run(self, run_id: int | str) -> RunRecord:
+        """A run by numeric id, uid, unique uid prefix or unique name; RunNotFound otherwise."""
+        with read_session(self.engine) as session:
+            return self._record(session, repo.find_run(session=session, ref=run_id))
+
+    def measurements(self, run_id: int | str) -> list[dict[str, Any]]:
+        """Measurement columns per batch size (see storage.models.Measurement), each with its rank_stats."""
+        with read_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            rows = repo.measurements_for_runs(session=session, run_ids=[run.id])
+            stats = repo.rank_stats_for_measurements(session=session, measurement_ids=[m.id for m in rows])
+            by_measurement: dict[int, list[dict[str, Any]]] = {}
+            for stat in stats:
+                by_measurement.setdefault(stat.measurement_id, []).append(_columns(stat, RankStat))
+            out = []
+            for row in rows:
+                values = _columns(row, Measurement)
+                values["rank_stats"] = by_measurement.get(row.id, [])
+                out.append(values)
+            return out
+
+    def correctness(self, run_id: int | str) -> list[dict[str, Any]]:
+        with read_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            rows = repo.correctness_for_runs(session=session, run_ids=[run.id])
+            return [{**_columns(r), "first_divergences": json.loads(r.first_divergences_json)} for r in rows]
+
+    def completions(self, run_id: int | str, *, batch_size: int | None = None) -> list[dict[str, Any]]:
+        with read_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            rows = repo.completions_for_run(session=session, run_id=run.id, batch_size=batch_size)
+            return [
+                {"batch_size": r.batch_size, "index": r.index, "prompt": r.prompt, "text": r.text,
+                 "output_ids": json.loads(r.output_ids_json)}
+                for r in rows
+            ]
+
+    def accounting(self, run_id: int | str) -> list[dict[str, Any]]:
+        with read_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            return [_columns(r) for r in repo.accounting_for_run(session=session, run_id=run.id)]
+
+    def export_rows(
+        self, *, run_ids: Iterable[int] | None = None, experiment_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One flat row per (run, batch size): the run's identity and every measurement column."""
+        with read_session(self.engine) as session:
+            runs = repo.list_runs(session=session, run_ids=run_ids, experiment_id=experiment_id)
+            by_id = {run.id: run for run in runs}
+            clusters = {c.id: c.name for c in repo.list_clusters(session=session)}
+            rows = []
+            for m in repo.measurements_for_runs(session=session, run_ids=list(by_id)):
+                run = by_id[m.run_id]
+                values = _columns(m, Measurement, skip={"id", "raw_json", "wall_s_json", "prefill_s_json"})
+                rows.append({
+                    "run_id": run.id, "run_uid": run.uid, "run_name": run.name,
+                    "cluster": clusters.get(run.cluster_id), "experiment_id": run.experiment_id,
+                    "mode": run.mode, "num_ranks": run.num_ranks, "state": run.state,
+                    **{k: v for k, v in values.items() if k != "run_id"},
+                })
+            return rows
+
+    # --- creating and submitting ---------------------------------------------------------------
+
+    def new_run(
+        self,
+        *,
+        cluster: str,
+        spec: RunSpec,
+        resources: Resources,
+        name: str | None = None,
+        experiment_id: int | None = None,
+    ) -> RunRecord:
+        """Validate and record a run (state DRAFT). Raises SpecError / ValueError naming the fields."""
+        cluster_config = self.config.cluster(cluster)
+        num_ranks = check_resources(resources)
+        spec.validate(world_size=num_ranks)
+        if cluster_config.backend == LOCAL and resources.nodes != 1:
+            raise ValueError(f"resources.nodes: the local cluster has one node, got {resources.nodes}")
+        name = (name or spec.run_name or "run").strip() or "run"
+        num_gpus = resources.nodes * resources.gpus_per_node if resources.gpus_per_node else 0
+        with write_session(self.engine) as session:
+            cluster_row = repo.get_or_create_cluster(
+                session=session, name=cluster_config.name, backend=cluster_config.backend,
+                host=cluster_config.host, config=cluster_config.to_dict(),
+            )
+            if experiment_id is not None and repo.get_experiment(session=session, experiment_id=experiment_id) is None:
+                raise ValueError(f"experiment_id: no experiment {experiment_id}")
+            run = repo.create_run(
+                session=session, uid=new_uid(name), name=name, mode=spec.mode, spec=spec.to_dict(),
+                resources=dataclasses.asdict(resources), num_ranks=num_ranks, num_gpus=num_gpus,
+                cluster_id=cluster_row.id, experiment_id=experiment_id,
+            )
+            session.commit()
+            return self._record(session, run)
+
+    def create_experiment(self, *, name: str, kind: str, parameters: dict[str, Any] | None = None,
+                          notes: str = "") -> int:
+        with write_session(self.engine) as session:
+            experiment = repo.create_experiment(
+                session=session, name=name, kind=kind, parameters=parameters, notes=notes
+            )
+            session.commit()
+            return experiment.id
+
+    def preview(self, run_id: int | str) -> str:
+        """The batch script `submit` would run, rendered without side effects."""
+        record = self.run(run_id)
+        return self.cluster(record.cluster).preview(self._bundle(record))
+
+    def render_script(
+        self, *, cluster: str, spec: RunSpec, resources: Resources, name: str | None = None
+    ) -> str:
+        """The batch script a run would get, validated, without recording anything (`--dry-run`)."""
+        spec.validate(world_size=check_resources(resources))
+        name = name or spec.run_name
+        bundle = make_bundle(uid=new_uid(name), name=name, spec=spec, resources=resources)
+        return self.cluster(cluster).preview(bundle)
+
+    def submit(self, run_id: int | str) -> RunRecord:
+        """Upload and submit a DRAFT run: state PENDING with its job id.
+
+        If preparing or submitting fails, the run is SUBMIT_FAILED with the error (returned, not
+        raised) and nothing runs. If the job was submitted but can't be recorded, it is cancelled.
+        """
+        record = self.run(run_id)
+        if record.state != DRAFT:
+            raise ServiceError(f"run {record.id} is {record.state}; only a DRAFT run can be submitted")
+        cluster = self.cluster(record.cluster)
+        bundle = self._bundle(record)
+        try:
+            prepared = cluster.prepare(bundle)
+            self._update(record.id, run_dir=prepared.run_dir, script_path=prepared.script_path,
+                         output_dir=prepared.output_dir, logs_dir=prepared.logs_dir)
+            job_id = cluster.submit(prepared, bundle)
+        except (ClusterError, OSError, ValueError) as exc:
+            return self._set_state(record.id, SUBMIT_FAILED, error=f"{type(exc).__name__}: {exc}")
+        try:
+            with write_session(self.engine) as session:
+                run = repo.get_run(session=session, run_id=record.id)
+                repo.add_job_id(session=session, run=run, job_id=job_id)
+                repo.update_run(session=session, run=run, submitted_at=time.time())
+                repo.record_state(session=session, run=run, state=JobState.PENDING.value)
+                session.commit()
+        except Exception:
+            cluster.cancel(job_id)  # a job nobody can see is worse than no job
+            raise
+        self.cluster_errors.pop(record.cluster, None)
+        return self.run(record.id)
+
+    def demo_run(self) -> RunRecord:
+        """A tiny synthetic model, pipeline-parallel over 2 ranks on the local cluster, submitted."""
+        spec = RunSpec(
+            run_name="demo",
+            model=contract.ModelSource(source="synthetic", config="tiny"),
+            mode="pp",
+            pp_size=2,
+            batch_sizes=[1, 2],
+            max_new_tokens=16,
+            num_requests=4,
+            warmup=1,
+            repeats=2,
+            device="cpu",
+        )
+        record = self.new_run(cluster=LOCAL, spec=spec, resources=Resources(nodes=1, tasks_per_node=2), name="demo")
+        return self.submit(record.id)
+
+    # --- following runs -------------------------------------------------------------------------
+
+    def refresh(self) -> list[RunRecord]:
+        """Poll every submitted, unfinished run (one status call per cluster) and record changes.
+
+        A run that turns terminal gets its results fetched and ingested, and its sacct record kept.
+        A cluster that can't be reached is noted in `cluster_errors`; its runs keep their state.
+        Returns the runs that were polled, as they are now.
+        """
+        with read_session(self.engine) as session:
+            pending = [
+                self._record(session, run)
+                for run in repo.list_runs(session=session, unfinished=True)
+                if run.job_id is not None
+            ]
+        by_cluster: dict[str, list[RunRecord]] = {}
+        for record in pending:
+            by_cluster.setdefault(record.cluster, []).append(record)
+        for cluster_name, records in by_cluster.items():
+            try:
+                statuses = self.cluster(cluster_name).status([r.job_id for r in records])
+            except (ClusterError, OSError) as exc:
+                self.cluster_errors[cluster_name] = str(exc)
+                continue
+            self.cluster_errors.pop(cluster_name, None)
+            for record in records:
+                status = statuses.get(record.job_id)
+                if status is None:
+                    continue
+                state = status.state.value if isinstance(status.state, JobState) else str(status.state)
+                with write_session(self.engine) as session:
+                    run = repo.get_run(session=session, run_id=record.id)
+                    repo.record_state(session=session, run=run, state=state, reason=status.reason)
+                    if status.exit_code is not None and state in FINISHED_STATES:
+                        repo.update_run(session=session, run=run, exit_code=status.exit_code)
+                    session.commit()
+                if state in FINISHED_STATES:
+                    self._finish(record.id)
+        return [self.run(r.id) for r in pending]
+
+    def reconcile(self) -> list[RunRecord]:
+        """On start: poll every unfinished run, and ingest finished ones whose results are missing."""
+        polled = self.refresh()
+        with read_session(self.engine) as session:
+            missing = [
+                run.id for run in repo.list_runs(session=session, states=["COMPLETED"])
+                if run.ingested_at is None and run.output_dir is not None
+            ]
+        for run_id in missing:
+            self._finish(run_id)
+        seen = {r.id for r in polled}
+        return polled + [self.run(run_id) for run_id in missing if run_id not in seen]
+
+    def cancel(self, run_id: int | str) -> RunRecord:
+        """Cancel a run and wait for its job to end; a finished run is returned unchanged."""
+        record = self.run(run_id)
+        if record.finished:
+            return record
+        if record.job_id is None:  # a DRAFT: nothing was submitted
+            return self._set_state(record.id, JobState.CANCELLED.value, reason="cancelled before submission")
+        status = self.cluster(record.cluster).cancel(record.job_id)
+        state = status.state.value if isinstance(status.state, JobState) else str(status.state)
+        if state not in FINISHED_STATES:
+            raise ServiceError(
+                f"run {record.id}: job {record.job_id} is still {state} after scancel; try `dinf cancel` again"
+            )
+        self._set_state(record.id, state, reason=status.reason)
+        self._finish(record.id)
+        return self.run(record.id)
+
+    # --- logs --------------------------------------------------------------------------------
+
+    def log_sources(self, run_id: int | str) -> list[LogSource]:
+        """Every per-rank log file of a submitted run (paths on its cluster), by rank then kind."""
+        record = self.run(run_id)
+        if record.output_dir is None:
+            return []
+        sources = []
+        for rank in range(record.num_ranks):
+            sources.append(LogSource(rank, "worker", _join(record.output_dir, contract.log_file(rank))))
+            sources.append(LogSource(rank, "events", _join(record.output_dir, contract.events_file(rank))))
+            if record.job_id is not None and record.logs_dir is not None:
+                launcher = contract.launcher_log_file(record.job_id, rank)
+                sources.append(LogSource(rank, "launcher", _join(record.logs_dir, launcher)))
+        return sources
+
+    def stream_logs(
+        self,
+        run_id: int | str,
+        offsets: dict[str, int] | None = None,
+        *,
+        ranks: Iterable[int] | None = None,
+        kinds: Iterable[str] = LOG_KINDS,
+    ) -> Iterator[list[LogChunk]]:
+        """Batches of new lines of the run's log files (filtered by rank and kind), until closed."""
+        record = self.run(run_id)
+        wanted_ranks = None if ranks is None else set(ranks)
+        wanted_kinds = set(kinds)
+        unknown = wanted_kinds - set(LOG_KINDS)
+        if unknown:
+            raise ValueError(f"kinds: unknown log kind(s) {sorted(unknown)}; known: {', '.join(LOG_KINDS)}")
+        if wanted_ranks is not None:
+            bad = sorted(r for r in wanted_ranks if not 0 <= r < record.num_ranks)
+            if bad:
+                raise ValueError(f"rank: run {record.id} has ranks 0..{record.num_ranks - 1}, not {bad}")
+        paths = [
+            s.path for s in self.log_sources(record.id)
+            if s.kind in wanted_kinds and (wanted_ranks is None or s.rank in wanted_ranks)
+        ]
+        if not paths:
+            return iter(())
+        return self.cluster(record.cluster).stream_logs(paths, offsets)
+
+    # --- results -------------------------------------------------------------------------------
+
+    def ingest_dir(self, path: Path, *, run_id: int | str | None = None) -> IngestReport:
+        """Ingest a result bundle from disk, into the given run or as an IMPORTED run (idempotent)."""
+        with write_session(self.engine) as session:
+            run = None if run_id is None else repo.find_run(session=session, ref=run_id)
+            report = ingest_bundle(session=session, bundle_dir=Path(path), run=run)
+            session.commit()
+            return report
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _finish(self, run_id: int) -> None:
+        """Fetch what a terminal run left (results, events, sacct) and ingest it; errors are recorded."""
+        record = self.run(run_id)
+        if record.output_dir is None or record.cluster is None:
+            return
+        cluster = self.cluster(record.cluster)
+        local_dir = locations.results_dir(self.data_dir) / record.uid
+        local_dir.mkdir(parents=True, exist_ok=True)
+        problems = []
+        try:
+            cluster.fetch_results(self._prepared(record), str(local_dir))
+        except (ClusterError, OSError) as exc:
+            problems.append(f"fetching results failed: {exc}")
+        if record.job_id is not None:
+            try:
+                fields = cluster.accounting(record.job_id)
+            except (ClusterError, OSError) as exc:
+                fields = None
+                problems.append(f"sacct failed: {exc}")
+            if fields:
+                with write_session(self.engine) as session:
+                    repo.record_accounting(session=session, run_id=record.id, job_id=record.job_id, fields=fields)
+                    session.commit()
+        error = worker_error(local_dir, record.num_ranks)
+        if (local_dir / contract.RESULT_FILE).is_file():
+            try:
+                self.ingest_dir(local_dir, run_id=record.id)
+            except ValueError as exc:
+                problems.append(f"ingesting results failed: {exc}")
+        elif record.state == JobState.COMPLETED.value:
+            problems.append(f"the job completed but left no {contract.RESULT_FILE}")
+        message = "; ".join([e for e in (error, *problems) if e]) or None
+        self._update(record.id, local_results_dir=str(local_dir), **({"error": message} if message else {}))
+
+    def _set_state(self, run_id: int, state: str, *, reason: str | None = None, error: str | None = None) -> RunRecord:
+        with write_session(self.engine) as session:
+            run = repo.get_run(session=session, run_id=run_id)
+            repo.record_state(session=session, run=run, state=state, reason=reason)
+            if error is not None:
+                repo.update_run(session=session, run=run, error=error)
+            session.commit()
+            return self._record(session, run)
+
+    def _update(self, run_id: int, **fields: Any) -> None:
+        with write_session(self.engine) as session:
+            run = repo.get_run(session=session, run_id=run_id)
+            repo.update_run(session=session, run=run, **fields)
+            session.commit()
+
+    def _bundle(self, record: RunRecord) -> RunBundle:
+        return make_bundle(uid=record.uid, name=record.name, spec=RunSpec.from_dict(record.spec),
+                           resources=Resources(**record.resources))
+
+    @staticmethod
+    def _prepared(record: RunRecord) -> PreparedRun:
+        return PreparedRun(
+            run_id=record.uid, run_dir=record.run_dir or "", script_path=record.script_path or "",
+            output_dir=record.output_dir or "", logs_dir=record.logs_dir or "",
+        )
+
+    @staticmethod
+    def _record(session: Session, run: Run) -> RunRecord:
+        cluster = repo.get_cluster(session=session, cluster_id=run.cluster_id) if run.cluster_id else None
+        history = tuple(
+            StateEntry(h.state, h.at, h.reason) for h in repo.state_history(session=session, run_id=run.id)
+        )
+        return RunRecord(
+            id=run.id, uid=run.uid, name=run.name,
+            cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
+            experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
+            job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
+            num_gpus=run.num_gpus, spec=json.loads(run.spec_json), resources=json.loads(run.resources_json),
+            run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
+            local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
+            load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
+            started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
+            history=history,
+        )
+
+
+# --- small pure helpers, used by the CLI and the app too -----------------------------------------
+
+
+def check_resources(resources: Resources) -> int:
+    """The number of ranks the resources give; ValueError naming the first bad field."""
+    for name in ("nodes", "tasks_per_node"):
+        value = getattr(resources, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"resources.{name}: must be an integer >= 1, got {value!r}")
+    for name in ("gpus_per_node",):
+        value = getattr(resources, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"resources.{name}: must be an integer >= 0, got {value!r}")
+    return resources.nodes * resources.tasks_per_node
+
+
+def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> RunBundle:
+    """What a submission uploads; a local prompts_file is read here and travels with it."""
+    prompts = None
+    if spec.prompts_file:
+        path = Path(spec.prompts_file).expanduser()
+        if not path.is_file():
+            raise ValueError(f"prompts_file: {path} does not exist on this machine")
+        prompts = path.read_text()
+    return RunBundle(run_id=uid, job_name=f"dinf-{name}", spec_json=spec.to_json(), prompts_jsonl=prompts,
+                     resources=resources)
+
+
+def new_uid(name: str) -> str:
+    """A filesystem- and shell-safe unique id: name slug, UTC time, random suffix."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:32] or "run"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def worker_error(results_dir: Path, num_ranks: int) -> str | None:
+    """The first error event any rank reported (in the fetched events files), as 'rank N: message'."""
+    first: tuple[float, str] | None = None
+    for rank in range(num_ranks):
+        path = results_dir / contract.events_file(rank)
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            event = contract.parse_event(line)
+            if event and event["kind"] == "error":
+                at = float(event.get("ts", 0.0))
+                if first is None or at < first[0]:
+                    first = (at, f"rank {event['rank']}: {event.get('message', 'error')}")
+    return None if first is None else first[1]
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name
+
+
+def _columns(row: Any, model: type | None = None, *, skip: set[str] = frozenset({"raw_json"})) -> dict[str, Any]:
+    model = model or type(row)
+    return {name: getattr(row, name) for name in model.model_fields if name not in skip}
