@@ -1,8 +1,9 @@
-"""Text charts of the studies, drawn with plotext and returned as strings.
+"""The studies' charts: built once as data (`Chart`), drawn as text with plotext or as PNG.
 
-Each function takes derived data from `tui.analysis` and returns the chart as text: colourless by
-default (the Markdown report embeds it verbatim and must be byte-for-byte reproducible), or with
-ANSI colours for the TUI (`color=True`, rendered there with `rich.text.Text.from_ansi`).
+Each builder takes derived data from `tui.analysis` and returns a `Chart`; `render` draws it as
+text: colourless by default (the Markdown report embeds it verbatim and must be byte-for-byte
+reproducible), or with ANSI colours for the TUI (`color=True`, shown with `Text.from_ansi`).
+`save_png` draws the same chart with matplotlib (the optional `png` extra) for `dinf report --png`.
 
 Series are told apart by their marker character as well as by colour, and the key is written as a
 line under the plot rather than as plotext's in-canvas legend, which would cover data points.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import plotext
 
@@ -33,211 +35,301 @@ _figure_lock = threading.Lock()
 @dataclass(frozen=True)
 class Series:
     label: str
-    x: Sequence[float]
-    y: Sequence[float]
-    marker: str | None = None
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    marker: str = ""
     connected: bool = True
+    ideal: bool = False
+    """A reference line (drawn dotted in PNGs)."""
 
 
-def _no_data(title: str, why: str) -> str:
-    return f"{title}\n  (no data: {why})"
+@dataclass(frozen=True)
+class Chart:
+    """What to draw, independent of how: lines over numeric x, or (stacked) bars over categories."""
+
+    title: str
+    kind: str
+    """'lines' | 'bars' | 'stacked_bars'"""
+    xlabel: str = ""
+    ylabel: str = ""
+    series: tuple[Series, ...] = ()
+    xticks: tuple[float, ...] = ()
+    log_x: bool = False
+    y_from_zero: bool = True
+    y_max: float | None = None
+    categories: tuple[str, ...] = ()
+    stacks: tuple[tuple[float, ...], ...] = ()
+    """bars: one tuple of values; stacked_bars: one tuple per layer (bottom first)."""
+    stack_labels: tuple[str, ...] = ()
+    note: str = ""
+    """A line printed under the chart (what a full bar means, and the like)."""
+    empty_reason: str = ""
+    """Set when there is nothing to draw; `render` then says so instead of drawing."""
+
+    @property
+    def empty(self) -> bool:
+        return bool(self.empty_reason)
+
+
+def _empty(title: str, why: str) -> Chart:
+    return Chart(title=title, kind="lines", empty_reason=why)
 
 
 def _nice(value: float) -> str:
-    if value == int(value):
-        return str(int(value))
-    return f"{value:g}"
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def _key_line(entries: Sequence[tuple[str, str]]) -> str:
     return "  key: " + "   ".join(f"{marker} {label}" for marker, label in entries)
 
 
-def line_chart(
-    title: str,
-    series: Sequence[Series],
-    *,
-    xlabel: str,
-    ylabel: str,
-    xticks: Sequence[float] | None = None,
-    log_x: bool = False,
-    y_from_zero: bool = True,
-    width: int = DEFAULT_WIDTH,
-    height: int = DEFAULT_HEIGHT,
-    color: bool = False,
-) -> str:
-    """Lines (or points) of several series on one pair of axes, with a key line below."""
-    drawable = [s for s in series if len(s.x) and len(s.x) == len(s.y)]
-    if not drawable:
-        return _no_data(title, "nothing measured yet")
-    key = []
+# --- text rendering ------------------------------------------------------------------------------
+
+
+def render(chart: Chart, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, color: bool = False) -> str:
+    """The chart as text; deterministic for the same chart, size and colour setting."""
+    if chart.empty:
+        return f"{chart.title}\n  (no data: {chart.empty_reason})"
     with _figure_lock:
         figure = plotext.figure
         figure.clear()
         figure.plot_size(width, height)
-        for index, s in enumerate(drawable):
-            marker = s.marker or SERIES_MARKERS[index % len(SERIES_MARKERS)]
-            xs = [math.log2(x) for x in s.x] if log_x else list(s.x)
-            signal = figure.signal(xs, list(s.y), marker=marker)
+        try:
+            key = _draw_text(figure, chart)
+            text = figure.build().string(colorless=not color)
+        finally:
+            figure.clear()
+    lines = [text.rstrip()]
+    if key:
+        lines.append(_key_line(key))
+    if chart.note:
+        lines.append(f"  {chart.note}")
+    return "\n".join(lines)
+
+
+def _draw_text(figure, chart: Chart) -> list[tuple[str, str]]:
+    key: list[tuple[str, str]] = []
+    if chart.kind == "lines":
+        for s in chart.series:
+            xs = [math.log2(x) for x in s.x] if chart.log_x else list(s.x)
+            signal = figure.signal(xs, list(s.y), marker=s.marker)
             if s.connected and len(xs) > 1:
                 signal.lines()
             figure.draw(signal)
-            key.append((marker, s.label))
-        if xticks:
-            positions = [math.log2(t) for t in xticks] if log_x else list(xticks)
-            figure.ruler("x").ticks(positions, [_nice(t) for t in xticks])
-        if y_from_zero:
-            top = max(max(s.y) for s in drawable)
-            figure.ruler("y").lim(0, top * 1.08 if top > 0 else 1)
-        figure.title(title)
-        figure.label(xlabel)
-        figure.label(ylabel, axis="y")
-        text = figure.build().string(colorless=not color)
-        figure.clear()
-    return text.rstrip() + "\n" + _key_line(key)
+            key.append((s.marker, s.label))
+        if chart.xticks:
+            positions = [math.log2(t) for t in chart.xticks] if chart.log_x else list(chart.xticks)
+            figure.ruler("x").ticks(positions, [_nice(t) for t in chart.xticks])
+    elif chart.kind == "bars":
+        figure.draw(figure.bar(list(chart.categories), list(chart.stacks[0]), marker=[STACK_MARKERS[0]]))
+    elif chart.kind == "stacked_bars":
+        markers = list(STACK_MARKERS[: len(chart.stacks)])
+        figure.draw(figure.bar(list(chart.categories), [list(s) for s in chart.stacks], stacked=True, marker=markers))
+        key = list(zip(markers, chart.stack_labels))
+    else:
+        raise ValueError(f"unknown chart kind {chart.kind!r}")
+    top = _y_top(chart)
+    if top is not None:
+        figure.ruler("y").lim(0, top)
+    figure.title(chart.title)
+    if chart.xlabel:
+        figure.label(chart.xlabel)
+    if chart.ylabel:
+        figure.label(chart.ylabel, axis="y")
+    return key
 
 
-def _ticks(values: Sequence[float]) -> list[float]:
-    return sorted(set(values))
+def _y_top(chart: Chart) -> float | None:
+    if chart.y_max is not None:
+        return chart.y_max
+    if not chart.y_from_zero:
+        return None
+    if chart.kind == "lines":
+        values = [v for s in chart.series for v in s.y]
+    elif chart.kind == "stacked_bars":
+        values = [sum(col) for col in zip(*chart.stacks)]
+    else:
+        values = list(chart.stacks[0]) if chart.stacks else []
+    top = max(values, default=0)
+    return top * 1.08 if top > 0 else 1.0
+
+
+# --- PNG rendering -------------------------------------------------------------------------------
+
+
+def save_png(chart: Chart, path: Path) -> Path:
+    """Draw the chart with matplotlib into `path` (needs the `png` extra: pip install 'dinf-tui[png]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display; must precede pyplot
+        from matplotlib import pyplot
+    except ImportError as exc:
+        raise RuntimeError("PNG charts need matplotlib: pip install 'dinf-tui[png]'") from exc
+    # A fixed hash salt for SVG ids and no date metadata keep repeated reports byte-identical.
+    matplotlib.rcParams["svg.hashsalt"] = "dinf"
+    fig, ax = pyplot.subplots(figsize=(7.5, 4.2), dpi=110)
+    try:
+        if chart.empty:
+            ax.text(0.5, 0.5, f"no data: {chart.empty_reason}", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        elif chart.kind == "lines":
+            for s in chart.series:
+                style = ":" if s.ideal else "-"
+                ax.plot(s.x, s.y, linestyle=style if s.connected else "none", marker=None if s.ideal else "o",
+                        label=s.label)
+            if chart.log_x:
+                ax.set_xscale("log", base=2)
+            if chart.xticks:
+                ax.set_xticks(list(chart.xticks), [_nice(t) for t in chart.xticks])
+            ax.legend()
+        else:
+            bottom = [0.0] * len(chart.categories)
+            labels = chart.stack_labels or ("",)
+            for layer, values in enumerate(chart.stacks):
+                label = labels[layer] if layer < len(labels) else None
+                ax.bar(chart.categories, values, bottom=bottom, label=label or None)
+                bottom = [b + v for b, v in zip(bottom, values)]
+            if chart.stack_labels:
+                ax.legend()
+        top = None if chart.empty else _y_top(chart)
+        if top is not None:
+            ax.set_ylim(0, top)
+        ax.set_title(chart.title)
+        ax.set_xlabel(chart.xlabel)
+        ax.set_ylabel(chart.ylabel)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", metadata={"Software": None})
+    finally:
+        pyplot.close(fig)
+    return path
 
 
 # --- scaling -------------------------------------------------------------------------------------
 
 
-def throughput_vs_gpus(
-    series: Mapping[str, Sequence[ScalingRow]], *, title: str = "Output tokens/s vs GPUs", **style
-) -> str:
+def _ticks(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(sorted(set(values)))
+
+
+def _with_markers(series: list[Series]) -> tuple[Series, ...]:
+    out = []
+    for index, s in enumerate(series):
+        marker = s.marker or SERIES_MARKERS[index % len(SERIES_MARKERS)]
+        out.append(Series(s.label, s.x, s.y, marker, s.connected, s.ideal))
+    return tuple(out)
+
+
+def throughput_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
+                       title: str = "Output tokens/s vs GPUs") -> Chart:
     """Output tok/s per mode against GPU count, with the ideal line N * X(1) from the baseline."""
-    lines = []
-    all_gpus: list[float] = []
-    baseline_tok_s = None
-    baseline_gpus = None
+    lines: list[Series] = []
+    gpus: list[float] = []
+    baseline = None
     for label, rows in series.items():
         rows = [r for r in rows if r.point.output_tok_s is not None]
         if not rows:
             continue
-        lines.append(Series(label, [r.point.num_gpus for r in rows], [r.point.output_tok_s for r in rows]))
-        all_gpus += [r.point.num_gpus for r in rows]
-        for r in rows:
-            if r.n == 1 and baseline_tok_s is None:
-                baseline_tok_s, baseline_gpus = r.point.output_tok_s, r.point.num_gpus
-    if baseline_tok_s is not None and all_gpus:
-        ticks = _ticks(all_gpus)
-        ideal = [baseline_tok_s * g / baseline_gpus for g in ticks]
-        lines.append(Series("ideal (N x 1-GPU rate)", ticks, ideal, marker=IDEAL_MARKER))
-    return line_chart(title, lines, xlabel="GPUs", ylabel="tok/s", xticks=_ticks(all_gpus), **style)
+        lines.append(Series(label, tuple(r.point.num_gpus for r in rows), tuple(r.point.output_tok_s for r in rows)))
+        gpus += [r.point.num_gpus for r in rows]
+        baseline = baseline or next((r.point for r in rows if r.n == 1), None)
+    if not lines:
+        return _empty(title, "no completed scaling runs yet")
+    if baseline is not None:
+        ticks = _ticks(gpus)
+        ideal = tuple(baseline.output_tok_s * g / baseline.num_gpus for g in ticks)
+        lines.append(Series("ideal (N x 1-GPU rate)", ticks, ideal, IDEAL_MARKER, ideal=True))
+    return Chart(title, "lines", "GPUs", "tok/s", _with_markers(lines), xticks=_ticks(gpus))
 
 
-def efficiency_vs_gpus(
-    series: Mapping[str, Sequence[ScalingRow]], *, title: str = "Scaling efficiency vs GPUs", **style
-) -> str:
+def efficiency_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
+                       title: str = "Scaling efficiency vs GPUs") -> Chart:
     """Efficiency (S/N, or E_w for weak scaling) per mode against GPU count; ideal is 1."""
-    lines = []
-    all_gpus: list[float] = []
+    lines: list[Series] = []
+    gpus: list[float] = []
     for label, rows in series.items():
         rows = [r for r in rows if r.efficiency is not None]
         if rows:
-            lines.append(Series(label, [r.point.num_gpus for r in rows], [r.efficiency for r in rows]))
-            all_gpus += [r.point.num_gpus for r in rows]
-    if all_gpus:
-        ticks = _ticks(all_gpus)
-        lines.append(Series("ideal (1.0)", ticks, [1.0] * len(ticks), marker=IDEAL_MARKER))
-    return line_chart(title, lines, xlabel="GPUs", ylabel="efficiency", xticks=_ticks(all_gpus), **style)
+            lines.append(Series(label, tuple(r.point.num_gpus for r in rows), tuple(r.efficiency for r in rows)))
+            gpus += [r.point.num_gpus for r in rows]
+    if not lines:
+        return _empty(title, "no completed scaling runs yet")
+    ticks = _ticks(gpus)
+    lines.append(Series("ideal (1.0)", ticks, tuple(1.0 for _ in ticks), IDEAL_MARKER, ideal=True))
+    return Chart(title, "lines", "GPUs", "efficiency", _with_markers(lines), xticks=ticks)
 
 
 # --- batch sweep ---------------------------------------------------------------------------------
 
 
-def _batch_series(points_by_label: Mapping[str, Sequence[Point]], value) -> tuple[list[Series], list[float]]:
-    lines, sizes = [], []
+def by_batch_size(points_by_label: Mapping[str, Sequence[Point]], value: Callable[[Point], float | None], *,
+                  title: str, ylabel: str) -> Chart:
+    lines: list[Series] = []
+    sizes: list[float] = []
     for label, points in points_by_label.items():
         pairs = sorted((p.batch_size, value(p)) for p in points if value(p) is not None)
         if pairs:
-            lines.append(Series(label, [b for b, _ in pairs], [v for _, v in pairs]))
+            lines.append(Series(label, tuple(b for b, _ in pairs), tuple(v for _, v in pairs)))
             sizes += [b for b, _ in pairs]
-    return lines, sizes
-
-
-def _log_axis(sizes: Sequence[float]) -> bool:
+    if not lines:
+        return _empty(title, "no measurement has this value")
     # Batch sizes are usually powers of two; a log axis spaces them evenly.
-    return len(set(sizes)) > 2 and max(sizes) / min(sizes) >= 8
+    log_x = len(set(sizes)) > 2 and max(sizes) / min(sizes) >= 8
+    return Chart(title, "lines", "batch size", ylabel, _with_markers(lines), xticks=_ticks(sizes), log_x=log_x)
 
 
-def by_batch_size(
-    points_by_label: Mapping[str, Sequence[Point]], value, *, title: str, ylabel: str, **style
-) -> str:
-    lines, sizes = _batch_series(points_by_label, value)
-    return line_chart(title, lines, xlabel="batch size", ylabel=ylabel, xticks=_ticks(sizes),
-                      log_x=bool(sizes) and _log_axis(sizes), **style)
-
-
-def throughput_vs_batch(points_by_label: Mapping[str, Sequence[Point]], **style) -> str:
+def throughput_vs_batch(points_by_label: Mapping[str, Sequence[Point]]) -> Chart:
     return by_batch_size(points_by_label, lambda p: p.output_tok_s,
-                         title="Output tokens/s vs batch size", ylabel="tok/s", **style)
+                         title="Output tokens/s vs batch size", ylabel="tok/s")
 
 
-def memory_vs_batch(points_by_label: Mapping[str, Sequence[Point]], **style) -> str:
-    """Peak memory of the largest rank, in GiB."""
-    return by_batch_size(points_by_label, lambda p: None if p.peak_bytes is None else p.peak_bytes / 2**30,
-                         title="Peak memory per rank (largest rank) vs batch size", ylabel="GiB", **style)
+def memory_vs_batch(points_by_label: Mapping[str, Sequence[Point]]) -> Chart:
+    """Peak memory of the largest rank, in MiB."""
+    return by_batch_size(points_by_label, lambda p: None if p.peak_bytes is None else p.peak_bytes / 2**20,
+                         title="Peak memory of the largest rank vs batch size", ylabel="MiB")
 
 
-def ttft_vs_batch(points_by_label: Mapping[str, Sequence[Point]], **style) -> str:
+def ttft_vs_batch(points_by_label: Mapping[str, Sequence[Point]]) -> Chart:
     return by_batch_size(points_by_label, lambda p: None if p.ttft_s is None else p.ttft_s * 1e3,
-                         title="TTFT (median) vs batch size", ylabel="ms", **style)
+                         title="TTFT (median) vs batch size", ylabel="ms")
 
 
-def tpot_vs_batch(points_by_label: Mapping[str, Sequence[Point]], **style) -> str:
+def tpot_vs_batch(points_by_label: Mapping[str, Sequence[Point]]) -> Chart:
     return by_batch_size(points_by_label, lambda p: None if p.tpot_s is None else p.tpot_s * 1e3,
-                         title="TPOT (median) vs batch size", ylabel="ms", **style)
+                         title="TPOT (median) vs batch size", ylabel="ms")
 
 
 # --- profile -------------------------------------------------------------------------------------
 
 
-def time_split_chart(point: Point, *, title: str | None = None, width: int = DEFAULT_WIDTH,
-                     height: int = DEFAULT_HEIGHT, color: bool = False) -> str:
+def time_split_chart(point: Point, *, title: str | None = None) -> Chart:
     """Stacked compute / communication / idle share of each rank's time (percent)."""
     title = title or f"Time split per rank: {point.label}, batch {point.batch_size}"
     splits = time_split(point)
     if not splits:
-        return _no_data(title, "the run was not profiled (profile=True records compute/comm/idle)")
-    names = [f"rank {s.rank}" for s in splits]
-    stacks = [[s.compute * 100 for s in splits], [s.comm * 100 for s in splits], [s.idle * 100 for s in splits]]
-    with _figure_lock:
-        figure = plotext.figure
-        figure.clear()
-        figure.plot_size(width, height)
-        figure.draw(figure.bar(names, stacks, stacked=True, marker=list(STACK_MARKERS)))
-        figure.ruler("y").lim(0, 100)
-        figure.title(title)
-        figure.label("%", axis="y")
-        text = figure.build().string(colorless=not color)
-        figure.clear()
-    key = _key_line(list(zip(STACK_MARKERS, ("compute", "communication", "idle"))))
-    return text.rstrip() + "\n" + key
+        return _empty(title, "the run was not profiled (profile=True records compute/comm/idle)")
+    return Chart(
+        title, "stacked_bars", "", "%",
+        categories=tuple(f"rank {s.rank}" for s in splits),
+        stacks=(tuple(s.compute * 100 for s in splits), tuple(s.comm * 100 for s in splits),
+                tuple(s.idle * 100 for s in splits)),
+        stack_labels=("compute", "communication", "idle"),
+        y_max=100.0,
+    )
 
 
 # --- correctness ---------------------------------------------------------------------------------
 
 
-def correctness_chart(result: Correctness, *, max_new_tokens: int, title: str = "Matching tokens per prompt",
-                      width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, color: bool = False) -> str:
+def correctness_chart(result: Correctness, *, max_new_tokens: int,
+                      title: str = "Matching tokens per prompt") -> Chart:
     """Per prompt, how many generated tokens match the baseline before the first divergence."""
     if not result.checks:
-        return _no_data(title, "no completions to compare")
-    indexes = [c.index for c in result.checks]
-    matched = [max_new_tokens if c.exact else (c.first_divergence or 0) for c in result.checks]
-    with _figure_lock:
-        figure = plotext.figure
-        figure.clear()
-        figure.plot_size(width, height)
-        figure.draw(figure.bar([str(i) for i in indexes], matched, marker=[STACK_MARKERS[0]]))
-        figure.ruler("y").lim(0, max_new_tokens)
-        figure.title(title)
-        figure.label("prompt")
-        figure.label("tokens", axis="y")
-        text = figure.build().string(colorless=not color)
-        figure.clear()
-    return (text.rstrip() + f"\n  full bar: all {max_new_tokens} tokens identical; "
-            f"{result.exact_matches}/{result.n} prompts exact")
+        return _empty(title, "no completions to compare")
+    matched = tuple(float(max_new_tokens if c.exact else (c.first_divergence or 0)) for c in result.checks)
+    return Chart(
+        title, "bars", "prompt", "tokens",
+        categories=tuple(str(c.index) for c in result.checks), stacks=(matched,), y_max=float(max_new_tokens),
+        note=f"full bar: all {max_new_tokens} tokens identical; {result.exact_matches}/{result.n} prompts exact",
+    )
