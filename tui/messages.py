@@ -1,0 +1,103 @@
+"""Messages the app's thread workers post to the UI thread (facts, in the past tense).
+
+Workers never touch widgets; they post one of these and the handler on the UI thread updates
+state. High-rate status messages define `can_replace` so a newer one supersedes a queued one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from tui.rank_streams import RoutedBatch
+
+
+@dataclass
+class ServiceOpened(Message):
+    """The service layer (database, configuration) is ready to use."""
+
+    service: Any
+
+
+@dataclass
+class ServiceFailed(Message):
+    """The service layer could not be opened (bad configuration, newer database, ...)."""
+
+    error: str
+
+
+@dataclass
+class RunsRefreshed(Message):
+    """A fresh snapshot of every run, live states merged in."""
+
+    runs: list[Any]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunsRefreshed)
+
+
+@dataclass
+class ConnectionChanged(Message):
+    """A cluster's connection state changed: connected, connecting, reconnecting, failed, local."""
+
+    cluster: str
+    state: str
+    detail: str = ""
+
+
+@dataclass
+class SshTroubleMet(Message):
+    """An SSH problem that needs the user: unknown/changed host key or a failed login."""
+
+    cluster: str
+    error: BaseException
+
+
+@dataclass
+class RunSubmitted(Message):
+    """A run was submitted; `run` is its record with the job id."""
+
+    run: Any
+
+
+@dataclass
+class ActionFailed(Message):
+    """A user action (submit, cancel, preview, ...) failed; `what` names it."""
+
+    what: str
+    error: str
+    run_id: int | None = None
+
+
+@dataclass
+class RunCancelled(Message):
+    """A cancel request finished; `run` is the record after it."""
+
+    run: Any
+
+
+@dataclass
+class LogBatchReceived(Message):
+    """One batch of a run's log and event lines, already sorted by rank."""
+
+    run_id: int
+    batch: RoutedBatch
+
+
+@dataclass
+class LogTailEnded(Message):
+    """A run's log tail stopped (run finished and drained, or an error)."""
+
+    run_id: int
+    error: str | None = None
+
+
+@dataclass
+class ResultsLoaded(Message):
+    """A finished run's measurements and correctness summary, read from the database."""
+
+    run_id: int
+    measurements: list[Any]
+    correctness: Any = None

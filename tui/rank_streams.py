@@ -1,0 +1,136 @@
+"""Turn batches of remote log chunks into per-rank lines, a merged timeline and worker events.
+
+Headless (no Textual): the app's tail worker calls `route_chunks` on its own thread so the UI
+thread only appends ready-made lines. A chunk's file is recognised by the contract's file names
+(`rank{r}.log`, `rank{r}.events.jsonl`, `{job}-rank{r}.out`), so it needs nothing from the backend
+beyond the path. What it does not do: keep state across batches (the caller holds the last
+timestamp per file) or decide what to show (the widgets do).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from remote.cluster import LogChunk
+from worker.contract import parse_event
+
+_EVENTS_NAME = re.compile(r"rank(\d+)\.events\.jsonl$")
+_WORKER_LOG_NAME = re.compile(r"rank(\d+)\.log$")
+_LAUNCHER_LOG_NAME = re.compile(r"-rank(\d+)\.out$")
+# A leading ISO-8601 time ("2026-11-26 20:01:02,123", "[2026-11-26T20:01:02.1]") or Unix seconds.
+_LEADING_TIME = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)")
+_LEADING_EPOCH = re.compile(r"^\[?(1\d{9}(?:\.\d+)?)\b")
+# Control characters would corrupt the terminal; tabs become spaces so widths stay exact.
+_CONTROL = {c: "\ufffd" for c in range(32) if c not in (9,)}
+_CONTROL[9] = "    "
+_CONTROL[127] = "\ufffd"
+
+
+def classify_path(path: str) -> tuple[int, str] | None:
+    """(rank, kind) of a run file, kind one of "events", "log", "launcher"; None if foreign."""
+    name = PurePosixPath(path).name
+    for pattern, kind in (
+        (_EVENTS_NAME, "events"),
+        (_WORKER_LOG_NAME, "log"),
+        (_LAUNCHER_LOG_NAME, "launcher"),
+    ):
+        match = pattern.search(name)
+        if match:
+            return int(match.group(1)), kind
+    return None
+
+
+def leading_timestamp(line: str) -> float | None:
+    """Unix time written at the start of a log line, if any (naive times are local)."""
+    if not line or not (line[0].isdigit() or line[0] == "["):
+        return None
+    match = _LEADING_TIME.match(line)
+    if match:
+        try:
+            return datetime.fromisoformat(match.group(1).replace(",", ".")).timestamp()
+        except ValueError:
+            return None
+    match = _LEADING_EPOCH.match(line)
+    return float(match.group(1)) if match else None
+
+
+def clean_line(line: str) -> str:
+    """The line without its end-of-line and with control characters made visible."""
+    return line.rstrip("\r\n").translate(_CONTROL)
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    """A log line for events worth reading among the logs (errors, phase changes); None otherwise."""
+    kind = event.get("kind")
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts", 0))))
+    if kind == "error":
+        return f"{stamp} ERROR {event.get('message', '')}"
+    if kind == "phase":
+        detail = {k: v for k, v in event.items() if k not in ("v", "ts", "rank", "kind", "phase")}
+        extra = " ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+        return f"{stamp} phase {event.get('phase')} {extra}".rstrip()
+    return None
+
+
+@dataclass
+class RoutedBatch:
+    """One batch of chunks, sorted out: lines per rank, merged lines, events, new offsets."""
+
+    rank_lines: dict[int, list[str]] = field(default_factory=dict)
+    merged_lines: list[str] = field(default_factory=list)
+    """Every rank's lines of this batch, ordered by timestamp, prefixed with the rank."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    line_count: int = 0
+
+
+def route_chunks(chunks: list[LogChunk], last_time: dict[str, float]) -> RoutedBatch:
+    """Sort one batch of chunks into ranks; `last_time` (path -> ts) carries times across batches.
+
+    Lines without a timestamp take the previous line's time of the same file (or now), so a
+    multi-line traceback stays together in the merged view. Ordering is exact within a batch;
+    across batches it is by arrival, which the tail's short poll keeps within a fraction of a second.
+    """
+    batch = RoutedBatch()
+    stamped: list[tuple[float, int, int, str]] = []
+    arrival = time.time()
+    sequence = 0
+    for chunk in chunks:
+        batch.offsets[chunk.path] = chunk.end_offset
+        kind = classify_path(chunk.path)
+        if kind is None:
+            continue
+        rank, file_kind = kind
+        lines_out = batch.rank_lines.setdefault(rank, [])
+        previous = last_time.get(chunk.path, arrival)
+        if file_kind == "events":
+            for raw in chunk.lines:
+                event = parse_event(raw)
+                if event is None:
+                    continue
+                batch.events.append(event)
+                text = format_event(event)
+                if text is not None:
+                    lines_out.append(text)
+                    stamped.append((float(event.get("ts", previous)), rank, sequence, text))
+                    sequence += 1
+            continue
+        for raw in chunk.lines:
+            text = clean_line(raw)
+            ts = leading_timestamp(text)
+            if ts is None:
+                ts = previous
+            previous = ts
+            lines_out.append(text)
+            stamped.append((ts, rank, sequence, text))
+            sequence += 1
+        last_time[chunk.path] = previous
+    stamped.sort()
+    batch.merged_lines = [f"[r{rank}] {text}" for _, rank, _, text in stamped]
+    batch.line_count = sum(len(lines) for lines in batch.rank_lines.values())
+    return batch

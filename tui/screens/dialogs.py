@@ -1,0 +1,108 @@
+"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a problem report.
+
+Each returns its answer through `dismiss()`; none of them does I/O. The host-key dialog only
+asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """A question with a default of 'no'; y / n / Esc answer it from the keyboard."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str, *, yes_label: str = "Yes", no_label: str = "No") -> None:
+        super().__init__()
+        self.question = question
+        self.yes_label = yes_label
+        self.no_label = no_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.question, classes="dialog-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes_label, variant="error", id="yes")
+                yield Button(self.no_label, variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class HostKeyDialog(ModalScreen[bool]):
+    """An unknown (or changed) host key: show the fingerprint and let the user trust or refuse it."""
+
+    BINDINGS = [Binding("escape", "refuse", "Refuse")]
+
+    def __init__(self, cluster: str, host: str, fingerprint: str, *, changed: bool = False) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.host = host
+        self.fingerprint = fingerprint
+        self.changed = changed
+
+    def compose(self) -> ComposeResult:
+        if self.changed:
+            title = f"[b red]The host key of {self.host} has CHANGED[/]"
+            advice = (
+                "Someone may be intercepting the connection, or the host was reinstalled.\n"
+                "Trust the new key only if its administrator confirms this fingerprint."
+            )
+        else:
+            title = f"[b]Unknown host key for {self.host}[/] (cluster {self.cluster})"
+            advice = "Compare it with the fingerprint the cluster's administrators publish."
+        with Vertical(classes="dialog"):
+            yield Static(title, classes="dialog-question")
+            yield Label(self.fingerprint, id="fingerprint")
+            yield Static(advice)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Trust and connect", variant="warning", id="trust")
+                yield Button("Refuse", variant="primary", id="refuse")
+
+    def on_mount(self) -> None:
+        self.query_one("#refuse", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "trust")
+
+    def action_refuse(self) -> None:
+        self.dismiss(False)
+
+
+class ProblemDialog(ModalScreen[None]):
+    """Something went wrong that the user must read (failed login, failed submit, bad config)."""
+
+    BINDINGS = [Binding("escape,enter", "close", "Close")]
+
+    def __init__(self, title: str, detail: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(f"[b]{self.title_text}[/]", classes="dialog-question")
+            yield Static(self.detail, id="problem-detail", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,275 @@
+"""One run: state timeline, job id, elapsed time, a progress bar per rank, live logs, results.
+
+Logs: a merged tab (every rank, ordered by timestamp) and one tab per rank whose view is mounted
+only when the tab is first opened (the lines are already buffered in `app.run_logs`). Follow
+mode, a regex filter (only matching lines) and a regex search (highlight, Enter / n / N jump).
+When the run has finished, the measurements table and the correctness summary appear.
+
+All data comes from the app (records, buffers, results messages); this screen does no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+
+from tui.run_display import (
+    clock,
+    duration,
+    elapsed_s,
+    history_of,
+    is_finished,
+    is_live,
+    ranks_of,
+    state_markup,
+    state_of,
+)
+from tui.run_logs import RunLogs
+from tui.widgets.connection_bar import ConnectionBar
+from tui.widgets.rank_log import RankLog
+from tui.widgets.rank_progress import RankProgressRow
+from tui.widgets.results import ResultsPanel
+
+
+class RunScreen(Screen):
+    """Watch one run live; Esc goes back to the list (the run keeps going)."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("slash", "focus_search", "Search"),
+        Binding("ctrl+f", "focus_search", "Search", show=False),
+        Binding("ctrl+l", "focus_filter", "Filter"),
+        Binding("n", "next_match", "Next match", show=False),
+        Binding("N", "previous_match", "Prev match", show=False),
+        Binding("c", "cancel_run", "Cancel run"),
+        Binding("m", "show_tab('merged')", "Merged"),
+        Binding("R", "show_tab('results')", "Results"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, run_id: int, logs: RunLogs) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.logs = logs
+        self.follow = True
+        self.search_pattern: re.Pattern[str] | None = None
+        self.results_shown = False
+
+    @property
+    def record(self) -> Any:
+        return getattr(self.app, "runs", {}).get(self.run_id)
+
+    def compose(self) -> ComposeResult:
+        record = self.record
+        ranks = ranks_of(record) if record is not None else 1
+        yield ConnectionBar(f"run {self.run_id}")
+        with Horizontal(id="run-header"):
+            yield Static("", id="run-summary")
+            yield Static("", id="run-timeline")
+        with VerticalScroll(id="rank-progress"):
+            for rank in range(ranks):
+                yield RankProgressRow(rank)
+        with Horizontal(id="log-tools"):
+            yield Input(placeholder="filter: regex, only matching lines", id="log-filter")
+            yield Input(placeholder="search: regex, Enter = next", id="log-search")
+            yield Static("", id="follow-state")
+        yield Static("", id="log-tools-error", classes="field-error")
+        with TabbedContent(id="log-tabs", initial="merged"):
+            with TabPane("merged", id="merged"):
+                yield RankLog(self.logs.merged, id="log-merged")
+            for rank in range(ranks):
+                with TabPane(f"rank {rank}", id=f"rank-{rank}"):
+                    yield Static("", classes="lazy-placeholder")
+            with TabPane("results", id="results"):
+                yield ResultsPanel(id="results-panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "runs_version", self._record_changed, init=True)
+        self.set_interval(1.0, self._tick)
+        self._show_follow()
+
+    # --- record, header, progress ---------------------------------------------------------------
+
+    def _record_changed(self, _version: int = 0) -> None:
+        record = self.record
+        if record is None:
+            return
+        self._draw_header(record)
+        self._draw_progress()
+        if is_finished(record) and not self.results_shown:
+            self.app.load_results(self.run_id)  # type: ignore[attr-defined]
+
+    def _draw_header(self, record: Any) -> None:
+        state = state_of(record)
+        lines = [
+            f"[b]{getattr(record, 'name', '')}[/]  #{self.run_id}",
+            f"cluster [b]{getattr(record, 'cluster', '')}[/] · mode [b]{getattr(record, 'mode', '')}[/]"
+            f" · {ranks_of(record)} ranks",
+            f"state {state_markup(state)}"
+            + (f" ({record.state_reason})" if getattr(record, "state_reason", None) else ""),
+            f"job id [b]{getattr(record, 'job_id', None) or '-'}[/] · elapsed [b]{duration(elapsed_s(record))}[/]",
+        ]
+        error = getattr(record, "error", None)
+        if error:
+            lines.append(f"[red]{_escape(str(error))}[/]")
+        self.query_one("#run-summary", Static).update("\n".join(lines))
+        timeline = history_of(record)
+        rows = ["[b]timeline[/]"] + [
+            f"{clock(at)}  {state_markup(entry_state)}" + (f" [dim]{_escape(reason)}[/]" if reason else "")
+            for entry_state, at, reason in timeline[-6:]
+        ]
+        self.query_one("#run-timeline", Static).update("\n".join(rows))
+
+    def _draw_progress(self) -> None:
+        record = self.record
+        live = record is not None and is_live(record)
+        now = time.time()
+        for row in self.query(RankProgressRow):
+            row.show(self.logs.rank_state(row.rank), live=live, now=now)
+
+    def _tick(self) -> None:
+        record = self.record
+        if record is not None and is_live(record):
+            self._draw_header(record)
+            self._draw_progress()
+
+    # --- logs ----------------------------------------------------------------------------------
+
+    def logs_updated(self) -> None:
+        """The app applied a new batch to `self.logs`: redraw the visible log and progress."""
+        active = self._active_log()
+        if active is not None:
+            active.lines_changed()
+        self._draw_progress()
+
+    def _active_log(self) -> RankLog | None:
+        tabs = self.query_one(TabbedContent)
+        pane_id = tabs.active
+        if not pane_id or pane_id == "results":
+            return None
+        logs = self.query(f"#{pane_id} RankLog")
+        return logs.first(RankLog) if logs else None
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane
+        if pane.id and pane.id.startswith("rank-") and not pane.query(RankLog):
+            rank = int(pane.id.removeprefix("rank-"))
+            view = RankLog(self.logs.rank_buffer(rank), id=f"log-{pane.id}")
+            view.follow = self.follow
+            view.search = self.search_pattern
+            pane.query(".lazy-placeholder").remove()
+            pane.mount(view)
+            return
+        log = self._active_log()
+        if log is not None:
+            log.follow = self.follow
+            log.search = self.search_pattern
+            log.lines_changed()
+
+    def action_toggle_follow(self) -> None:
+        log = self._active_log()
+        self.follow = not (log.follow if log is not None else self.follow)
+        for view in self.query(RankLog):
+            view.follow = self.follow
+            if self.follow:
+                view.lines_changed()
+        self._show_follow()
+
+    def _show_follow(self) -> None:
+        text = "[b green]following[/]" if self.follow else "[b yellow]paused[/] (f to follow)"
+        self.query_one("#follow-state", Static).update(text)
+
+    def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
+        self._show_follow()
+
+    def action_focus_search(self) -> None:
+        self.query_one("#log-search", Input).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#log-filter", Input).focus()
+
+    def _compile(self, text: str) -> re.Pattern[str] | None:
+        error = self.query_one("#log-tools-error", Static)
+        try:
+            pattern = re.compile(text, re.IGNORECASE) if text else None
+        except re.error as exc:
+            error.update(f"not a valid regular expression: {exc}")
+            raise
+        error.update("")
+        return pattern
+
+    @on(Input.Changed, "#log-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        try:
+            pattern = self._compile(event.value)
+        except re.error:
+            return
+        self.logs.merged.set_filter(pattern)
+        for buffer in self.logs.ranks.values():
+            buffer.set_filter(pattern)
+        for view in self.query(RankLog):
+            view.lines_changed()
+
+    @on(Input.Changed, "#log-search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        try:
+            self.search_pattern = self._compile(event.value)
+        except re.error:
+            return
+        for view in self.query(RankLog):
+            view.search = self.search_pattern
+
+    @on(Input.Submitted, "#log-search")
+    def _search_submitted(self) -> None:
+        self.action_next_match()
+
+    def action_next_match(self) -> None:
+        log = self._active_log()
+        if log is not None and not log.find_next():
+            self.notify("no further match", timeout=2)
+        self._sync_follow(log)
+
+    def action_previous_match(self) -> None:
+        log = self._active_log()
+        if log is not None and not log.find_next(backwards=True):
+            self.notify("no earlier match", timeout=2)
+        self._sync_follow(log)
+
+    def _sync_follow(self, log: RankLog | None) -> None:
+        if log is not None and log.follow != self.follow:
+            self.follow = log.follow
+            self._show_follow()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    # --- results and actions ---------------------------------------------------------------------
+
+    def show_results(self, measurements: list[Any], correctness: Any) -> None:
+        self.results_shown = True
+        self.query_one(ResultsPanel).show(measurements, correctness)
+        if self.follow:
+            self.query_one(TabbedContent).active = "results"
+
+    def action_cancel_run(self) -> None:
+        self.app.confirm_cancel(self.run_id)  # type: ignore[attr-defined]
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

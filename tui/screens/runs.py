@@ -1,0 +1,210 @@
+"""The home screen: every run in the database, live states merged in; sort, filter, open, cancel.
+
+It renders `app.runs` (kept fresh by the app's refresh worker) and asks the app for actions.
+It does no I/O itself.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from tui.run_display import clock, duration, elapsed_s, is_live, ranks_of, state_markup, state_of
+from tui.widgets.connection_bar import ConnectionBar
+
+COLUMNS: list[tuple[str, str]] = [
+    ("id", "ID"),
+    ("name", "Name"),
+    ("cluster", "Cluster"),
+    ("mode", "Mode"),
+    ("ranks", "Ranks"),
+    ("state", "State"),
+    ("job", "Job"),
+    ("created", "Created"),
+    ("elapsed", "Elapsed"),
+]
+
+WELCOME = (
+    "[b]No runs yet.[/]\n\n"
+    "Press [b]d[/] to start a demo run on this machine: a tiny synthetic LLaMA, pipeline-parallel\n"
+    "over 2 local ranks, no Slurm or SSH needed. You can watch it from submit to results.\n"
+    "Press [b]n[/] for a new run on a configured cluster, [b]ctrl+p[/] for every command."
+)
+
+
+def _row_values(record: Any, now: float) -> dict[str, Any]:
+    """Sortable values per column (the cell shows a formatted form of them)."""
+    return {
+        "id": getattr(record, "id", 0) or 0,
+        "name": getattr(record, "name", "") or "",
+        "cluster": str(getattr(record, "cluster", "") or ""),
+        "mode": getattr(record, "mode", "") or "",
+        "ranks": ranks_of(record),
+        "state": state_of(record),
+        "job": getattr(record, "job_id", None) or "",
+        "created": getattr(record, "created_at", None) or 0.0,
+        "elapsed": elapsed_s(record, now) or 0.0,
+    }
+
+
+class RunsScreen(Screen):
+    """Every run; Enter opens one."""
+
+    BINDINGS = [
+        Binding("n", "app.new_run", "New run"),
+        Binding("d", "app.demo_run", "Demo run"),
+        Binding("enter", "open_run", "Open", show=True),
+        Binding("c", "cancel_run", "Cancel run"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("r", "app.refresh_runs", "Refresh"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort_column = "id"
+        self.sort_reverse = True
+        self.filter_pattern: re.Pattern[str] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBar("runs")
+        yield Input(placeholder="filter runs (regex over every column)  /", id="runs-filter")
+        yield Static("", id="runs-filter-error", classes="field-error")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static(WELCOME, id="welcome")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        table.focus()
+        self.watch(self.app, "runs_version", self._redraw, init=True)
+        self.set_interval(1.0, self._tick_elapsed)
+
+    # --- drawing -----------------------------------------------------------------------------
+
+    def _visible_runs(self) -> list[tuple[Any, dict[str, Any]]]:
+        now = time.time()
+        rows = []
+        for record in getattr(self.app, "runs", {}).values():
+            values = _row_values(record, now)
+            if self.filter_pattern is not None:
+                text = " ".join(str(v) for v in values.values())
+                if not self.filter_pattern.search(text):
+                    continue
+            rows.append((record, values))
+        rows.sort(key=lambda item: item[1][self.sort_column], reverse=self.sort_reverse)
+        return rows
+
+    def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
+        return [
+            str(values["id"]),
+            values["name"],
+            values["cluster"],
+            values["mode"],
+            str(values["ranks"]),
+            state_markup(values["state"]),
+            values["job"] or "-",
+            clock(values["created"] or None),
+            duration(elapsed_s(record)),
+        ]
+
+    def _redraw(self, _version: int = 0) -> None:
+        from rich.text import Text
+
+        table = self.query_one(DataTable)
+        selected = self.selected_run_id()
+        table.clear()
+        for key, label in COLUMNS:
+            column = table.columns.get(key)  # type: ignore[call-overload]
+            if column is not None:
+                arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_column else ""
+                column.label = Text(label + arrow)
+        rows = self._visible_runs()
+        for record, values in rows:
+            cells = [Text.from_markup(c) if i == 5 else c for i, c in enumerate(self._cells(values, record))]
+            table.add_row(*cells, key=str(values["id"]))
+        has_runs = bool(getattr(self.app, "runs", {}))
+        self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
+        if selected is not None and str(selected) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(selected)))
+
+    def _tick_elapsed(self) -> None:
+        table = self.query_one(DataTable)
+        for record in getattr(self.app, "runs", {}).values():
+            key = str(getattr(record, "id", ""))
+            if is_live(record) and key in table.rows:
+                table.update_cell(key, "elapsed", duration(elapsed_s(record)))
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def selected_run_id(self) -> int | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except Exception:  # cursor outside a refreshed table
+            return None
+        return int(key.value) if key and key.value else None
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.app.open_run(int(event.row_key.value))  # type: ignore[attr-defined]
+
+    def action_open_run(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id is not None:
+            self.app.open_run(run_id)  # type: ignore[attr-defined]
+
+    def action_cancel_run(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id is not None:
+            self.app.confirm_cancel(run_id)  # type: ignore[attr-defined]
+
+    @on(DataTable.HeaderSelected)
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = key, False
+        self._redraw()
+
+    def action_cycle_sort(self) -> None:
+        keys = [key for key, _ in COLUMNS]
+        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self._redraw()
+
+    def action_reverse_sort(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._redraw()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#runs-filter", Input).focus()
+
+    @on(Input.Changed, "#runs-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        error = self.query_one("#runs-filter-error", Static)
+        try:
+            self.filter_pattern = re.compile(event.value, re.IGNORECASE) if event.value else None
+            error.update("")
+        except re.error as exc:
+            error.update(f"not a valid regular expression: {exc}")
+            return
+        self._redraw()
+
+    @on(Input.Submitted, "#runs-filter")
+    def _filter_submitted(self) -> None:
+        self.query_one(DataTable).focus()

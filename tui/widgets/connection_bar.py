@@ -1,0 +1,46 @@
+"""The line at the top of every screen: each cluster's connection state, and the screen's title.
+
+It reads `app.connections` (cluster -> (state, detail)) whenever `app.connections_version`
+changes, so it is always current on whichever screen is showing.
+"""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+STATE_MARKS = {
+    "local": "[green]●[/] local",
+    "connected": "[green]●[/] connected",
+    "idle": "[dim]○[/] not connected yet",
+    "connecting": "[yellow]◌[/] connecting",
+    "reconnecting": "[yellow]◌[/] reconnecting",
+    "failed": "[red]✖[/] failed",
+    "refused": "[red]✖[/] host key refused",
+}
+
+
+class ConnectionBar(Static):
+    """`dinf · <title> · cluster ● state · ...`"""
+
+    DEFAULT_CSS = """
+    ConnectionBar { dock: top; height: 1; background: $panel; color: $text; padding: 0 1; }
+    """
+
+    def __init__(self, title: str) -> None:
+        super().__init__(id="connection-bar")
+        self.title_text = title
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "connections_version", self._redraw, init=True)
+
+    def _redraw(self, _version: int = 0) -> None:
+        connections = getattr(self.app, "connections", {})
+        parts = [f"[b]dinf[/] · {self.title_text}"]
+        if not connections:
+            parts.append("[dim]opening the database…[/]")
+        for cluster, (state, detail) in sorted(connections.items()):
+            text = f"{cluster} {STATE_MARKS.get(state, state)}"
+            if detail and state not in ("connected", "local"):
+                text += f" [dim]({detail})[/]"
+            parts.append(text)
+        self.update("  ·  ".join(parts))

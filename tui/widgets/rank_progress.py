@@ -1,0 +1,56 @@
+"""One row per rank: progress bar fed by the worker's events, phase, heartbeat age, stale warning.
+
+The state it shows (`RankState`) is folded from events in `tui.run_logs`.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Label, ProgressBar
+
+from tui.run_logs import RankState
+
+class RankProgressRow(Horizontal):
+    """rank label · progress bar · phase and heartbeat."""
+
+    DEFAULT_CSS = """
+    RankProgressRow { height: 1; }
+    RankProgressRow .rank-name { width: 8; }
+    RankProgressRow ProgressBar { width: 44; }
+    RankProgressRow .rank-detail { width: 1fr; }
+    RankProgressRow.-stale .rank-detail { color: $warning; text-style: bold; }
+    RankProgressRow.-failed .rank-detail { color: $error; }
+    """
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(id=f"rank-progress-{rank}")
+        self.rank = rank
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"rank {self.rank}", classes="rank-name")
+        yield ProgressBar(total=None, show_eta=False, id=f"rank-bar-{self.rank}")
+        yield Label("waiting for the first event", classes="rank-detail")
+
+    def show(self, state: RankState, *, live: bool, now: float | None = None) -> None:
+        bar = self.query_one(ProgressBar)
+        if state.tokens_expected:
+            bar.update(total=state.tokens_expected, progress=state.tokens_done)
+        elif state.phase == "done":
+            bar.update(total=1, progress=1)
+        parts = [state.phase]
+        if state.batch_size is not None:
+            parts.append(f"bs={state.batch_size}")
+        if state.tokens_expected:
+            parts.append(f"{state.tokens_done}/{state.tokens_expected} tok")
+        age = state.heartbeat_age(now)
+        stale = live and state.is_stale(now)
+        if state.error:
+            parts.append(f"error: {state.error}")
+        elif stale:
+            parts.append(f"⚠ no heartbeat for {age:.0f} s")
+        elif age is not None and live:
+            parts.append(f"beat {age:.0f} s ago")
+        self.set_class(stale, "-stale")
+        self.set_class(state.error is not None, "-failed")
+        self.query_one(".rank-detail", Label).update(" · ".join(parts))
