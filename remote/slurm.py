@@ -1,0 +1,331 @@
+"""Slurm as pure functions over strings: the batch script, command argv lists, output parsers.
+
+What it does: renders the sbatch script a run executes (sorted `#SBATCH` flags; environment set-up;
+`srun --kill-on-bad-exit=1` with one task per GPU and per-rank logs `<logs>/%j-rank%t.out`; optional
+`apptainer exec --nv IMAGE`), builds sbatch/squeue/sacct/scancel argv lists, parses `--parsable2`
+style output by its header (never `--json`, whose shape changes between releases), and maps Slurm's
+state strings ("CANCELLED by 1001", "3:0", short codes) onto `JobState`.
+
+What it doesn't: run anything. `remote.slurm_cluster` sends these over SSH.
+
+Free text (the job name) and paths never go into `#SBATCH` lines: sbatch reads those one line at a
+time, so a newline in a value would end the directive and the rest would become a shell line. They
+travel on the sbatch command line instead (quoted by `remote.quoting`), and inside the script body
+(where bash's single quotes hold newlines) only through `quote()`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from remote.cluster import JobState, JobStatus, PythonEnvironment, Resources
+from remote.quoting import export_lines, quote
+
+SACCT_ACCOUNTING_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "AllocTRES", "MaxRSS", "TotalCPU")
+SACCT_STATUS_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "Reason")
+# squeue has no --parsable2; an explicit -o format with '|' and its header line is the equivalent.
+SQUEUE_FIELDS = (("JOBID", "%i"), ("STATE", "%T"), ("REASON", "%r"), ("TIME", "%M"), ("NODELIST", "%N"))
+
+_SHORT_STATES = {
+    "PD": "PENDING", "R": "RUNNING", "CG": "COMPLETING", "CD": "COMPLETED", "F": "FAILED",
+    "CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PR": "PREEMPTED",
+    "BF": "BOOT_FAIL", "DL": "DEADLINE", "S": "SUSPENDED", "RQ": "REQUEUED", "CF": "CONFIGURING",
+    "RS": "RESIZING", "RH": "REQUEUED", "RF": "REQUEUED", "SE": "FAILED", "ST": "SUSPENDED",
+}
+# States Slurm has that the interface folds into its nearest neighbour.
+_ALIASES = {
+    "REQUEUE_HOLD": "REQUEUED", "REQUEUE_FED": "REQUEUED", "SPECIAL_EXIT": "FAILED", "STOPPED": "SUSPENDED",
+    "SIGNALING": "RUNNING", "STAGE_OUT": "COMPLETING", "RESV_DEL_HOLD": "PENDING", "REVOKED": "CANCELLED",
+}
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:=+\-\[\]&|!()*/@ ]+$")
+_TIME_LIMIT = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
+
+
+class SlurmOutputError(ValueError):
+    """Slurm printed something these parsers cannot read."""
+
+
+# --- states and fields -------------------------------------------------------------------------
+
+
+def parse_state(text: str) -> tuple[JobState, str | None]:
+    """'CANCELLED by 1001' → (CANCELLED, 'by 1001'); 'PD' → PENDING; unknown → (UNKNOWN, text)."""
+    text = text.strip()
+    if not text:
+        return JobState.UNKNOWN, None
+    word, _, detail = text.partition(" ")
+    word = word.rstrip("+").upper()
+    word = _SHORT_STATES.get(word, word)
+    word = _ALIASES.get(word, word)
+    try:
+        return JobState(word), (detail.strip() or None)
+    except ValueError:
+        return JobState.UNKNOWN, text
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """sacct ExitCode 'code:signal' → (code, signal); '' → (None, None)."""
+    text = text.strip()
+    if not text:
+        return None, None
+    code, _, signal = text.partition(":")
+    try:
+        return int(code), (int(signal) if signal else 0)
+    except ValueError as exc:
+        raise SlurmOutputError(f"cannot read exit code {text!r} (expected 'code:signal')") from exc
+
+
+def parse_duration(text: str) -> float | None:
+    """Slurm durations: [D-][HH:]MM:SS[.fff] (Elapsed, TotalCPU, squeue %M) → seconds."""
+    text = text.strip()
+    if not text or text in {"INVALID", "UNLIMITED", "N/A"}:
+        return None
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    parts = text.split(":")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError as exc:
+        raise SlurmOutputError(f"cannot read duration {text!r}") from exc
+    seconds = 0.0
+    for n in numbers:
+        seconds = seconds * 60 + n
+    return days * 86400 + seconds
+
+
+def parse_memory(text: str) -> int | None:
+    """MaxRSS '38784K' → bytes."""
+    text = text.strip()
+    if not text:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text[-1].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(float(text))
+
+
+def parse_table(text: str, separator: str = "|") -> list[dict[str, str]]:
+    """Rows of `--parsable2`-style output keyed by its header line (column order is not trusted)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0].split(separator)
+    rows = []
+    for line in lines[1:]:
+        cells = line.split(separator)
+        if len(cells) != len(header):
+            raise SlurmOutputError(f"row {line!r} has {len(cells)} fields, the header {header} has {len(header)}")
+        rows.append({name.strip(): cell.strip() for name, cell in zip(header, cells)})
+    return rows
+
+
+def parse_sbatch_job_id(stdout: str) -> str:
+    """`sbatch --parsable` prints 'jobid' or 'jobid;cluster'."""
+    for line in stdout.splitlines():
+        candidate = line.strip().split(";")[0]
+        if candidate.isdigit():
+            return candidate
+    raise SlurmOutputError(f"could not read a job id from sbatch's output {stdout!r}")
+
+
+def statuses_from_squeue(text: str) -> dict[str, JobStatus]:
+    statuses = {}
+    for row in parse_table(text):
+        state, detail = parse_state(row["STATE"])
+        reason = row.get("REASON") or detail
+        nodelist = row.get("NODELIST") or None
+        statuses[row["JOBID"]] = JobStatus(
+            job_id=row["JOBID"],
+            state=state,
+            reason=None if reason in (None, "None") else reason,
+            elapsed_s=parse_duration(row.get("TIME", "")),
+            nodelist=nodelist,
+        )
+    return statuses
+
+
+def statuses_from_sacct(text: str) -> dict[str, JobStatus]:
+    """Allocation lines only (steps like '12.batch' / '12.0' are skipped)."""
+    statuses = {}
+    for row in parse_table(text):
+        job_id = row["JobID"]
+        if "." in job_id:
+            continue
+        state, detail = parse_state(row["State"])
+        code, signal = parse_exit_code(row.get("ExitCode", ""))
+        reason = row.get("Reason") or None
+        statuses[job_id] = JobStatus(
+            job_id=job_id,
+            state=state,
+            reason=detail or (None if reason in (None, "None") else reason),
+            exit_code=code,
+            signal=signal,
+            elapsed_s=parse_duration(row.get("Elapsed", "")),
+            nodelist=None if row.get("NodeList") in (None, "", "None assigned") else row["NodeList"],
+        )
+    return statuses
+
+
+def merge_statuses(job_ids: list[str], squeue: dict[str, JobStatus], sacct: dict[str, JobStatus]) -> dict[str, JobStatus]:
+    """squeue is live (pending reasons); sacct knows how a job ended (exit codes) and lags a little."""
+    merged = {}
+    for job_id in job_ids:
+        live, accounted = squeue.get(job_id), sacct.get(job_id)
+        if accounted and accounted.state.is_terminal:
+            merged[job_id] = accounted
+        elif live:
+            merged[job_id] = live
+        elif accounted:
+            merged[job_id] = accounted
+        else:
+            merged[job_id] = JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="not known to squeue or sacct")
+    return merged
+
+
+def accounting_from_sacct(text: str, job_id: str) -> dict[str, str]:
+    """The allocation's fields, with MaxRSS the largest over its steps (the allocation line has none)."""
+    rows = parse_table(text)
+    allocation = next((r for r in rows if r["JobID"] == job_id), None)
+    if allocation is None:
+        return {}
+    result = {name: allocation.get(name, "") for name in SACCT_ACCOUNTING_FIELDS}
+    step_rss = [(parse_memory(r.get("MaxRSS", "")) or 0, r.get("MaxRSS", "")) for r in rows if r["JobID"].startswith(job_id + ".")]
+    if not result["MaxRSS"] and step_rss:
+        result["MaxRSS"] = max(step_rss)[1]
+    return result
+
+
+# --- argv builders -----------------------------------------------------------------------------
+
+
+def squeue_argv(job_ids: list[str]) -> list[str]:
+    fmt = "|".join(code for _, code in SQUEUE_FIELDS)
+    # -t all: also jobs that just ended (kept MinJobAge seconds), so a fast job is never "missing".
+    return ["squeue", "-t", "all", "-j", ",".join(job_ids), "-o", fmt]
+
+
+def squeue_header_note() -> str:
+    """squeue prints its own header names for -o codes; SQUEUE_FIELDS lists the ones it prints."""
+    return "|".join(name for name, _ in SQUEUE_FIELDS)
+
+
+def sacct_status_argv(job_ids: list[str]) -> list[str]:
+    return ["sacct", "--parsable2", "-X", "-j", ",".join(job_ids), f"--format={','.join(SACCT_STATUS_FIELDS)}"]
+
+
+def sacct_accounting_argv(job_id: str) -> list[str]:
+    return ["sacct", "--parsable2", "-j", job_id, f"--format={','.join(SACCT_ACCOUNTING_FIELDS)}"]
+
+
+def scancel_argv(job_id: str) -> list[str]:
+    return ["scancel", job_id]
+
+
+def sbatch_argv(script_path: str, *, job_name: str, run_dir: str, test_only: bool = False) -> list[str]:
+    """sbatch with the free-text and path flags that must not live in #SBATCH lines."""
+    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={run_dir}",
+            f"--output={escape_filename_pattern(run_dir)}/logs/%j-batch.out"]
+    if test_only:
+        argv.append("--test-only")
+    return argv + [script_path]
+
+
+def escape_filename_pattern(path: str) -> str:
+    """Slurm expands %j, %t, ... in --output; a literal % in a path must be %%."""
+    return path.replace("%", "%%")
+
+
+# --- the batch script --------------------------------------------------------------------------
+
+
+def resource_flags(resources: Resources) -> dict[str, str]:
+    """The #SBATCH flags for `resources`; every value checked so it cannot break the directive line."""
+    r = resources
+    problems = {}
+    for name in ("nodes", "tasks_per_node"):
+        value = getattr(r, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems[name] = f"must be a positive integer, got {value!r}"
+    for name in ("gpus_per_node", "cpus_per_task"):
+        value = getattr(r, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            problems[name] = f"must be a non-negative integer, got {value!r}"
+    if r.time_limit is not None and not _TIME_LIMIT.match(str(r.time_limit)):
+        problems["time_limit"] = f"{r.time_limit!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS or D-HH:MM:SS)"
+    for name in ("partition", "account", "qos", "constraint", "mem"):
+        value = getattr(r, name)
+        if value is not None and (not isinstance(value, str) or not _SAFE_VALUE.match(value)):
+            problems[name] = f"{value!r} has characters Slurm does not accept here (letters, digits, _.,:=+-[]&|!()*/@)"
+    if problems:
+        raise ValueError("invalid resources: " + "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())))
+    flags = {"nodes": str(r.nodes), "ntasks-per-node": str(r.tasks_per_node)}
+    if r.gpus_per_node:
+        flags["gpus-per-node"] = str(r.gpus_per_node)
+    for key, value in (("cpus-per-task", r.cpus_per_task), ("partition", r.partition), ("account", r.account),
+                       ("qos", r.qos), ("time", r.time_limit), ("constraint", r.constraint), ("mem", r.mem)):
+        if value is not None and value != "":
+            flags[key] = str(value)
+    return flags
+
+
+@dataclass(frozen=True)
+class ScriptPaths:
+    run_dir: str
+    logs_dir: str
+    output_dir: str
+    spec_path: str
+
+
+def script_paths(run_dir: str) -> ScriptPaths:
+    return ScriptPaths(
+        run_dir=run_dir,
+        logs_dir=f"{run_dir}/logs",
+        output_dir=f"{run_dir}/out",
+        spec_path=f"{run_dir}/spec.json",
+    )
+
+
+def worker_command(python: str, spec_path: str) -> list[str]:
+    """The worker's entry point as the job runs it."""
+    return [python, "-m", "worker", "run", "--spec", spec_path]
+
+
+def render_batch_script(
+    *,
+    run_id: str,
+    resources: Resources,
+    environment: PythonEnvironment,
+    run_dir: str,
+    command: list[str],
+) -> str:
+    """The whole sbatch script. `command` is the per-rank argv (the worker, or a test's stand-in)."""
+    paths = script_paths(run_dir)
+    flags = resource_flags(resources)
+    lines = [
+        "#!/bin/bash",
+        f"# dinf run {run_id}: rendered by remote.slurm.render_batch_script.",
+        "# The job name, working directory and batch log are given on the sbatch command line.",
+    ]
+    lines += [f"#SBATCH --{key}={flags[key]}" for key in sorted(flags)]
+    lines += ["", "set -eo pipefail", f"cd {quote(paths.run_dir)}", "", "# environment"]
+    lines += [f"module load {quote(m)}" for m in environment.modules]
+    if environment.venv:
+        lines.append(f"source {quote(environment.venv.rstrip('/') + '/bin/activate')}")
+    lines += export_lines(environment.env)
+    lines += list(environment.setup_lines)
+    lines += ["", "# one task per GPU (or per requested task); per-rank logs named by job id and rank"]
+    srun = [
+        "srun",
+        "--kill-on-bad-exit=1",
+        "--unbuffered",
+        f"--nodes={resources.nodes}",
+        f"--ntasks-per-node={resources.tasks_per_node}",
+        f"--output={escape_filename_pattern(paths.logs_dir)}/%j-rank%t.out",
+    ]
+    if resources.container_image:
+        srun += ["apptainer", "exec", "--nv", resources.container_image]
+    lines.append(" ".join(quote(word) for word in srun + command))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,262 @@
+"""`SlurmCluster`: the `Cluster` interface over one SSH connection to a Slurm login node.
+
+What it does: uploads a run (spec, prompts, batch script) by SFTP into `<workdir>/runs/<run_id>`
+(mode 0700), previews and preflights (`sbatch --test-only`, script on stdin: nothing is written),
+submits with `sbatch --parsable`, reports the status of many jobs in ONE round trip (squeue and
+sacct together), cancels and waits for the terminal state, streams every log over the one SFTP
+channel from byte offsets, fetches results and sacct accounting.
+
+What it doesn't: build strings (`remote.slurm`), quote (`remote.quoting`), manage the connection
+(`remote.ssh`), or decide when to poll (`remote.poller`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from remote import slurm
+from remote.cluster import (
+    ClusterError,
+    JobState,
+    JobStatus,
+    LogChunk,
+    PreparedRun,
+    PythonEnvironment,
+    RunBundle,
+)
+from remote.logstream import MAX_READ, follow
+from remote.quoting import join_sections, split_sections
+from remote.ssh import CommandFailed, SshConnection, SshError
+from worker.contract import RunSpec, SpecError, events_file, launcher_log_file
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SCRIPT_FILE = "job.sbatch"
+PROMPTS_FILE = "prompts.jsonl"
+JOB_ID_FILE = "job_id"
+
+
+def check_run_id(run_id: str) -> None:
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise ClusterError(
+            f"run id {run_id!r} is not filesystem-safe; use letters, digits, '.', '_' and '-' "
+            "(the free-text name belongs in job_name)"
+        )
+
+
+def expand_command(template: list[str], *, python: str, spec: str, run_dir: str, output_dir: str) -> list[str]:
+    """Fill {python} {spec} {run_dir} {output_dir} in a job command template (tests use stand-ins)."""
+    values = {"python": python, "spec": spec, "run_dir": run_dir, "output_dir": output_dir}
+    return [word.format(**values) for word in template]
+
+
+def rewrite_spec(spec_json: str, *, output_dir: str, prompts_path: str | None) -> str:
+    """The spec with output_dir (and prompts_file) pointing into the run directory; validated first."""
+    try:
+        spec = RunSpec.from_json(spec_json)
+    except SpecError as exc:
+        raise ClusterError(f"the run's spec is invalid, nothing was uploaded:\n{exc}") from exc
+    spec.output_dir = output_dir
+    if prompts_path is not None:
+        spec.prompts_file = prompts_path
+    return spec.to_json()
+
+
+class SlurmCluster:
+    """A Slurm cluster reached over SSH."""
+
+    def __init__(
+        self,
+        connection: SshConnection,
+        *,
+        name: str = "slurm",
+        workdir: str = "dinf",
+        environment: PythonEnvironment | None = None,
+        job_command: list[str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        """`workdir` is absolute, or relative to the remote home. `job_command` overrides the worker
+        (a template with {python} {spec} {run_dir} {output_dir}); tests use it for stand-ins."""
+        self.name = name
+        self.connection = connection
+        self.environment = environment or PythonEnvironment()
+        self.job_command = job_command
+        self._workdir = workdir
+        self._resolved_workdir: str | None = workdir if workdir.startswith("/") else None
+        self._sleep = sleep
+        self.scheduler_calls = 0
+        """Round trips made to the scheduler (the benchmark reads it)."""
+
+    # --- paths and rendering -----------------------------------------------------------------
+
+    @property
+    def workdir(self) -> str:
+        if self._resolved_workdir is None:
+            self._resolved_workdir = f"{self.connection.home().rstrip('/')}/{self._workdir.strip('/')}"
+        return self._resolved_workdir
+
+    def run_dir(self, run_id: str) -> str:
+        check_run_id(run_id)
+        return f"{self.workdir}/runs/{run_id}"
+
+    def _command(self, run_dir: str) -> list[str]:
+        paths = slurm.script_paths(run_dir)
+        if self.job_command is None:
+            return slurm.worker_command(self.environment.python, paths.spec_path)
+        return expand_command(
+            self.job_command, python=self.environment.python, spec=paths.spec_path,
+            run_dir=run_dir, output_dir=paths.output_dir,
+        )
+
+    def preview(self, bundle: RunBundle) -> str:
+        run_dir = self.run_dir(bundle.run_id)
+        try:
+            return slurm.render_batch_script(
+                run_id=bundle.run_id, resources=bundle.resources, environment=self.environment,
+                run_dir=run_dir, command=self._command(run_dir),
+            )
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from exc
+
+    def preflight(self, bundle: RunBundle) -> str:
+        """sbatch --test-only with the script on stdin: Slurm's verdict, nothing written or queued."""
+        script = self.preview(bundle)
+        # No --chdir/--output here: the run directory does not exist yet, and test-only runs nothing.
+        argv = ["sbatch", "--parsable", "--test-only", f"--job-name={bundle.job_name}"]
+        self.scheduler_calls += 1
+        result = self.connection.run(argv, stdin=script.encode(), check=False)
+        if not result.ok:
+            raise ClusterError(f"Slurm would reject this job: {result.tail()}\n(command: {result.command})")
+        return (result.stderr.strip() or result.stdout.strip()).removeprefix("sbatch: ")
+
+    # --- prepare / submit --------------------------------------------------------------------
+
+    def prepare(self, bundle: RunBundle) -> PreparedRun:
+        run_dir = self.run_dir(bundle.run_id)
+        paths = slurm.script_paths(run_dir)
+        script = self.preview(bundle)  # validates resources before anything is written
+        prompts_path = f"{run_dir}/{PROMPTS_FILE}" if bundle.prompts_jsonl is not None else None
+        spec_json = rewrite_spec(bundle.spec_json, output_dir=paths.output_dir, prompts_path=prompts_path)
+        self.connection.makedirs(f"{self.workdir}/runs", 0o700)
+        self.connection.mkdir_exclusive(run_dir, 0o700)
+        try:
+            for sub in (paths.logs_dir, paths.output_dir):
+                self.connection.mkdir_exclusive(sub, 0o700)
+            self.connection.put_bytes(paths.spec_path, spec_json.encode())
+            if prompts_path is not None:
+                self.connection.put_bytes(prompts_path, bundle.prompts_jsonl.encode())
+            self.connection.put_bytes(f"{run_dir}/{SCRIPT_FILE}", script.encode(), mode=0o700)
+        except BaseException:
+            self._remove_quietly(run_dir)  # nothing half-written stays behind
+            raise
+        return PreparedRun(
+            run_id=bundle.run_id, run_dir=run_dir, script_path=f"{run_dir}/{SCRIPT_FILE}",
+            output_dir=paths.output_dir, logs_dir=paths.logs_dir,
+        )
+
+    def _remove_quietly(self, run_dir: str) -> None:
+        try:
+            self.connection.remove_tree(run_dir)
+        except (SshError, OSError):
+            pass
+
+    def submit(self, prepared: PreparedRun, bundle: RunBundle) -> str:
+        argv = slurm.sbatch_argv(prepared.script_path, job_name=bundle.job_name, run_dir=prepared.run_dir)
+        self.scheduler_calls += 1
+        try:
+            # Not idempotent: after a dropped connection we cannot know whether sbatch ran.
+            result = self.connection.run(argv, idempotent=False)
+        except CommandFailed as exc:
+            raise ClusterError(
+                f"Slurm rejected run {bundle.run_id} (nothing was queued): {exc.result.tail()}\n"
+                f"  $ {exc.result.command}"
+            ) from exc
+        job_id = slurm.parse_sbatch_job_id(result.stdout)
+        self.connection.put_bytes(f"{prepared.run_dir}/{JOB_ID_FILE}", (job_id + "\n").encode())
+        return job_id
+
+    # --- status / cancel ---------------------------------------------------------------------
+
+    def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        for job_id in job_ids:
+            if not str(job_id).isdigit():
+                raise ClusterError(f"{job_id!r} is not a Slurm job id")
+        self.scheduler_calls += 1
+        line = join_sections([slurm.squeue_argv(job_ids), slurm.sacct_status_argv(job_ids)])
+        result = self.connection.run([], command=line, check=False)
+        (squeue_rc, squeue_out), (sacct_rc, sacct_out) = split_sections(result.stdout, 2)
+        # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory.
+        live = slurm.statuses_from_squeue(squeue_out) if squeue_rc == 0 else {}
+        accounted = slurm.statuses_from_sacct(sacct_out) if sacct_rc == 0 else {}
+        return slurm.merge_statuses([str(j) for j in job_ids], live, accounted)
+
+    def cancel(self, job_id: str, *, wait_s: float = 30.0) -> JobStatus:
+        current = self.status([job_id])[job_id]
+        if current.state.is_terminal:
+            return current
+        self.connection.run(slurm.scancel_argv(job_id))
+        deadline = time.monotonic() + wait_s
+        while True:
+            current = self.status([job_id])[job_id]
+            if current.state.is_terminal:
+                return current
+            if time.monotonic() > deadline:
+                raise ClusterError(f"job {job_id} is still {current.state.value} {wait_s:.0f} s after scancel")
+            self._sleep(0.25)
+
+    # --- logs and results --------------------------------------------------------------------
+
+    def stream_logs(
+        self,
+        paths: list[str],
+        offsets: dict[str, int] | None = None,
+        *,
+        poll_s: float = 0.2,
+        stop: threading.Event | None = None,
+    ) -> Iterator[list[LogChunk]]:
+        """All files over the one SFTP channel (sshd allows ~10 sessions per connection)."""
+        return follow(
+            lambda path, offset: self.connection.read_from(path, offset, MAX_READ),
+            paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep,
+        )
+
+    def log_paths(self, prepared: PreparedRun, job_id: str, ranks: int) -> list[str]:
+        """Launcher logs and worker event files of every rank (what a run view follows)."""
+        return [f"{prepared.logs_dir}/{launcher_log_file(job_id, r)}" for r in range(ranks)] + [
+            f"{prepared.output_dir}/{events_file(r)}" for r in range(ranks)
+        ]
+
+    def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
+        """Every file of the output and logs directories (result.json, completions, events, logs)."""
+        fetched = []
+        for remote_dir, sub in ((prepared.output_dir, ""), (prepared.logs_dir, "logs")):
+            target = Path(local_dir) / sub
+            target.mkdir(parents=True, exist_ok=True)
+            for name in self.connection.listdir(remote_dir):
+                local_path = target / name
+                local_path.write_bytes(self.connection.get_bytes(f"{remote_dir}/{name}"))
+                fetched.append(str(local_path))
+        return fetched
+
+    def accounting(self, job_id: str, *, wait_s: float = 0.0) -> dict[str, str]:
+        """sacct fields of the job; `wait_s` polls until sacct has its terminal state (sacct lags)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.scheduler_calls += 1
+            result = self.connection.run(slurm.sacct_accounting_argv(job_id))
+            fields = slurm.accounting_from_sacct(result.stdout, job_id)
+            state = slurm.parse_state(fields.get("State", ""))[0] if fields else JobState.UNKNOWN
+            if state.is_terminal or time.monotonic() >= deadline:
+                return fields
+            self._sleep(0.5)
+
+    def read_text(self, path: str) -> str:
+        return self.connection.get_bytes(path).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.connection.close()
