@@ -32,6 +32,14 @@ class RepeatTiming:
     prefill_s: list[float]  # per batch: a max_new_tokens=1 generation of that batch
     outputs: list[BatchOutput] = field(default_factory=list)  # per batch (all ranks' rows, merged)
     prompt_tokens: int = 0
+    decode_s: float | None = None
+    """T_generate − T_prefill of the pass; None = sum over batches (ranks that run batches one after another).
+    Data-parallel replicas decode concurrently, so there the runner passes the slowest replica's."""
+
+
+def batch_generate_s(out: BatchOutput) -> float:
+    """T_generate of one batch: its start to its last token."""
+    return max((t[-1] for t in out.token_times_s if t), default=0.0)
 
 
 def request_stats(outputs: list[BatchOutput]) -> dict[str, list[float]]:
@@ -69,8 +77,9 @@ def summarize(
         total_tps.append((n_out + rep.prompt_tokens) / rep.wall_s)
         # decode throughput: B·(N−1) / (T_generate − T_prefill), summed over the pass's batches.
         decode_tokens = sum(max(len(ids) - 1, 0) for out in rep.outputs for ids in out.output_ids)
-        generate_s = sum(max((t[-1] for t in out.token_times_s if t), default=0.0) for out in rep.outputs)
-        decode_s = generate_s - sum(rep.prefill_s)
+        decode_s = rep.decode_s
+        if decode_s is None:
+            decode_s = sum(batch_generate_s(out) for out in rep.outputs) - sum(rep.prefill_s)
         decode_tps.append(decode_tokens / decode_s if decode_s > 0 and decode_tokens else 0.0)
     first = repeats[0]
     output_median = statistics.median(output_tps)

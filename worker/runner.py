@@ -295,7 +295,7 @@ class Job:
     def _measure(self, batch_size: int):
         from worker import distributed
         from worker.generate import BatchOutput, StageTimer
-        from worker.metrics import RepeatTiming, peak_memory, reset_peak_memory, summarize, time_split
+        from worker.metrics import RepeatTiming, batch_generate_s, peak_memory, reset_peak_memory, summarize, time_split
         from worker.tokenizer import make_batches
 
         spec, env = self.spec, self.env
@@ -334,7 +334,16 @@ class Job:
             else:
                 prefill = [max(vals) for vals in zip(*(rec["passes"][r]["prefill_s"] for rec in everyone))]
             prompt_tokens = sum(len(self._prompt_ids(i, texts)) for o in outs for i in o.indices)
-            repeats.append(RepeatTiming(everyone[0]["passes"][r]["wall_s"], prefill, outs, prompt_tokens))
+            decode_s = None
+            if spec.mode == "dp":  # replicas decode at the same time: the slowest one is the pass's decode time
+                decode_s = max(
+                    sum(batch_generate_s(BatchOutput(**o)) for o in rec["passes"][r]["outputs"])
+                    - sum(rec["passes"][r]["prefill_s"])
+                    for rec in everyone
+                )
+            repeats.append(
+                RepeatTiming(everyone[0]["passes"][r]["wall_s"], prefill, outs, prompt_tokens, decode_s)
+            )
         per_rank = [{"rank": rec["rank"], **rec["memory"], **rec["split"]} for rec in everyone]
         measurement = summarize(
             batch_size, spec.num_requests or len(self.prompts), spec.max_new_tokens, repeats,
