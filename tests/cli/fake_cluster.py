@@ -1,0 +1,77 @@
+"""A scripted in-memory Cluster for fast service tests (the real backends have their own tests).
+
+Jobs move through the states the test scripts; `fetch_results` copies a prepared bundle directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from remote.cluster import ClusterError, JobState, JobStatus, LogChunk, PreparedRun, RunBundle
+
+
+class FakeCluster:
+    def __init__(self, name: str, *, bundle: Path | None = None):
+        self.name = name
+        self.bundle = bundle
+        self.states: dict[str, list[JobState]] = {}
+        self.submitted: list[RunBundle] = []
+        self.status_calls: list[list[str]] = []
+        self.fail_submit: str | None = None
+        self.unreachable = False
+        self.cancelled: list[str] = []
+        self.closed = False
+
+    def preview(self, bundle: RunBundle) -> str:
+        return f"#!/bin/bash\n#SBATCH --job-name={bundle.job_name}\n#SBATCH --ntasks-per-node={bundle.resources.tasks_per_node}\n"
+
+    def preflight(self, bundle: RunBundle) -> str:
+        return "ok"
+
+    def prepare(self, bundle: RunBundle) -> PreparedRun:
+        run_dir = f"/remote/{bundle.run_id}"
+        return PreparedRun(bundle.run_id, run_dir, f"{run_dir}/job.sh", f"{run_dir}/out", f"{run_dir}/logs")
+
+    def submit(self, prepared: PreparedRun, bundle: RunBundle) -> str:
+        if self.fail_submit:
+            raise ClusterError(self.fail_submit)
+        self.submitted.append(bundle)
+        job_id = str(100 + len(self.submitted))
+        self.states[job_id] = [JobState.PENDING, JobState.RUNNING, JobState.COMPLETED]
+        return job_id
+
+    def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        if self.unreachable:
+            raise ClusterError("ssh: connection refused")
+        self.status_calls.append(list(job_ids))
+        out = {}
+        for job_id in job_ids:
+            states = self.states[job_id]
+            state = states.pop(0) if len(states) > 1 else states[0]
+            out[job_id] = JobStatus(job_id, state, exit_code=0 if state.is_terminal else None)
+        return out
+
+    def cancel(self, job_id: str, *, wait_s: float = 30.0) -> JobStatus:
+        self.cancelled.append(job_id)
+        self.states[job_id] = [JobState.CANCELLED]
+        return JobStatus(job_id, JobState.CANCELLED)
+
+    def stream_logs(self, paths, offsets=None, *, poll_s: float = 0.2):
+        yield [LogChunk(path, 0, 10, [f"line of {path}"]) for path in paths]
+
+    def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
+        if self.bundle is None:
+            return []
+        copied = []
+        for path in self.bundle.iterdir():
+            shutil.copy(path, Path(local_dir) / path.name)
+            copied.append(str(Path(local_dir) / path.name))
+        return copied
+
+    def accounting(self, job_id: str) -> dict[str, str]:
+        return {"State": self.states[job_id][-1].value, "ExitCode": "0:0", "Elapsed": "00:00:05",
+                "NodeList": "node1", "MaxRSS": "300M"}
+
+    def close(self) -> None:
+        self.closed = True

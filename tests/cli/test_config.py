@@ -1,0 +1,108 @@
+"""The TOML configuration and the XDG / DINF_* locations."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tui import locations
+from tui.config import LOCAL, ConfigError, load_config
+
+GOOD = """
+[defaults]
+cluster = "gpu"
+
+[clusters.gpu]
+host = "gpu-login"
+workdir = "/scratch/me/dinf"
+
+[clusters.gpu.python]
+venv = "/shared/venvs/dinf"
+modules = ["cuda/12.4", "nccl"]
+env = { NCCL_DEBUG = "WARN" }
+
+[clusters.gpu.slurm]
+partition = "gpu"
+account = "proj"
+gpus_per_node = 4
+tasks_per_node = 4
+time_limit = 30
+
+[clusters.local]
+workdir = "/tmp/dinf-local"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_is_the_local_cluster_alone(tmp_path):
+    config = load_config(tmp_path / "absent.toml", data_dir=tmp_path)
+    assert list(config.clusters) == [LOCAL] and config.default_cluster == LOCAL
+    local = config.cluster(LOCAL)
+    assert local.backend == "local" and local.python.python == sys.executable
+    assert local.workdir == str(tmp_path / "local-runs")
+
+
+def test_full_config(tmp_path):
+    config = load_config(write(tmp_path, GOOD), data_dir=tmp_path)
+    gpu = config.cluster("gpu")
+    assert config.default_cluster == "gpu"
+    assert (gpu.backend, gpu.host, gpu.workdir) == ("slurm", "gpu-login", "/scratch/me/dinf")
+    assert gpu.python.venv == "/shared/venvs/dinf" and gpu.python.modules == ["cuda/12.4", "nccl"]
+    assert gpu.python.env == {"NCCL_DEBUG": "WARN"} and gpu.python.python == "python3"
+    assert (gpu.defaults.partition, gpu.defaults.gpus_per_node, gpu.defaults.time_limit) == ("gpu", 4, "30")
+    assert config.cluster(LOCAL).workdir == "/tmp/dinf-local"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[clusters.gpu]\nworkdir = 'x'\n", r"clusters\.gpu\.host: is required"),
+        ("[clusters.gpu]\nhost = 'h'\nhots = 1\n", r"clusters\.gpu\.hots: unknown key"),
+        ("[clusters.gpu]\nhost = 'h'\n[clusters.gpu.slurm]\ngpus_per_node = 'four'\n",
+         r"clusters\.gpu\.slurm\.gpus_per_node: must be an integer >= 0, got 'four'"),
+        ("[clusters.gpu]\nhost = 'h'\n[clusters.gpu.slurm]\npartitoin = 'gpu'\n",
+         r"clusters\.gpu\.slurm\.partitoin: unknown key"),
+        ("[clusters.gpu]\nhost = 'h'\n[clusters.gpu.python]\nmodules = 'cuda'\n",
+         r"clusters\.gpu\.python\.modules: must be a list of strings"),
+        ("[clusters.gpu]\nhost = 'h'\nbackend = 'local'\n", r"clusters\.gpu\.backend: must be 'slurm'"),
+        ("[clusters.local]\nhost = 'h'\n", r"clusters\.local\.host: unknown key"),
+        ("[defaults]\ncluster = 'nope'\n", r"defaults\.cluster: names 'nope', which is not a cluster"),
+        ("clusters = 3\n", r"clusters: must be a table"),
+        ("[clusters\n", r"not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, data_dir=tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_cluster_says_where_to_add_it(tmp_path):
+    config = load_config(tmp_path / "absent.toml", data_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"no cluster named 'gpu'; known: local\. Add \[clusters\.gpu\]"):
+        config.cluster("gpu")
+
+
+def test_locations_env_overrides(monkeypatch, tmp_path):
+    for name in ("DINF_HOME", "DINF_DB", "DINF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert locations.config_path() == tmp_path / "cfg" / "dinf" / "config.toml"
+    assert locations.db_path() == tmp_path / "data" / "dinf" / "dinf.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")  # the XDG spec says: ignore relative paths
+    assert locations.data_dir() == Path.home() / ".local/share/dinf"
+    monkeypatch.setenv("DINF_HOME", str(tmp_path / "home"))
+    assert locations.config_path() == tmp_path / "home" / "config.toml"
+    assert locations.db_path() == tmp_path / "home" / "dinf.db"
+    monkeypatch.setenv("DINF_DB", str(tmp_path / "other.db"))
+    monkeypatch.setenv("DINF_CONFIG", str(tmp_path / "other.toml"))
+    assert (locations.db_path(), locations.config_path()) == (tmp_path / "other.db", tmp_path / "other.toml")

@@ -1,0 +1,134 @@
+"""The service layer's bookkeeping, against a scripted fake cluster (fast; the real local backend
+is exercised by test_cli_local.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from remote.cluster import Resources
+from tests.cli.fake_cluster import FakeCluster
+from tui.services import Dinf, RunNotFound, ServiceError
+from worker.contract import RunSpec, SpecError
+
+FIXTURE_BUNDLE = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
+
+
+@pytest.fixture
+def fake() -> FakeCluster:
+    return FakeCluster("local", bundle=FIXTURE_BUNDLE)
+
+
+@pytest.fixture
+def dinf(tmp_path, fake):
+    service = Dinf(data_dir=tmp_path, config_path=tmp_path / "config.toml", cluster_factory=lambda cfg: fake)
+    yield service
+    service.close()
+
+
+def pp2_spec() -> RunSpec:
+    return RunSpec(run_name="svc", mode="pp", pp_size=2, batch_sizes=[1, 2], max_new_tokens=4)
+
+
+def test_submit_poll_finish_ingest(dinf, fake, tmp_path):
+    draft = dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(tasks_per_node=2))
+    assert (draft.state, draft.num_ranks, draft.job_id) == ("DRAFT", 2, None)
+    assert "--ntasks-per-node=2" in dinf.preview(draft.id)
+    record = dinf.submit(draft.id)
+    assert (record.state, record.job_id, record.run_dir) == ("PENDING", "101", f"/remote/{draft.uid}")
+    assert json.loads(fake.submitted[0].spec_json)["mode"] == "pp"
+    states = [dinf.refresh()[0].state for _ in range(3)]
+    assert states == ["PENDING", "RUNNING", "COMPLETED"]
+    assert dinf.refresh() == []  # nothing unfinished is polled again
+    done = dinf.run(draft.id)
+    assert [h.state for h in done.history] == ["DRAFT", "PENDING", "RUNNING", "COMPLETED"]
+    assert done.has_results and done.error is None and done.exit_code == 0
+    assert [m["batch_size"] for m in dinf.measurements(done.id)] == [1, 2]
+    assert len(dinf.measurements(done.id)[0]["rank_stats"]) == 2
+    assert dinf.accounting(done.id)[0]["elapsed"] == "00:00:05"
+    assert dinf.correctness(done.id)[0]["first_divergences"] == [None, 3]
+    assert Path(done.local_results_dir) == tmp_path / "results" / done.uid
+    # reconcile after the fact (as a restarted app would) ingests nothing twice
+    dinf.reconcile()
+    assert len(dinf.export_rows()) == 2
+
+
+def test_one_status_call_per_cluster(dinf, fake):
+    for _ in range(3):
+        dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
+    dinf.refresh()
+    assert fake.status_calls == [["101", "102", "103"]]
+
+
+def test_submit_failure_leaves_submit_failed(dinf, fake):
+    fake.fail_submit = "sbatch: error: invalid partition specified: nope"
+    record = dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
+    assert record.state == "SUBMIT_FAILED" and "invalid partition" in record.error and record.job_id is None
+    with pytest.raises(ServiceError, match="only a DRAFT run can be submitted"):
+        dinf.submit(record.id)
+    assert dinf.refresh() == []
+
+
+def test_unreachable_cluster_is_noted_not_raised(dinf, fake):
+    run = dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
+    fake.unreachable = True
+    assert dinf.refresh()[0].state == "PENDING"
+    assert "connection refused" in dinf.cluster_errors["local"]
+    fake.unreachable = False
+    dinf.refresh()
+    assert "local" not in dinf.cluster_errors and dinf.run(run.id).state == "PENDING"
+
+
+def test_cancel(dinf, fake):
+    run = dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
+    cancelled = dinf.cancel(run.id)
+    assert cancelled.state == "CANCELLED" and fake.cancelled == ["101"]
+    assert dinf.cancel(run.id).state == "CANCELLED" and fake.cancelled == ["101"]  # idempotent
+    draft = dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources())
+    assert dinf.cancel(draft.id).state == "CANCELLED"
+
+
+def test_new_run_validation_names_fields(dinf):
+    with pytest.raises(SpecError, match="pp_size"):
+        dinf.new_run(cluster="local", spec=RunSpec(mode="pp", pp_size=3), resources=Resources(tasks_per_node=2))
+    with pytest.raises(SpecError, match="mode: single runs on exactly one rank"):
+        dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(tasks_per_node=2))
+    with pytest.raises(ValueError, match="resources.nodes: must be an integer >= 1"):
+        dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(nodes=0))
+    with pytest.raises(ValueError, match="resources.nodes: the local cluster has one node"):
+        dinf.new_run(cluster="local", spec=RunSpec(mode="dp"), resources=Resources(nodes=2))
+    with pytest.raises(ValueError, match="no cluster named 'gpu'"):
+        dinf.new_run(cluster="gpu", spec=RunSpec(), resources=Resources())
+    assert dinf.runs() == []  # nothing half-recorded
+
+
+def test_log_sources_and_stream(dinf):
+    run = dinf.submit(dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(tasks_per_node=2)).id)
+    sources = dinf.log_sources(run.id)
+    assert [(s.rank, s.kind) for s in sources] == [
+        (0, "worker"), (0, "events"), (0, "launcher"), (1, "worker"), (1, "events"), (1, "launcher")]
+    assert sources[2].path == f"{run.logs_dir}/101-rank0.out"
+    batch = next(dinf.stream_logs(run.id, ranks=[1], kinds=["worker"]))
+    assert [c.path for c in batch] == [f"{run.output_dir}/rank1.log"]
+    with pytest.raises(ValueError, match="rank: run .* has ranks 0..1, not \\[5\\]"):
+        dinf.stream_logs(run.id, ranks=[5])
+
+
+def test_experiments_and_lookup(dinf):
+    exp = dinf.create_experiment(name="sweep", kind="batch_sweep", parameters={"batch_sizes": [1, 2]})
+    run = dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(), experiment_id=exp)
+    dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources())
+    assert [r.id for r in dinf.runs(experiment_id=exp)] == [run.id]
+    assert dinf.run(run.uid).id == run.id
+    with pytest.raises(RunNotFound):
+        dinf.run(999)
+    with pytest.raises(ValueError, match="experiment_id: no experiment 42"):
+        dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(), experiment_id=42)
+
+
+def test_close_closes_clusters(dinf, fake):
+    dinf.cluster("local")
+    dinf.close()
+    assert fake.closed
