@@ -329,3 +329,37 @@ def render_batch_script(
         srun += ["apptainer", "exec", "--nv", resources.container_image]
     lines.append(" ".join(quote(word) for word in srun + command))
     return "\n".join(lines) + "\n"
+
+
+def parse_time_limit(text: str | None) -> float | None:
+    """Slurm's --time formats → seconds (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)."""
+    if text is None or str(text).strip() in ("", "UNLIMITED", "INFINITE"):
+        return None
+    text = str(text).strip()
+    if not _TIME_LIMIT.match(text):
+        raise ValueError(f"time_limit {text!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS or D-HH:MM:SS)")
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+        hms = [int(p) for p in text.split(":")] + [0] * (3 - len(text.split(":")))
+        return days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+    parts = [int(p) for p in text.split(":")]
+    if len(parts) == 1:
+        return parts[0] * 60.0
+    if len(parts) == 2:
+        return parts[0] * 60.0 + parts[1]
+    return parts[0] * 3600.0 + parts[1] * 60 + parts[2]
+
+
+def format_duration(seconds: float, *, fraction: bool = False) -> str:
+    """Seconds → Slurm's [D-]HH:MM:SS (Elapsed) or MM:SS.mmm (TotalCPU, with `fraction`)."""
+    if fraction:
+        minutes, rest = divmod(seconds, 60)
+        return f"{int(minutes):02d}:{rest:06.3f}"
+    total = int(round(seconds))
+    days, total = divmod(total, 86400)
+    hours, total = divmod(total, 3600)
+    minutes, secs = divmod(total, 60)
+    text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{text}" if days else text

@@ -30,7 +30,7 @@ from remote.cluster import (
 )
 from remote.logstream import MAX_READ, follow
 from remote.quoting import join_sections, split_sections
-from remote.ssh import CommandFailed, SshConnection, SshError
+from remote.ssh import CommandFailed, SshConnection, SshError, SshOptions, resolve_target
 from worker.contract import RunSpec, SpecError, events_file, launcher_log_file
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -50,7 +50,12 @@ def check_run_id(run_id: str) -> None:
 def expand_command(template: list[str], *, python: str, spec: str, run_dir: str, output_dir: str) -> list[str]:
     """Fill {python} {spec} {run_dir} {output_dir} in a job command template (tests use stand-ins)."""
     values = {"python": python, "spec": spec, "run_dir": run_dir, "output_dir": output_dir}
-    return [word.format(**values) for word in template]
+    expanded = []
+    for word in template:  # literal replacement: shell snippets keep their own ${...} and {...}
+        for key, value in values.items():
+            word = word.replace("{" + key + "}", value)
+        expanded.append(word)
+    return expanded
 
 
 def rewrite_spec(spec_json: str, *, output_dir: str, prompts_path: str | None) -> str:
@@ -70,22 +75,33 @@ class SlurmCluster:
 
     def __init__(
         self,
-        connection: SshConnection,
+        connection: SshConnection | None = None,
         *,
         name: str = "slurm",
-        workdir: str = "dinf",
-        environment: PythonEnvironment | None = None,
+        host: str | None = None,
+        workdir: str = "~/dinf-runs",
+        python: PythonEnvironment | None = None,
         job_command: list[str] | None = None,
+        ssh_options: SshOptions | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        """`workdir` is absolute, or relative to the remote home. `job_command` overrides the worker
-        (a template with {python} {spec} {run_dir} {output_dir}); tests use it for stand-ins."""
+        """Either an open-able `connection`, or a `host` alias resolved through ~/.ssh/config.
+
+        `workdir` is absolute, or relative to the remote home (`~/x` or `x`). `job_command` overrides
+        the worker (a template with {python} {spec} {run_dir} {output_dir}); tests use stand-ins.
+        Nothing connects until the first operation that needs the cluster.
+        """
+        if connection is None:
+            if not host:
+                raise ClusterError(f"cluster {name!r} has no host; set host to a ~/.ssh/config alias or user@hostname")
+            connection = SshConnection(resolve_target(host), ssh_options)
         self.name = name
         self.connection = connection
-        self.environment = environment or PythonEnvironment()
+        self.environment = python or PythonEnvironment()
         self.job_command = job_command
+        workdir = workdir.removeprefix("~/") if workdir != "~" else "."
         self._workdir = workdir
-        self._resolved_workdir: str | None = workdir if workdir.startswith("/") else None
+        self._resolved_workdir: str | None = workdir.rstrip("/") if workdir.startswith("/") else None
         self._sleep = sleep
         self.scheduler_calls = 0
         """Round trips made to the scheduler (the benchmark reads it)."""
@@ -95,7 +111,9 @@ class SlurmCluster:
     @property
     def workdir(self) -> str:
         if self._resolved_workdir is None:
-            self._resolved_workdir = f"{self.connection.home().rstrip('/')}/{self._workdir.strip('/')}"
+            home = self.connection.home().rstrip("/")
+            relative = self._workdir.strip("/")
+            self._resolved_workdir = home if relative in ("", ".") else f"{home}/{relative}"
         return self._resolved_workdir
 
     def run_dir(self, run_id: str) -> str:
@@ -182,6 +200,7 @@ class SlurmCluster:
 
     def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
         if not job_ids:
+            self.connection.open()  # an empty poll still proves the cluster is reachable
             return {}
         for job_id in job_ids:
             if not str(job_id).isdigit():

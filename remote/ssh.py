@@ -57,13 +57,26 @@ class ConnectionLost(SshError):
 
 
 class HostKeyError(SshError):
-    """The server's host key is not the one known_hosts vouches for."""
+    """The server's host key is not the one known_hosts vouches for.
+
+    `trust()` records the key that was shown (after the user confirmed `fingerprint`).
+    """
+
+    changed = False
 
     def __init__(self, message: str, *, host: str, key_type: str, fingerprint: str):
         super().__init__(message)
         self.host = host
         self.key_type = key_type
         self.fingerprint = fingerprint
+        self.connection: SshConnection | None = None
+        """Set by the connection that raised it, so `trust()` knows where to record the key."""
+
+    def trust(self) -> str:
+        """Record exactly this fingerprint in known_hosts (refused if the server now shows another)."""
+        if self.connection is None:
+            raise SshError("this host-key error is not tied to a connection; use SshConnection.trust_host_key")
+        return self.connection.trust_host_key(self.fingerprint, replace=self.changed)
 
 
 class HostKeyUnknown(HostKeyError):
@@ -72,6 +85,8 @@ class HostKeyUnknown(HostKeyError):
 
 class HostKeyChanged(HostKeyError):
     """known_hosts has a DIFFERENT key for this host: possibly a man-in-the-middle."""
+
+    changed = True
 
     def __init__(self, message: str, *, host: str, key_type: str, fingerprint: str, expected: str):
         super().__init__(message, host=host, key_type=key_type, fingerprint=fingerprint)
@@ -321,7 +336,7 @@ class SshConnection:
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise HostKeyChanged(
+            error = HostKeyChanged(
                 f"WARNING: the host key of {t.display} CHANGED. known_hosts ({t.known_hosts}) has "
                 f"{exc.expected_key.get_name()} {fingerprint(exc.expected_key)}, the server sent "
                 f"{exc.key.get_name()} {fingerprint(exc.key)}. Someone may be intercepting the connection, "
@@ -330,9 +345,12 @@ class SshConnection:
                 key_type=exc.key.get_name(),
                 fingerprint=fingerprint(exc.key),
                 expected=fingerprint(exc.expected_key),
-            ) from exc
-        except HostKeyError:
+            )
+            error.connection = self
+            raise error from exc
+        except HostKeyError as exc:
             client.close()
+            exc.connection = self
             raise
         except paramiko.AuthenticationException as exc:
             client.close()
@@ -615,6 +633,11 @@ def sftp_exists(sftp: paramiko.SFTPClient, path: str) -> bool:
         if getattr(exc, "errno", None) in (errno.ENOENT, None) or isinstance(exc, FileNotFoundError):
             return False
         raise
+
+
+def trust_host_key(error: HostKeyError) -> str:
+    """Trust the key a HostKeyUnknown/HostKeyChanged error showed (what a confirm dialog calls)."""
+    return error.trust()
 
 
 class _Retry(Exception):
