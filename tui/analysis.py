@@ -57,6 +57,8 @@ class Point:
     wall_s: float | None
     """Median wall time of the timed repeats over the whole workload."""
     repeats: int = 0
+    wall_samples: tuple[float, ...] = ()
+    """Wall time of every timed repeat, for the spread the report states."""
     output_tok_s: float | None = None
     total_tok_s: float | None = None
     decode_tok_s: float | None = None
@@ -70,6 +72,13 @@ class Point:
         """The largest rank's peak memory: the one that decides whether a batch fits."""
         values = [r.peak_bytes for r in self.ranks if r.peak_bytes is not None]
         return max(values) if values else None
+
+    @property
+    def wall_spread(self) -> float | None:
+        """(max - min) / median of the repeats' wall times: how much a rerun moved."""
+        if len(self.wall_samples) < 2 or not self.wall_s:
+            return None
+        return (max(self.wall_samples) - min(self.wall_samples)) / self.wall_s
 
     @property
     def per_gpu_tok_s(self) -> float | None:
@@ -131,6 +140,7 @@ def point_from_measurement(
         output_tokens=int(measurement.get("output_tokens") or 0),
         wall_s=wall_s,
         repeats=int(measurement.get("repeats") or (len(wall) if isinstance(wall, list) else 0)),
+        wall_samples=tuple(float(v) for v in wall) if isinstance(wall, list) else (),
         output_tok_s=_stat_median(measurement.get("output_throughput_tok_s")),
         total_tok_s=_stat_median(measurement.get("total_throughput_tok_s")),
         decode_tok_s=_stat_median(measurement.get("decode_throughput_tok_s")),
@@ -417,7 +427,8 @@ def correctness_verdict(mode: Correctness, floor: Correctness | None) -> Correct
     rate = f"{mode.exact_matches}/{mode.n} exact ({mode.exact_match_rate:.0%})"
     if bad:
         which = ", ".join(str(c.index) for c in bad)
-        return CorrectnessVerdict(False, f"{rate}; prompts {which} diverge outside the top-k")
+        subject = f"prompts {which} diverge" if len(bad) > 1 else f"prompt {which} diverges"
+        return CorrectnessVerdict(False, f"{rate}; {subject} outside the top-k")
     if floor is None:
         if mode.exact_matches == mode.n:
             return CorrectnessVerdict(True, f"{rate}; no noise floor measured, identical ids required")

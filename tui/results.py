@@ -161,6 +161,7 @@ def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:
         output_tokens=measurement.output_tokens or 0,
         wall_s=wall_median,
         repeats=measurement.repeats or len(wall),
+        wall_samples=tuple(wall),
         output_tok_s=measurement.output_throughput_tok_s,
         total_tok_s=measurement.total_throughput_tok_s,
         decode_tok_s=measurement.decode_throughput_tok_s,

@@ -97,12 +97,15 @@ def store_experiment(session: Session, plan: ExperimentPlan, bundles: dict[str, 
                      *, states: dict[str, str] | None = None) -> int:
     """Create the experiment and one run per cell, ingesting each cell's bundle; returns the id.
 
-    A cell mapped to None gets a run in the state `states[key]` (default FAILED) and no results.
+    A cell mapped to None gets a run in the state `states[key]` (default FAILED) and no results;
+    a cell missing from `bundles` gets no run at all (never submitted).
     """
     experiment = repo.create_experiment(session=session, name=plan.name, kind=plan.kind,
                                         parameters=plan.parameters())
     cluster = repo.get_or_create_cluster(session=session, name="fixture-cluster", backend="slurm")
     for index, cell in enumerate(plan.cells):
+        if cell.key not in bundles:
+            continue
         run = repo.create_run(
             session=session, uid=f"{plan.name}-{index}", name=run_name(plan.name, cell.key), mode=cell.spec.mode,
             spec=cell.spec.to_dict(), resources=cell.to_dict()["resources"], num_ranks=cell.num_ranks,

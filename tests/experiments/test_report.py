@@ -1,0 +1,146 @@
+"""The report from a fixture database: its sections, its numbers, and byte-for-byte determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage.db import make_engine, read_session
+from tests.experiments import fixture_db
+from tui import report, results
+
+
+def build(engine, ids, **kwargs) -> str:
+    with read_session(engine) as session:
+        experiments = results.load_experiments(session, list(ids.values()))
+    return report.build_report(experiments, **kwargs)
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_sections_in_order(study_db):
+    engine, ids = study_db
+    text = build(engine, ids)
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Findings", "## Setup", "## Method", "## Metric definitions",
+        "## 1. Correctness: correctness", "## 2. Strong scaling: scaling", "## 3. Batch sweep: sweep",
+        "## 4. Profile: profile", "## Limitations",
+    ]
+    setup = section(text, "## Setup")
+    assert "| NVIDIA H100 80GB HBM3 | nccl | 2.11.0+cu130 | 5.17.0 | 0.19.8 | 2.27.3 | 3.12.3 | gpu-node-1 | 14 |" in setup
+    assert "tiny (LLaMA shape: 4 layers, hidden 128" in setup and "seed 7, float16" in setup
+    assert "| scaling | tp/r4 | – | 1 | 4 | 4 | gpu |" in setup
+
+
+def test_correctness_numbers_and_verdicts(study_db):
+    engine, ids = study_db
+    text = section(build(engine, ids), "## 1. Correctness")
+    assert "| pp | 2 | 19/20 | 95.0% | 0/1 | 20/20 (noise_floor/b20) | FAIL |" in text
+    assert "| dp | 2 | 18/20 | 90.0% | 2/2 | 18/20 (noise_floor/b10) | PASS |" in text
+    assert "| noise_floor/b10 | 10 of 20 | 18/20 | 90.0% | yes |" in text
+    assert "pp on 2 ranks: fails: 19/20 exact (95%); prompt 3 diverges outside the top-k." in text
+    assert "dp on 2 ranks: passes: 18/20 exact (90%), not below the noise floor 18/20 (90%)" in text
+    # the divergent tokens side by side
+    assert "| 3 | 6 | 109 | 7777 | no |" in text
+    assert "| 6 | 0 | 106 | 1106 | yes |" in text
+    assert "full bar: all 8 tokens identical; 19/20 prompts exact" in text
+
+
+def test_strong_scaling_numbers_and_verdicts(study_db):
+    engine, ids = study_db
+    text = section(build(engine, ids), "## 2. Strong scaling")
+    assert "| single | 1 | 1 | 20 | 10.000 (n=3) | 128.0 | 1.00 | 1.00 | 1.00 | 1.00 |" in text
+    assert text.count("| single | 1 |") == 1
+    assert "| pp | 2 | 1 | 20 | 8.000 (n=3) | 160.0 | 1.25 | 0.62 | 0.62 | 0.50 |" in text
+    assert "| dp | 4 | 1 | 20 | 2.500 (n=3) | 512.0 | 4.00 | 1.00 | 1.00 | 1.00 |" in text
+    assert "dp on 4 GPUs: scales, S = 4.00, E = 1.00" in text
+    assert "pp on 4 GPUs: faster than 1 GPU but far from linear, S = 1.11, E = 0.28" in text
+    assert "tp: no verdict; none of its runs has results (tp/r2 FAILED, tp/r4 NOT_SUBMITTED)." in text
+    assert "key: o dp   x pp   . ideal (N x 1-GPU rate)" in text
+
+
+def test_batch_sweep_says_where_pipeline_parallelism_paid_and_why(study_db):
+    engine, ids = study_db
+    text = section(build(engine, ids), "## 3. Batch sweep")
+    assert "| 1 | 64.0 | 51.2 | 0.80 | 0.40 | 20.00 / 25.00 | 15.00 / 19.00 | 8.10 GiB / 4.05 GiB | 0.50 |" in text
+    assert "pp on 2 GPUs: faster than 1 GPU at batch sizes 16; paid for its 2 GPUs (E >= 0.9) at 16." in text
+    # the reason comes from the profile study of the same report
+    assert ("batch 1: did not pay for itself: S = 0.80, E = 0.40 (TPOT 19.00 ms vs 15.00 ms on 1 GPU; "
+            "profiled ranks spend 45.0% computing, 10.0% communicating, 45.0% idle") in text
+    assert "batch 16: paid for itself: S = 2.00, E = 1.00" in text
+    for title in ("Output tokens/s vs batch size", "Peak memory of the largest rank", "TTFT (median)",
+                  "TPOT (median)"):
+        assert title in text
+
+
+def test_profile_numbers(study_db):
+    engine, ids = study_db
+    text = section(build(engine, ids), "## 4. Profile")
+    assert "| pp | 2 | 1 | 0 | 40.0% | 10.0% | 50.0% | 50.0 | 10.0 |" in text
+    assert ("pp on 2 GPUs: at batch 1 ranks compute 45.0%, communicate 10.0% and sit idle 45.0% of the time "
+            "(mean over ranks); at batch 16 ranks compute 85.0%, communicate 7.5% and sit idle 7.5%") in text
+    assert "key: █ compute   ▒ communication   ░ idle" in text
+
+
+def test_limitations_come_from_the_data(study_db):
+    engine, ids = study_db
+    text = section(build(engine, ids), "## Limitations")
+    assert "scaling: 2 of 7 cells have no results (tp/r2 FAILED, tp/r4 NOT_SUBMITTED)" in text
+    # wall times 9.8..10.2 around 10.0 move 4%; 9.1..8.9 around 9.0 is 2.2%; 5.1..4.9 around 5.0 is 4%;
+    # 2.6..2.4 around 2.5 is 8%: the largest spread is 8.0%
+    assert "moved by up to 8.0% between repeats" in text
+    assert "n = 1, 3 repeats" in text
+    assert "quantization study is declared but not available" in text
+
+
+def test_findings_collect_every_verdict(study_db):
+    engine, ids = study_db
+    text = build(engine, ids)
+    findings = section(text, "## Findings")
+    for heading in ("## 1. Correctness", "## 2. Strong scaling", "## 3. Batch sweep", "## 4. Profile"):
+        body = section(text, heading)
+        verdict_lines = body.split("Verdict:\n\n", 1)[1].strip().splitlines()
+        for line in verdict_lines:
+            assert line in findings
+
+
+def test_report_is_deterministic_across_runs_and_rebuilt_databases(study_db, tmp_path: Path):
+    engine, ids = study_db
+    first = build(engine, ids)
+    assert build(engine, ids) == first
+    other = make_engine(tmp_path / "again" / "dinf.db")
+    try:
+        again = build(other, fixture_db.build(other, tmp_path / "again" / "bundles"))
+    finally:
+        other.dispose()
+    assert again == first
+
+
+def test_write_report_with_png_charts(study_db, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    engine, ids = study_db
+    with read_session(engine) as session:
+        experiments = results.load_experiments(session, [ids["scaling"], ids["profile"]])
+    out = tmp_path / "out" / "paper.md"
+    written = report.write_report(experiments, out, png=True)
+    text = out.read_text()
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) == 4  # scaling: tok/s and efficiency; profile: pp at batch 1 and 16
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](paper-charts/{png.name})" in text
+    first_bytes = [p.read_bytes() for p in pngs]
+    report.write_report(experiments, out, png=True)
+    assert out.read_text() == text
+    assert [p.read_bytes() for p in pngs] == first_bytes
+
+
+def test_no_experiments_is_an_error():
+    with pytest.raises(ValueError, match="name at least one experiment"):
+        report.build_report([])
