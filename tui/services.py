@@ -276,8 +276,6 @@ class Dinf:
         cluster_config = self.config.cluster(cluster)
         num_ranks = check_resources(resources)
         spec.validate(world_size=num_ranks)
-        if cluster_config.backend == LOCAL and resources.nodes != 1:
-            raise ValueError(f"resources.nodes: the local cluster has one node, got {resources.nodes}")
         name = (name or spec.run_name or "run").strip() or "run"
         num_gpus = resources.nodes * resources.gpus_per_node if resources.gpus_per_node else 0
         with write_session(self.engine) as session:

@@ -97,8 +97,6 @@ def test_new_run_validation_names_fields(dinf):
         dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(tasks_per_node=2))
     with pytest.raises(ValueError, match="resources.nodes: must be an integer >= 1"):
         dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources(nodes=0))
-    with pytest.raises(ValueError, match="resources.nodes: the local cluster has one node"):
-        dinf.new_run(cluster="local", spec=RunSpec(mode="dp"), resources=Resources(nodes=2))
     with pytest.raises(ValueError, match="no cluster named 'gpu'"):
         dinf.new_run(cluster="gpu", spec=RunSpec(), resources=Resources())
     assert dinf.runs() == []  # nothing half-recorded

@@ -1,0 +1,110 @@
+"""The `dinf` command as a script sees it: output, --json, exit codes (no cluster needed here)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+
+from tests.cli.conftest import FIXTURE_BUNDLE
+from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_NOT_FOUND, EXIT_OK
+
+
+def test_empty_database(dinf):
+    result = dinf("runs", "--json")
+    assert (result.code, result.json()) == (EXIT_OK, [])
+    table = dinf("runs")
+    assert table.code == EXIT_OK and table.out.split() == ["ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE",
+                                                           "JOB", "CREATED", "ELAPSED"]
+
+
+def test_ingest_show_export(dinf, tmp_path):
+    first = dinf("ingest", str(FIXTURE_BUNDLE), "--json")
+    assert first.code == EXIT_OK, first.err
+    report = first.json()
+    assert report["created_run"] and report["measurements"] == 2
+    again = dinf("ingest", str(FIXTURE_BUNDLE), "--json")
+    assert again.json() == {**report, "created_run": False}
+    runs = dinf("runs", "--json").json()
+    assert [(r["id"], r["state"], r["mode"], r["num_ranks"]) for r in runs] == [(report["run_id"], "IMPORTED", "pp", 2)]
+
+    shown = dinf("show", str(report["run_id"]), "--json").json()
+    assert [m["batch_size"] for m in shown["measurements"]] == [1, 2]
+    assert shown["measurements"][0]["ttft_median_s"] == 0.055
+    assert shown["correctness"][0]["exact_match_rate"] == 0.5
+    text = dinf("show", runs[0]["uid"])
+    assert text.code == EXIT_OK and "IMPORTED" in text.out and "TTFT ms" in text.out
+
+    exported = dinf("export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(exported.out)))
+    assert exported.code == EXIT_OK and [r["batch_size"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["output_throughput_tok_s"]) == shown["measurements"][1]["output_throughput_tok_s"]
+    assert {"ttft_p90_s", "itl_ci95_s", "per_gpu_output_tok_s", "load_time_s", "run_uid"} <= set(rows[0])
+    out_file = tmp_path / "m.json"
+    assert dinf("export", "--format", "json", "--run", str(report["run_id"]), "-o", str(out_file)).code == EXIT_OK
+    assert [r["batch_size"] for r in json.loads(out_file.read_text())] == [1, 2]
+
+
+def test_unknown_run_is_exit_3(dinf):
+    for args in (("show", "999"), ("logs", "999"), ("cancel", "nope"), ("export", "--run", "42")):
+        result = dinf(*args)
+        assert result.code == EXIT_NOT_FOUND, (args, result.err)
+        assert "no run" in result.err and "dinf runs" in result.err
+
+
+def test_bad_spec_fields_are_named_and_nothing_recorded(dinf, tmp_path):
+    result = dinf("submit", "--set", "bogus=1", "--set", "max_new_tokens=0", "--mode", "diagonal")
+    assert result.code == EXIT_BAD_INPUT
+    assert "bogus: unknown field" in result.err
+    assert "max_new_tokens: must be >= 1" in result.err
+    assert "mode: must be one of single, pp, tp, dp" in result.err
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"mode": "pp", "model": {"config": "huge"}}')
+    result = dinf("submit", str(spec))
+    assert result.code == EXIT_BAD_INPUT and "model.config: unknown config 'huge'" in result.err
+    spec.write_text("{not json")
+    result = dinf("submit", str(spec))
+    assert result.code == EXIT_BAD_INPUT and "not valid JSON" in result.err
+    result = dinf("submit", "--nodes", "0")
+    assert result.code == EXIT_BAD_INPUT and "resources.nodes: must be an integer >= 1" in result.err
+    result = dinf("submit", "--cluster", "gpu")
+    assert result.code == EXIT_BAD_INPUT and "no cluster named 'gpu'" in result.err
+    assert dinf("runs", "--json").json() == []
+
+
+def test_bad_bundle_is_bad_input(dinf, tmp_path):
+    result = dinf("ingest", str(tmp_path))
+    assert result.code == EXIT_BAD_INPUT and "no result.json" in result.err
+
+
+def test_config_error_names_key(dinf):
+    dinf.home.mkdir(parents=True)
+    (dinf.home / "config.toml").write_text("[clusters.gpu]\nhost = 'login'\n[clusters.gpu.slurm]\nnodes = 0\n")
+    result = dinf("runs")
+    assert result.code == EXIT_BAD_INPUT
+    assert "clusters.gpu.slurm.nodes: must be an integer >= 1, got 0" in result.err
+
+
+def test_usage_errors(dinf):
+    assert dinf().code == EXIT_BAD_INPUT
+    assert dinf("export", "--format", "xml").code == EXIT_BAD_INPUT
+    assert dinf("logs", "1", "--kind", "stdout").code == EXIT_BAD_INPUT
+
+
+def test_newer_database_is_exit_4_and_untouched(dinf):
+    assert dinf("runs").code == EXIT_OK  # creates the database
+    db = dinf.home / "dinf.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schema_version SET version = version + 1")
+    conn.close()
+    before = db.read_bytes()
+    result = dinf("runs", "--json")
+    assert result.code == EXIT_DATABASE and "newer dinf" in result.err and result.out == ""
+    assert db.read_bytes() == before
+
+
+def test_clusters_lists_builtin_local(dinf):
+    result = dinf("clusters", "--json")
+    assert result.code == EXIT_OK
+    assert [(c["name"], c["backend"], c["default"]) for c in result.json()] == [("local", "local", True)]
