@@ -75,6 +75,7 @@ class NewRunScreen(Screen):
         self.cluster_defaults = defaults or {}
         self.checked = CheckedForm()
         self.busy = False
+        self.preview_script: str | None = None
 
     def compose(self) -> ComposeResult:
         initial = RunForm(cluster=self.clusters[0])
@@ -176,6 +177,7 @@ class NewRunScreen(Screen):
     def show_preview(self, script: str) -> None:
         from rich.syntax import Syntax
 
+        self.preview_script = script
         self.query_one("#preview-text", Static).update(Syntax(script, "bash", theme="ansi_dark", word_wrap=True))
 
     def submit_failed(self, error: str) -> None:

@@ -77,7 +77,7 @@ class RunsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
-        yield Input(placeholder="filter runs (regex over every column)  /", id="runs-filter")
+        yield Input(placeholder="filter runs: regex matched against each column  (/)", id="runs-filter")
         yield Static("", id="runs-filter-error", classes="field-error")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static(WELCOME, id="welcome")
@@ -99,8 +99,8 @@ class RunsScreen(Screen):
         for record in getattr(self.app, "runs", {}).values():
             values = _row_values(record, now)
             if self.filter_pattern is not None:
-                text = " ".join(str(v) for v in values.values())
-                if not self.filter_pattern.search(text):
+                search = self.filter_pattern.search
+                if not any(search(str(value)) for value in values.values()):  # any column matches
                     continue
             rows.append((record, values))
         rows.sort(key=lambda item: item[1][self.sort_column], reverse=self.sort_reverse)
@@ -185,6 +185,7 @@ class RunsScreen(Screen):
     def action_cycle_sort(self) -> None:
         keys = [key for key, _ in COLUMNS]
         self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self.sort_reverse = False
         self._redraw()
 
     def action_reverse_sort(self) -> None:

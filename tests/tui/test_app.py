@@ -1,0 +1,275 @@
+"""The real app (Pilot) over the real service and database, with a backend the test drives by hand.
+
+Fast and deterministic: each test controls job states, log lines and connection failures exactly.
+The same flows against real processes are in test_app_local.py (local backend) and
+test_app_slurm.py (Slurm over SSH).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import wait_for
+from remote.cluster import ClusterError, JobState
+from scripted_cluster import HostKeyUnknown
+from textual.widgets import Button, DataTable, Input, Select, TabbedContent
+
+from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.screens.new_run import NewRunScreen
+from tui.screens.run import RunScreen
+from tui.screens.runs import RunsScreen
+from tui.widgets.rank_log import RankLog
+from tui.widgets.rank_progress import RankProgressRow
+from worker.contract import make_event
+
+SIZE = (140, 44)
+
+
+def event_line(kind: str, rank: int, ts: float | None = None, **payload) -> str:
+    event = make_event(kind, rank, **payload)
+    if ts is not None:
+        event["ts"] = ts
+    return json.dumps(event)
+
+
+async def submit_demo(app, pilot, scripted) -> int:
+    await wait_for(pilot, lambda: app.service is not None, what="the service to open")
+    await pilot.press("d")
+    await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+    return app.screen.run_id
+
+
+async def test_first_launch_offers_demo_and_shows_connection(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None and app.connections, what="service")
+        welcome = app.screen.query_one("#welcome")
+        assert welcome.display
+        assert "demo run" in str(welcome.render())
+        bar = str(app.screen.query_one("#connection-bar").render())
+        assert "local" in bar
+
+
+async def test_new_run_form_validates_each_field_inline(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        screen = app.screen
+        screen.query_one("#batch_sizes", Input).value = "1,x"
+        screen.query_one("#time_limit", Input).value = "half an hour"
+        await pilot.pause()
+        assert "bad: 'x'" in str(screen.query_one("#error-batch_sizes").render())
+        assert "Slurm time" in str(screen.query_one("#error-time_limit").render())
+        assert screen.query_one("#submit", Button).disabled
+        # A spec rule from the worker's own contract lands under its field too.
+        screen.query_one("#batch_sizes", Input).value = "1,2"
+        screen.query_one("#time_limit", Input).value = "0:30:00"
+        screen.query_one("#mode", Select).value = "single"
+        await pilot.pause()
+        assert "exactly one rank" in str(screen.query_one("#error-mode").render())
+        screen.query_one("#ranks_per_node", Input).value = "1"
+        await pilot.pause()
+        assert not screen.checked.problems
+        assert not screen.query_one("#submit", Button).disabled
+
+
+async def test_preview_then_submit_streams_logs_and_shows_results(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        app.screen.query_one("#name", Input).value = "pp-two"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "srun" in (app.screen.preview_script or ""), what="preview")
+        assert app.service.runs() == []  # a preview records nothing
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        screen = app.screen
+        run_id = screen.run_id
+        job = scripted.job_of(app.service.run(run_id).uid)
+
+        scripted.set_state(job, JobState.RUNNING)
+        for rank in (0, 1):
+            scripted.write(job, rank, "worker", [f"2026-11-26 20:00:0{rank},000 rank {rank} loading stage {rank}"])
+            scripted.write(job, rank, "events", [
+                event_line("phase", rank, phase="measure", batch_size=2),
+                event_line("progress", rank, batch_size=2, tokens_done=8, tokens_expected=32),
+            ])
+        logs = app.run_logs[run_id]
+        await wait_for(pilot, lambda: logs.merged.received >= 4, what="both ranks' lines")
+        merged = list(logs.merged.lines)
+        assert merged[0].startswith("[r0] 2026-11-26 20:00:00") and "rank 1 loading" in merged[1]
+        await wait_for(pilot, lambda: "running" in str(app.screen.query_one("#run-summary").render()).lower())
+        bar = screen.query_one("#rank-bar-1")
+        assert (bar.progress, bar.total) == (8, 32)
+
+        # The rank tab mounts its view on first open and already holds the buffered lines.
+        await pilot.press("ctrl+l")  # focus leaves the table; tabs are switched by the app
+        screen.query_one(TabbedContent).active = "rank-1"
+        await wait_for(pilot, lambda: screen.query("#log-rank-1"), what="the rank 1 view")
+        assert screen.query_one("#log-rank-1", RankLog).buffer.lines[0].endswith("loading stage 1")
+
+        scripted.write(job, 0, "worker", ["2026-11-26 20:00:05,000 done"])
+        scripted.set_state(job, JobState.COMPLETED)
+        await wait_for(pilot, lambda: screen.results_shown, timeout=15, what="results")
+        table = screen.query_one("#measurements", DataTable)
+        assert table.row_count >= 1
+        assert screen.query_one(TabbedContent).active == "results"
+        assert "COMPLETED" in str(screen.query_one("#run-summary").render())
+        assert any(line.endswith("done") for line in logs.merged.lines)
+
+
+async def test_cancel_asks_first_then_cancels(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: app.runs.get(run_id) and app.runs[run_id].state == "RUNNING")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("n")  # "keep running" is the default answer
+        await pilot.pause(0.3)
+        assert scripted.cancelled == []
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.runs[run_id].state == "CANCELLED", what="CANCELLED")
+        assert scripted.cancelled == [job]
+        assert app.service.run(run_id).state == "CANCELLED"
+
+
+async def test_stale_heartbeat_warns(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        now = time.time()
+        scripted.write(job, 0, "events", [event_line("heartbeat", 0, ts=now)])
+        scripted.write(job, 1, "events", [event_line("heartbeat", 1, ts=now - 60)])
+        await wait_for(pilot, lambda: app.runs[run_id].state == "RUNNING")
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+        await wait_for(pilot, lambda: rows[1].has_class("-stale"), what="rank 1 stale")
+        assert not rows[0].has_class("-stale")
+        assert "no heartbeat" in str(rows[1].query_one(".rank-detail").render())
+
+
+async def test_lost_connection_shows_reconnecting_then_recovers(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        scripted.fail_status_with = ClusterError("ssh connection to gpu-login lost")
+        await wait_for(pilot, lambda: app.connections["local"][0] == "reconnecting", what="reconnecting")
+        assert "reconnecting" in str(app.screen.query_one("#connection-bar").render())
+        scripted.fail_status_with = None
+        await wait_for(pilot, lambda: app.connections["local"][0] == "connected", timeout=40, what="recovery")
+        assert app.runs[run_id].state == "PENDING"
+
+
+async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, scripted):
+    trusted = []
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await submit_demo(app, pilot, scripted)
+        scripted.fail_status_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", lambda: trusted.append(1))
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
+        assert "SHA256:abcDEF123" in str(app.screen.query_one("#fingerprint").render())
+        scripted.fail_status_with = None
+        await pilot.click("#trust")
+        await wait_for(pilot, lambda: trusted == [1], what="trust()")
+        await wait_for(pilot, lambda: app.connections["local"][0] == "connected", timeout=40)
+
+
+async def test_failed_login_says_why(make_app, scripted):
+    class AuthenticationFailed(ClusterError):
+        pass
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await submit_demo(app, pilot, scripted)
+        scripted.fail_status_with = AuthenticationFailed("slurmtest@127.0.0.1: publickey refused")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProblemDialog), what="the login dialog")
+        assert "publickey refused" in str(app.screen.query_one("#problem-detail").render())
+
+
+async def test_quit_and_restart_reattaches_and_ingests(make_app, scripted):
+    first = make_app()
+    async with first.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(first, pilot, scripted)
+        job = scripted.job_of(first.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        scripted.write(job, 0, "worker", ["line before quitting"])
+        await wait_for(pilot, lambda: first.runs[run_id].state == "RUNNING")
+    assert scripted.cancelled == []  # quitting never touches the job
+    scripted.write(job, 0, "worker", ["line written while dinf-tui was closed"])
+    scripted.set_state(job, JobState.COMPLETED)
+
+    second = make_app()
+    async with second.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: second.runs.get(run_id) and second.runs[run_id].state == "COMPLETED",
+                       what="reconciled to COMPLETED")
+        assert second.service.measurements(run_id)
+        second.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(second.screen, RunScreen) and second.screen.results_shown)
+        logs = second.run_logs[run_id]
+        await wait_for(pilot, lambda: logs.merged.received >= 2, what="logs from the start")
+        assert [line.split("] ", 1)[1] for line in logs.merged.lines] == [
+            "line before quitting", "line written while dinf-tui was closed"]
+
+
+async def test_runs_sort_and_filter(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        from remote.cluster import Resources
+        from worker.contract import RunSpec
+
+        for name in ("alpha", "beta", "gamma"):
+            app.service.new_run(cluster="local", spec=RunSpec(run_name=name), resources=Resources(), name=name)
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: len(app.runs) == 3)
+        screen = app.screen
+        table = screen.query_one(DataTable)
+        names = lambda: [table.get_row_at(i)[1] for i in range(table.row_count)]  # noqa: E731
+        await wait_for(pilot, lambda: table.row_count == 3)
+        assert names() == ["gamma", "beta", "alpha"]  # newest first
+        screen.sort_column, screen.sort_reverse = "id", True
+        await pilot.press("s")  # next column: name, ascending
+        assert names() == ["alpha", "beta", "gamma"]
+        await pilot.press("S")
+        assert names() == ["gamma", "beta", "alpha"]
+        await pilot.press("slash")
+        await pilot.press("p", "h", "|", "m", "m")  # alpha, gamma
+        await wait_for(pilot, lambda: table.row_count == 2)
+        assert sorted(names()) == ["alpha", "gamma"]
+        screen.query_one("#runs-filter", Input).value = "("
+        await pilot.pause()
+        assert "not a valid regular expression" in str(screen.query_one("#runs-filter-error").render())
+
+
+async def test_log_filter_search_and_follow(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.write(job, 0, "worker", [f"step {i} {'WARN slow' if i % 50 == 0 else 'ok'}" for i in range(500)])
+        logs = app.run_logs.get(run_id) or app.logs_for(run_id)
+        await wait_for(pilot, lambda: logs.merged.received == 500)
+        view = app.screen.query_one("#log-merged", RankLog)
+        assert view.follow and view.scroll_y == view.max_scroll_y > 0
+        await pilot.press("f")
+        assert not view.follow
+        app.screen.query_one("#log-filter", Input).value = "WARN"
+        await wait_for(pilot, lambda: len(logs.merged.visible) == 10)
+        app.screen.query_one("#log-filter", Input).value = ""
+        app.screen.query_one("#log-search", Input).value = r"step 25\b"
+        await pilot.pause()
+        view.scroll_home(animate=False)
+        await pilot.pause()
+        assert view.find_next()
+        assert int(view.scroll_y) == 25
