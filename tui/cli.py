@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import queue
 import sys
 import threading
@@ -41,6 +42,7 @@ from typing import Any
 from remote.cluster import ClusterError, Resources
 from storage.db import DatabaseError
 from storage.ingest import IngestError
+from tui import study_cli
 from tui.config import ConfigError
 from tui.services import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
@@ -79,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`dinf logs 3 | head`): not an error. Point stdout at /dev/null so
+        # the interpreter's final flush doesn't complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def run() -> None:
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
 
     command("clusters", cmd_clusters, "list the configured clusters")
+    study_cli.register(commands)  # compare, report, experiment ... (tui/study_cli.py)
     return parser
 
 
