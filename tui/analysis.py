@@ -175,7 +175,7 @@ class ScalingRow:
     memory_ratio: float | None
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
@@ -183,24 +183,24 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def speedup(baseline_wall_s: float | None, wall_s: float | None) -> float | None:
     """S(N) = T(1) / T(N)."""
-    return _ratio(baseline_wall_s, wall_s)
+    return ratio(baseline_wall_s, wall_s)
 
 
 def efficiency(speedup_value: float | None, n: float) -> float | None:
     """E = S / N."""
-    return _ratio(speedup_value, n)
+    return ratio(speedup_value, n)
 
 
 def throughput_scaling(baseline_tok_s: float | None, tok_s: float | None, n: float) -> float | None:
     """X(N) / (N * X(1))."""
     if baseline_tok_s is None or tok_s is None or n == 0:
         return None
-    return _ratio(tok_s, n * baseline_tok_s)
+    return ratio(tok_s, n * baseline_tok_s)
 
 
 def memory_ratio(baseline: Point, point: Point) -> float | None:
     """Largest rank's peak memory over the baseline's (below 1: each GPU holds less)."""
-    return _ratio(point.peak_bytes, baseline.peak_bytes)
+    return ratio(point.peak_bytes, baseline.peak_bytes)
 
 
 def _relative_gpus(baseline: Point, point: Point) -> float:
@@ -275,7 +275,7 @@ def compare_by_batch(baseline: Sequence[Point], points: Sequence[Point]) -> list
         base = by_size.get(point.batch_size)
         if base is None:
             continue
-        s = _ratio(point.output_tok_s, base.output_tok_s)
+        s = ratio(point.output_tok_s, base.output_tok_s)
         rows.append(
             BatchComparison(
                 batch_size=point.batch_size,

@@ -130,8 +130,10 @@ class ExperimentResult:
         return [c for c in self.cells if c.done and c.run and (role is None or c.cell.role == role)]
 
 
-class NotFound(LookupError):
-    """A run or experiment reference that matches nothing; the message says what was looked for."""
+class NotFound(repo.RunNotFound):
+    """A run or experiment reference that matches nothing; the message says what was looked for.
+
+    A RunNotFound, so the CLI maps it to its "no such run" exit code."""
 
 
 def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:

@@ -1,0 +1,191 @@
+"""Compare runs: the fields that differ, metrics derived against a chosen baseline, and the charts.
+
+`compare_runs` takes `RunResult`s (from `tui.results`) and returns a `Comparison` that both
+`dinf compare` and the compare screen show: a diff-only field table, one derived row per run and
+batch size (tok/s, S = X/X_baseline, E = S/N, memory ratio, TTFT, TPOT), and the charts that
+apply to the runs given (batch curves, scaling with its ideal line, time split, correctness).
+`format_comparison` renders it as plain text for the terminal. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tui import analysis, charts
+from tui.analysis import Correctness, Point
+from tui.charts import Chart
+from tui.results import RunResult
+
+
+@dataclass(frozen=True)
+class DerivedRow:
+    run: RunResult
+    point: Point
+    speedup: float | None
+    """X / X_baseline at the same batch size (equal to T_baseline / T for the same workload)."""
+    efficiency: float | None
+    memory_ratio: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: tuple[RunResult, ...]
+    baseline: RunResult
+    diff: tuple[tuple[str, tuple[object, ...]], ...]
+    derived: tuple[DerivedRow, ...]
+    correctness: tuple[tuple[RunResult, int, Correctness], ...]
+    charts: tuple[Chart, ...]
+
+
+def run_label(run: RunResult) -> str:
+    return f"#{run.id} {run.mode} x{run.devices}"
+
+
+def _shared_batch(runs: Sequence[RunResult], wanted: int | None) -> int | None:
+    sizes = [set(p.batch_size for p in r.points) for r in runs if r.points]
+    if not sizes:
+        return None
+    common = set.intersection(*sizes)
+    if wanted is not None:
+        return wanted if wanted in common else None
+    return max(common) if common else None
+
+
+def compare_runs(runs: Sequence[RunResult], *, baseline: RunResult | None = None,
+                 batch_size: int | None = None) -> Comparison:
+    """Everything the compare views show. The baseline defaults to the first run given."""
+    if not runs:
+        raise ValueError("runs: pick at least one run to compare")
+    runs = tuple(runs)
+    base = baseline or runs[0]
+    if base.id not in {r.id for r in runs}:
+        runs = (base, *runs)
+    diff = tuple((name, tuple(values)) for name, values in analysis.diff_fields([r.comparable_fields() for r in runs]))
+
+    derived = []
+    for run in runs:
+        for point in run.points:
+            if batch_size is not None and point.batch_size != batch_size:
+                continue
+            ref = base.point(point.batch_size)
+            s = None if ref is None else analysis.ratio(point.output_tok_s, ref.output_tok_s)
+            n = point.num_gpus / ref.num_gpus if ref is not None and ref.num_gpus else 1
+            derived.append(DerivedRow(run, point, s, analysis.efficiency(s, n),
+                                      None if ref is None else analysis.memory_ratio(ref, point)))
+
+    correctness = []
+    for run in runs:
+        if run.id == base.id:
+            continue
+        shared = sorted(set(run.completions) & set(base.completions))
+        if batch_size is not None:
+            shared = [b for b in shared if b == batch_size]
+        if shared:
+            b = shared[-1]
+            correctness.append((run, b, analysis.compare_completions(base.completions[b], run.completions[b])))
+
+    return Comparison(runs, base, diff, tuple(derived), tuple(correctness),
+                      tuple(_charts(runs, base, batch_size, correctness)))
+
+
+def _charts(runs: Sequence[RunResult], base: RunResult, batch_size: int | None,
+            correctness: Sequence[tuple[RunResult, int, Correctness]]) -> list[Chart]:
+    out: list[Chart] = []
+    by_label = {run_label(r): list(r.points) for r in runs if r.points}
+    if any(len(points) > 1 for points in by_label.values()):
+        out += [charts.throughput_vs_batch(by_label), charts.memory_vs_batch(by_label),
+                charts.ttft_vs_batch(by_label), charts.tpot_vs_batch(by_label)]
+    shared = _shared_batch(runs, batch_size)
+    if shared is not None and len({r.devices for r in runs if r.points}) > 1:
+        ref = base.point(shared)
+        if ref is not None:
+            series: dict[str, list[Point]] = {}
+            for run in runs:
+                point = run.point(shared)
+                if point is not None and point is not ref:
+                    series.setdefault(run.mode, []).append(point)
+            scaling = {mode: analysis.strong_scaling(ref, points) for mode, points in sorted(series.items())}
+            out += [charts.throughput_vs_gpus(scaling, title=f"Output tokens/s vs GPUs at batch {shared}"),
+                    charts.efficiency_vs_gpus(scaling, title=f"Efficiency vs GPUs at batch {shared} "
+                                                             f"(baseline #{base.id})")]
+    for run in runs:
+        for point in run.points:
+            if (batch_size is None or point.batch_size == batch_size) and analysis.time_split(point):
+                out.append(charts.time_split_chart(
+                    point, title=f"Time split per rank: {run_label(run)}, batch {point.batch_size}"))
+                break
+    for run, b, result in correctness:
+        max_new = int(run.spec.get("max_new_tokens") or max((len(c.get("output_ids", [])) for c in
+                                                            run.completions.get(b, ())), default=1))
+        out.append(charts.correctness_chart(
+            result, max_new_tokens=max_new,
+            title=f"Matching tokens per prompt: {run_label(run)} vs #{base.id}, batch {b}"))
+    return out
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def diff_rows(comparison: Comparison) -> list[list[str]]:
+    return [[name, *(_text(v) for v in values)] for name, values in comparison.diff]
+
+
+def derived_rows(comparison: Comparison) -> list[list[str]]:
+    return [
+        [run_label(d.run), str(d.point.batch_size), _f(d.point.output_tok_s, 1), _f(d.speedup), _f(d.efficiency),
+         _f(d.memory_ratio), _f(None if d.point.ttft_s is None else d.point.ttft_s * 1e3),
+         _f(None if d.point.tpot_s is None else d.point.tpot_s * 1e3), _f(d.point.wall_s, 3)]
+        for d in comparison.derived
+    ]
+
+
+DERIVED_HEADERS = ("run", "batch", "tok/s", "S", "E", "mem ratio", "TTFT ms", "TPOT ms", "T s")
+
+
+def format_comparison(comparison: Comparison, *, with_charts: bool = True, width: int = charts.DEFAULT_WIDTH,
+                      color: bool = False) -> str:
+    parts = [f"baseline: {run_label(comparison.baseline)} ({comparison.baseline.name})", ""]
+    if comparison.diff:
+        headers = ["field", *(run_label(r) for r in comparison.runs)]
+        parts += ["fields that differ:", text_table(headers, diff_rows(comparison)), ""]
+    else:
+        parts += ["no field differs between these runs", ""]
+    if comparison.derived:
+        parts += ["derived against the baseline (S = X/X_baseline at the same batch size, E = S/N):",
+                  text_table(DERIVED_HEADERS, derived_rows(comparison)), ""]
+    else:
+        parts += ["no measurements to derive from (runs without results)", ""]
+    for run, b, result in comparison.correctness:
+        verdict = analysis.correctness_verdict(result, None)
+        parts.append(f"correctness of {run_label(run)} vs {run_label(comparison.baseline)} at batch {b}: "
+                     f"{verdict.reason}")
+        for c in result.divergences:
+            parts.append(f"  prompt {c.index}: first divergence at token {c.first_divergence}: "
+                         f"baseline {c.baseline_token} vs {c.candidate_token} "
+                         f"({'within' if c.topk_agree else 'outside'} top-k)")
+            parts.append(f"    baseline: {c.baseline_text[:70]}")
+            parts.append(f"    {run_label(run)}: {c.candidate_text[:70]}")
+    if with_charts:
+        for chart in comparison.charts:
+            parts += ["", charts.render(chart, width=width, color=color)]
+    return "\n".join(parts).rstrip() + "\n"
