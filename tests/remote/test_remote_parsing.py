@@ -1,0 +1,162 @@
+"""Pure Slurm parsers and builders, fed output recorded from the real Slurm 22.05 minicluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from remote import slurm
+from remote.cluster import JobState
+
+SQUEUE = """JOBID|STATE|REASON|TIME|NODELIST
+5|PENDING|Resources|0:00|
+6|PENDING|Priority|0:00|
+2|RUNNING|None|1-02:03:04|node[1-2]
+9|COMPLETING|None|0:01|node[1-2]
+"""
+
+SACCT = """JobID|State|ExitCode|Elapsed|NodeList|Reason
+3|FAILED|3:0|00:00:00|node1|NonZeroExitCode
+3.batch|FAILED|3:0|00:00:00|node1|
+9|CANCELLED by 0|0:0|00:00:01|node[1-2]|None
+2|TIMEOUT|0:0|00:01:05|node1|TimeLimit
+19|OUT_OF_MEMORY|0:125|00:00:00|node1|OutOfMemory
+10|NODE_FAIL|0:0|00:00:00|node[1-2]|NodeDown
+8|DEADLINE|1:0|00:00:00|None assigned|DeadLine
+"""
+
+ACCOUNTING = """JobID|State|ExitCode|Elapsed|NodeList|AllocTRES|MaxRSS|TotalCPU
+2|COMPLETED|0:0|00:00:12|node[1-2]|billing=2,cpu=2,gres/gpu=2,node=2||00:01.023
+2.batch|COMPLETED|0:0|00:00:12|node1|cpu=1,gres/gpu=1,mem=0,node=1|10796K|00:00.015
+2.0|COMPLETED|0:0|00:00:12|node[1-2]|cpu=2,gres/gpu=2,mem=0,node=2|38784K|00:01.007
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "state", "detail"),
+    [
+        ("PENDING", JobState.PENDING, None),
+        ("CANCELLED by 0", JobState.CANCELLED, "by 0"),
+        ("CANCELLED by 1001", JobState.CANCELLED, "by 1001"),
+        ("PD", JobState.PENDING, None),
+        ("CG", JobState.COMPLETING, None),
+        ("OOM", JobState.OUT_OF_MEMORY, None),
+        ("REQUEUE_HOLD", JobState.REQUEUED, None),
+        ("COMPLETED+", JobState.COMPLETED, None),
+        ("PREEMPTED", JobState.PREEMPTED, None),
+        ("BOOT_FAIL", JobState.BOOT_FAIL, None),
+        ("SOMETHING_NEW", JobState.UNKNOWN, "SOMETHING_NEW"),
+        ("", JobState.UNKNOWN, None),
+    ],
+)
+def test_state_strings_map_onto_job_states(text, state, detail):
+    assert slurm.parse_state(text) == (state, detail)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("3:0", (3, 0)), ("0:15", (0, 15)), ("0:125", (0, 125)), ("", (None, None))])
+def test_exit_code_is_code_colon_signal(text, expected):
+    assert slurm.parse_exit_code(text) == expected
+
+
+def test_unreadable_exit_code_is_a_clear_error():
+    with pytest.raises(slurm.SlurmOutputError, match="exit code 'x:y'"):
+        slurm.parse_exit_code("x:y")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("00:01:05", 65), ("1:05", 65), ("0:07", 7), ("1-02:03:04", 93784), ("00:01.023", 1.023), ("", None), ("INVALID", None)],
+)
+def test_durations(text, seconds):
+    assert slurm.parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_squeue_rows_are_read_by_header_with_pending_reasons():
+    statuses = slurm.statuses_from_squeue(SQUEUE)
+    assert statuses["5"].state == JobState.PENDING and statuses["5"].reason == "Resources"
+    assert statuses["6"].reason == "Priority"
+    assert statuses["2"].state == JobState.RUNNING and statuses["2"].reason is None
+    assert statuses["2"].elapsed_s == 93784 and statuses["2"].nodelist == "node[1-2]"
+    assert statuses["9"].state == JobState.COMPLETING
+
+
+def test_column_order_is_not_trusted():
+    reordered = "NODELIST|TIME|JOBID|REASON|STATE\nnode1|0:03|7|None|RUNNING\n"
+    status = slurm.statuses_from_squeue(reordered)["7"]
+    assert (status.state, status.nodelist, status.elapsed_s) == (JobState.RUNNING, "node1", 3)
+
+
+def test_sacct_allocations_only_with_exit_codes_and_cancel_detail():
+    statuses = slurm.statuses_from_sacct(SACCT)
+    assert "3.batch" not in statuses
+    assert (statuses["3"].state, statuses["3"].exit_code, statuses["3"].signal) == (JobState.FAILED, 3, 0)
+    assert statuses["9"].state == JobState.CANCELLED and statuses["9"].reason == "by 0"
+    assert statuses["2"].state == JobState.TIMEOUT and statuses["2"].elapsed_s == 65
+    assert statuses["19"].state == JobState.OUT_OF_MEMORY and statuses["19"].signal == 125
+    assert statuses["10"].state == JobState.NODE_FAIL
+    assert statuses["8"].state == JobState.DEADLINE and statuses["8"].nodelist is None
+
+
+def test_merge_prefers_sacct_for_finished_jobs_and_squeue_for_live_ones():
+    live = slurm.statuses_from_squeue("JOBID|STATE|REASON|TIME|NODELIST\n3|FAILED|NonZeroExitCode|0:00|\n5|PENDING|Resources|0:00|\n")
+    accounted = slurm.statuses_from_sacct(SACCT + "5|PENDING|0:0|00:00:00|None assigned|None\n")
+    merged = slurm.merge_statuses(["3", "5", "404"], live, accounted)
+    assert merged["3"].exit_code == 3
+    assert merged["5"].reason == "Resources"
+    assert merged["404"].state == JobState.UNKNOWN
+
+
+def test_row_with_wrong_field_count_names_the_row():
+    with pytest.raises(slurm.SlurmOutputError, match="has 2 fields"):
+        slurm.parse_table("A|B|C\n1|2\n")
+
+
+def test_accounting_takes_max_rss_from_the_steps():
+    fields = slurm.accounting_from_sacct(ACCOUNTING, "2")
+    assert fields == {
+        "JobID": "2", "State": "COMPLETED", "ExitCode": "0:0", "Elapsed": "00:00:12", "NodeList": "node[1-2]",
+        "AllocTRES": "billing=2,cpu=2,gres/gpu=2,node=2", "MaxRSS": "38784K", "TotalCPU": "00:01.023",
+    }
+
+
+@pytest.mark.parametrize(("stdout", "job_id"), [("42\n", "42"), ("42;mini\n", "42")])
+def test_sbatch_parsable_output(stdout, job_id):
+    assert slurm.parse_sbatch_job_id(stdout) == job_id
+
+
+def test_sbatch_output_without_job_id_is_an_error():
+    with pytest.raises(slurm.SlurmOutputError, match="could not read a job id"):
+        slurm.parse_sbatch_job_id("sbatch: error: nope\n")
+
+
+def test_status_commands_batch_every_job_and_name_their_fields():
+    assert slurm.squeue_argv(["1", "2", "3"]) == ["squeue", "-t", "all", "-j", "1,2,3", "-o", "%i|%T|%r|%M|%N"]
+    argv = slurm.sacct_status_argv(["1", "2"])
+    assert "--parsable2" in argv and "-j" in argv and "1,2" in argv and "--json" not in argv
+    assert "--format=JobID,State,ExitCode,Elapsed,NodeList,AllocTRES,MaxRSS,TotalCPU" in slurm.sacct_accounting_argv("7")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("nodes", 0, "nodes: must be a positive integer"),
+        ("partition", "debug\n#SBATCH --uid=0", "partition"),
+        ("time_limit", "ten minutes", "time_limit"),
+        ("account", "a'b", "account"),
+    ],
+)
+def test_bad_resources_are_refused_naming_the_field(field, value, message):
+    from remote.cluster import Resources
+
+    with pytest.raises(ValueError, match=message):
+        slurm.resource_flags(Resources(**{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1", 60), ("0:02", 2), ("01:00:00", 3600), ("1-2", 93600), ("1-02:03:04", 93784), (None, None)]
+)
+def test_time_limits(text, seconds):
+    assert slurm.parse_time_limit(text) == seconds
+
+
+def test_percent_in_paths_is_escaped_for_slurm_filename_patterns():
+    assert slurm.escape_filename_pattern("/a/100%/b") == "/a/100%%/b"
