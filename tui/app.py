@@ -60,6 +60,8 @@ TAIL_QUEUE_LIMIT = 8
 """Back-pressure: a tail waits while this many messages are queued for the UI."""
 
 
+TAIL_KINDS = ("launcher", "events")
+
 ServiceFactory = Callable[[], Any]
 
 
@@ -103,6 +105,7 @@ class DinfApp(App):
         live_poll_s: float = LIVE_POLL_S,
         idle_poll_s: float = IDLE_POLL_S,
         log_max_lines: int = DEFAULT_MAX_LINES,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         super().__init__()
         self.service_factory = service_factory or default_service_factory()
@@ -110,6 +113,7 @@ class DinfApp(App):
         self.live_poll_s = live_poll_s
         self.idle_poll_s = idle_poll_s
         self.log_max_lines = log_max_lines
+        self.max_backoff_s = max_backoff_s
         self.service: Any = None
         self.runs: dict[int, Any] = {}
         self.connections: dict[str, tuple[str, str]] = {}
@@ -185,12 +189,12 @@ class DinfApp(App):
                 errors = dict(getattr(service, "cluster_errors", {}) or {})
                 self._report_clusters(runs, errors)
                 if errors:  # back off while a cluster can't be reached
-                    delay = min(max(delay, 1.0) * 2, MAX_BACKOFF_S)
+                    delay = min(max(delay, 1.0) * 2, self.max_backoff_s)
                 else:
                     delay = self.live_poll_s if any(is_live(r) for r in runs) else self.idle_poll_s
             except Exception as exc:
                 self._report_trouble(getattr(exc, "cluster", None), exc)
-                delay = min(max(delay, 1.0) * 2, MAX_BACKOFF_S)
+                delay = min(max(delay, 1.0) * 2, self.max_backoff_s)
             self._wake_refresh.wait(delay)
             self._wake_refresh.clear()
 
@@ -336,7 +340,9 @@ class DinfApp(App):
         finished_at: float | None = None
         stream = None
         try:
-            stream = self.service.stream_logs(run_id, offsets or None)
+            # The launcher's capture holds the worker's log plus anything on stderr (tracebacks),
+            # so it and the events are enough; the worker's own log file would repeat every line.
+            stream = self.service.stream_logs(run_id, offsets or None, kinds=TAIL_KINDS)
             for chunks in stream:
                 if worker.is_cancelled or self._stopping.is_set():
                     break
@@ -432,6 +438,8 @@ class DinfApp(App):
 
     @work(thread=True, exit_on_error=False, group="submit", description="submitting a run")
     def submit_run(self, screen: Any, form: Any, checked: Any) -> None:
+        if not self._connect_before_submit(form.cluster):
+            return
         try:
             record = self._draft(form, checked)
             record = self.service.submit(record.id)
@@ -442,6 +450,27 @@ class DinfApp(App):
             self.post_message(ActionFailed("submit", getattr(record, "error", None) or "submission failed", record.id))
             return
         self.post_message(RunSubmitted(record))
+
+    def _connect_before_submit(self, cluster: str) -> bool:
+        """From a worker: reach a remote cluster first, so an unknown host key or a failed login
+        becomes a dialog (and no run is recorded) instead of a SUBMIT_FAILED run."""
+        config = self.cluster_configs().get(cluster)
+        if config is None or getattr(config, "backend", "") == "local":
+            return True
+        self.post_message(ConnectionChanged(cluster, "connecting"))
+        try:
+            self.service.cluster(cluster).status([])
+        except Exception as exc:
+            if _host_key_fingerprint(exc) is not None or _is_auth_failure(exc):
+                self._report_trouble(cluster, exc)
+                message = "answer the SSH dialog, then submit again"
+            else:
+                self.post_message(ConnectionChanged(cluster, "failed", str(exc).splitlines()[0][:120]))
+                message = f"cannot reach cluster {cluster}: {exc}"
+            self.post_message(ActionFailed("submit", message))
+            return False
+        self.post_message(ConnectionChanged(cluster, "connected"))
+        return True
 
     def action_demo_run(self) -> None:
         if self.service is None:

@@ -25,6 +25,8 @@ _LAUNCHER_LOG_NAME = re.compile(r"-rank(\d+)\.out$")
 # A leading ISO-8601 time ("2026-11-26 20:01:02,123", "[2026-11-26T20:01:02.1]") or Unix seconds.
 _LEADING_TIME = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)")
 _LEADING_EPOCH = re.compile(r"^\[?(1\d{9}(?:\.\d+)?)\b")
+# The worker's own format: "20:11:47 rank 0 ..." (time of day only).
+_LEADING_CLOCK = re.compile(r"^\[?(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?\b")
 # Control characters would corrupt the terminal; tabs become spaces so widths stay exact.
 _CONTROL = {c: "\ufffd" for c in range(32) if c not in (9,)}
 _CONTROL[9] = "    "
@@ -56,7 +58,25 @@ def leading_timestamp(line: str) -> float | None:
         except ValueError:
             return None
     match = _LEADING_EPOCH.match(line)
-    return float(match.group(1)) if match else None
+    if match:
+        return float(match.group(1))
+    match = _LEADING_CLOCK.match(line)
+    if match:
+        return _today_at(*match.groups())
+    return None
+
+
+def _today_at(hours: str, minutes: str, seconds: str, fraction: str | None) -> float | None:
+    """A time of day as Unix time: today, or yesterday if that would be in the future (midnight)."""
+    now = datetime.now()
+    try:
+        moment = now.replace(hour=int(hours), minute=int(minutes), second=int(seconds), microsecond=0)
+    except ValueError:
+        return None
+    ts = moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+    if ts > now.timestamp() + 3600:
+        ts -= 86400
+    return ts
 
 
 def clean_line(line: str) -> str:
@@ -65,16 +85,12 @@ def clean_line(line: str) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str | None:
-    """A log line for events worth reading among the logs (errors, phase changes); None otherwise."""
-    kind = event.get("kind")
+    """A log line for an error event (phases and progress are already in the worker's log and
+    drive the progress bars); None for every other event."""
+    if event.get("kind") != "error":
+        return None
     stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts", 0))))
-    if kind == "error":
-        return f"{stamp} ERROR {event.get('message', '')}"
-    if kind == "phase":
-        detail = {k: v for k, v in event.items() if k not in ("v", "ts", "rank", "kind", "phase")}
-        extra = " ".join(f"{k}={v}" for k, v in sorted(detail.items()))
-        return f"{stamp} phase {event.get('phase')} {extra}".rstrip()
-    return None
+    return f"{stamp} ERROR (event) {event.get('message', '')}"
 
 
 @dataclass

@@ -59,6 +59,7 @@ def make_app(service_factory):
         kwargs.setdefault("service_factory", service_factory)
         kwargs.setdefault("live_poll_s", 0.1)
         kwargs.setdefault("idle_poll_s", 0.2)
+        kwargs.setdefault("max_backoff_s", 0.5)
         return DinfApp(**kwargs)
 
     return make
