@@ -207,8 +207,20 @@ class SlurmCluster:
                 raise ClusterError(f"{job_id!r} is not a Slurm job id")
         self.scheduler_calls += 1
         line = join_sections([slurm.squeue_argv(job_ids), slurm.sacct_status_argv(job_ids)])
-        result = self.connection.run([], command=line, check=False)
-        (squeue_rc, squeue_out), (sacct_rc, sacct_out) = split_sections(result.stdout, 2)
+        for attempt in range(3):
+            result = self.connection.run([], command=line, check=False)
+            try:
+                (squeue_rc, squeue_out), (sacct_rc, sacct_out) = split_sections(result.stdout, 2)
+                break
+            except ValueError:
+                # Output cut short: the connection dropped mid-command (sshd killed, network gone).
+                # The next run() reconnects; a status query is safe to repeat.
+                if attempt == 2:
+                    raise ClusterError(
+                        f"squeue/sacct output was cut short three times (exit code {result.exit_code}): "
+                        f"{result.tail('stderr') or result.tail('stdout')}"
+                    ) from None
+                self._sleep(0.2)
         # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory.
         live = slurm.statuses_from_squeue(squeue_out) if squeue_rc == 0 else {}
         accounted = slurm.statuses_from_sacct(sacct_out) if sacct_rc == 0 else {}

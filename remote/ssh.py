@@ -512,10 +512,15 @@ class SshConnection:
                 if deadline is not None and time.monotonic() > deadline:
                     raise SshError(f"`{line}` on {self.target.display} did not finish within {timeout_s:.0f} s")
                 channel.status_event.wait(0.002)
+            exit_code = channel.recv_exit_status()
+            if exit_code == -1:  # paramiko's "closed without an exit-status message"
+                if not channel.get_transport().is_active():
+                    raise EOFError(f"the connection dropped while `{line}` ran")
+                raise SshError(f"`{line}` on {self.target.display} ended without an exit status (killed?)")
             return CommandResult(
                 argv=argv,
                 command=line,
-                exit_code=channel.recv_exit_status(),
+                exit_code=exit_code,
                 stdout=out.decode("utf-8", "replace"),
                 stderr=err.decode("utf-8", "replace"),
             )
