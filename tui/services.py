@@ -513,6 +513,8 @@ class Dinf:
                     repo.record_accounting(session=session, run_id=record.id, job_id=record.job_id, fields=fields)
                     session.commit()
         error = worker_error(local_dir, record.num_ranks)
+        if error is None and record.state != JobState.COMPLETED.value and record.job_id is not None:
+            error = launcher_error(local_dir / "logs", record.job_id, record.num_ranks)
         if (local_dir / contract.RESULT_FILE).is_file():
             try:
                 self.ingest_dir(local_dir, run_id=record.id)
@@ -617,6 +619,18 @@ def worker_error(results_dir: Path, num_ranks: int) -> str | None:
                 if first is None or at < first[0]:
                     first = (at, f"rank {event['rank']}: {event.get('message', 'error')}")
     return None if first is None else first[1]
+
+
+def launcher_error(logs_dir: Path, job_id: str, num_ranks: int, *, max_lines: int = 6) -> str | None:
+    """The last lines a rank printed to its launcher log (a crash before the worker's event stream)."""
+    for rank in range(num_ranks):
+        path = logs_dir / contract.launcher_log_file(job_id, rank)
+        if not path.is_file():
+            continue
+        lines = [line.rstrip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return f"rank {rank}: " + "\n".join(lines[-max_lines:])
+    return None
 
 
 def _join(directory: str, name: str) -> str:

@@ -1,0 +1,98 @@
+"""`dinf` end to end on the built-in local cluster: real worker ranks (gloo, tiny synthetic model).
+
+submit -> follow logs until the run ends -> runs / show / logs / export; and submit -> cancel.
+Every command is the installed `dinf` console script in its own process, as a user's shell runs it;
+only the database under the temporary DINF_HOME ties them together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from tui.cli import EXIT_FAILED, EXIT_OK
+from worker.contract import parse_event
+
+pytestmark = pytest.mark.dist
+
+TINY_PP2 = [
+    "--mode", "pp", "--ranks-per-node", "2", "--set", "pp_size=2", "--set", "model.config=tiny",
+    "--batch-sizes", "1,2", "--max-new-tokens", "4", "--set", "repeats=1", "--set", "warmup=0",
+    "--set", "num_requests=2", "--set", "device=cpu",
+]
+
+
+def test_submit_follow_show_export(dinf):
+    submitted = dinf("submit", *TINY_PP2, "--name", "cli-e2e", "--json")
+    assert submitted.code == EXIT_OK, submitted.err
+    record = submitted.json()
+    run_id = str(record["id"])
+    assert record["state"] in ("PENDING", "RUNNING") and record["job_id"] and record["num_ranks"] == 2
+
+    followed = dinf("logs", run_id, "-f", "--rank", "1", "--kind", "worker", timeout=300)
+    assert followed.code == EXIT_OK, followed.err
+    lines = followed.out.splitlines()
+    assert any("rank 1 phase start" in line for line in lines)
+    assert "rank 1 phase done" in lines[-1]  # followed to the very end, then stopped by itself
+
+    runs = dinf("runs", "--json").json()
+    assert [(r["name"], r["state"], r["job_id"]) for r in runs] == [("cli-e2e", "COMPLETED", record["job_id"])]
+    assert [h["state"] for h in runs[0]["history"]][-1] == "COMPLETED"
+
+    shown = dinf("show", run_id, "--json").json()
+    assert shown["ingested_at"] is not None and shown["error"] is None
+    assert [m["batch_size"] for m in shown["measurements"]] == [1, 2]
+    assert all(m["output_tokens"] == 2 * 4 for m in shown["measurements"])
+    assert [s["rank"] for s in shown["measurements"][0]["rank_stats"]] == [0, 1]
+    assert shown["accounting"][0]["state"] == "COMPLETED"
+    assert "COMPLETED" in dinf("show", run_id).out
+
+    events = dinf("logs", run_id, "--rank", "0", "--kind", "events", "--json")
+    parsed = [parse_event(json.loads(line)["line"]) for line in events.out.splitlines()]
+    assert parsed and all(e is not None and e["rank"] == 0 for e in parsed)
+    assert {"phase", "progress"} <= {e["kind"] for e in parsed}
+
+    exported = dinf("export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(exported.out)))
+    assert [(r["run_name"], r["batch_size"]) for r in rows] == [("cli-e2e", "1"), ("cli-e2e", "2")]
+    assert float(rows[0]["output_throughput_tok_s"]) > 0
+
+
+def test_submit_then_cancel(dinf):
+    long_run = [*TINY_PP2, "--max-new-tokens", "512", "--set", "repeats=50"]
+    submitted = dinf("submit", *long_run, "--name", "to-cancel", "--json")
+    assert submitted.code == EXIT_OK, submitted.err
+    run_id = str(submitted.json()["id"])
+    deadline = time.monotonic() + 120
+    while dinf("show", run_id, "--json").json()["state"] != "RUNNING":
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.5)
+    cancelled = dinf("cancel", run_id, "--json")
+    assert cancelled.code == EXIT_OK, cancelled.err
+    assert cancelled.json()["state"] == "CANCELLED"
+    shown = dinf("show", run_id, "--json").json()
+    assert shown["state"] == "CANCELLED" and shown["finished_at"] is not None
+    assert shown["measurements"] == []
+    again = dinf("cancel", run_id)
+    assert again.code == EXIT_OK and "already finished" in again.err
+
+
+def test_failed_run_exits_1_with_the_error(dinf, tmp_path):
+    # A checkpoint directory that does not exist passes spec validation but fails in the worker.
+    result = dinf("submit", "--set", "model.source=checkpoint", "--set", f"model.path={tmp_path / 'missing'}",
+                  "--set", "device=cpu", "--wait", "--poll", "0.5")
+    assert result.code == EXIT_FAILED
+    assert "ended FAILED" in result.err
+    shown = dinf("show", "1", "--json").json()
+    assert shown["state"] == "FAILED" and "no config.json" in shown["error"]
+
+
+def test_dry_run_prints_the_script_and_records_nothing(dinf):
+    result = dinf("submit", *TINY_PP2, "--dry-run")
+    assert result.code == EXIT_OK, result.err
+    assert result.out.startswith("#!") and "-m worker run --spec" in result.out
+    assert dinf("runs", "--json").json() == []
