@@ -1,0 +1,47 @@
+"""`dinf-worker compare`: exact-match rate, first divergence, top-k agreement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from worker import contract
+from worker.cli import run_command
+
+
+def test_compare_identical_runs(single_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(single_run, copy)
+    assert run_command(["compare", str(single_run), str(copy)]) == 0
+    table = capsys.readouterr().out
+    assert "| 6 | 6/6 | 100% | - | - |" in table
+    result = json.loads((copy / contract.COMPARISON_FILE).read_text())
+    assert result["exact_match_rate"] == 1.0 and result["topk_agreement_rate"] is None
+
+
+def test_compare_reports_first_divergence_and_topk(single_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(single_run, run)
+    lines = (run / contract.COMPLETIONS_FILE).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    target = next(r for r in records if r["batch_size"] == 6 and r["index"] == 2)
+    runner_up = target["topk_ids"][3][1]  # the baseline's second choice at step 3
+    target["output_ids"][3] = runner_up
+    target["topk_ids"][3] = [runner_up, *[t for t in target["topk_ids"][3] if t != runner_up]][:5]
+    other = next(r for r in records if r["batch_size"] == 6 and r["index"] == 4)
+    other["output_ids"][0] = 511 if other["output_ids"][0] != 511 else 510
+    other["topk_ids"][0] = [other["output_ids"][0]] * 5
+    (run / contract.COMPLETIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    assert run_command(["compare", str(single_run), str(run), "--batch-size", "6"]) == 0
+    assert "| 6 | 4/6 | 67% | 1/2 | #2@3, #4@0 |" in capsys.readouterr().out
+    result = json.loads((run / contract.COMPARISON_FILE).read_text())
+    (group,) = result["by_batch_size"]
+    by_index = {p["index"]: p for p in group["per_prompt"]}
+    assert by_index[2]["first_divergence"] == 3 and by_index[2]["topk_agree"] is True
+    assert by_index[4]["first_divergence"] == 0 and by_index[4]["topk_agree"] is False
+
+
+def test_compare_refuses_a_directory_without_completions(single_run, tmp_path, capsys):
+    assert run_command(["compare", str(single_run), str(tmp_path)]) == contract.EXIT_BAD_SPEC
+    assert "completions.jsonl does not exist" in capsys.readouterr().err
