@@ -222,7 +222,7 @@ def _with_markers(series: list[Series]) -> tuple[Series, ...]:
 
 
 def throughput_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
-                       title: str = "Output tokens/s vs GPUs") -> Chart:
+                       title: str = "Output tokens/s vs GPUs", unit: str = "GPUs") -> Chart:
     """Output tok/s per mode against GPU count, with the ideal line N * X(1) from the baseline."""
     lines: list[Series] = []
     gpus: list[float] = []
@@ -240,11 +240,11 @@ def throughput_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
         ticks = _ticks(gpus)
         ideal = tuple(baseline.output_tok_s * g / baseline.num_gpus for g in ticks)
         lines.append(Series("ideal (N x 1-GPU rate)", ticks, ideal, IDEAL_MARKER, ideal=True))
-    return Chart(title, "lines", "GPUs", "tok/s", _with_markers(lines), xticks=_ticks(gpus))
+    return Chart(title, "lines", unit, "tok/s", _with_markers(lines), xticks=_ticks(gpus))
 
 
 def efficiency_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
-                       title: str = "Scaling efficiency vs GPUs") -> Chart:
+                       title: str = "Scaling efficiency vs GPUs", unit: str = "GPUs") -> Chart:
     """Efficiency (S/N, or E_w for weak scaling) per mode against GPU count; ideal is 1."""
     lines: list[Series] = []
     gpus: list[float] = []
@@ -257,7 +257,7 @@ def efficiency_vs_gpus(series: Mapping[str, Sequence[ScalingRow]], *,
         return _empty(title, "no completed scaling runs yet")
     ticks = _ticks(gpus)
     lines.append(Series("ideal (1.0)", ticks, tuple(1.0 for _ in ticks), IDEAL_MARKER, ideal=True))
-    return Chart(title, "lines", "GPUs", "efficiency", _with_markers(lines), xticks=ticks)
+    return Chart(title, "lines", unit, "efficiency", _with_markers(lines), xticks=ticks)
 
 
 # --- batch sweep ---------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def _charts(runs: Sequence[RunResult], base: RunResult, batch_size: int | None,
             series: dict[str, list[Point]] = {}
             for run in runs:
                 point = run.point(shared)
-                if point is not None and point is not ref:
+                if point is not None and run.id != base.id:
                     series.setdefault(run.mode, []).append(point)
             scaling = {mode: analysis.strong_scaling(ref, points) for mode, points in sorted(series.items())}
             out += [charts.throughput_vs_gpus(scaling, title=f"Output tokens/s vs GPUs at batch {shared}"),

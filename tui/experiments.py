@@ -386,11 +386,19 @@ def plan_weak_scaling(cfg: StudyConfig) -> ExperimentPlan:
 
 
 def _per_mode_jobs(cfg: StudyConfig, kind: str, role: str, **spec_changes: Any) -> ExperimentPlan:
+    """One job per configuration measuring every batch size.
+
+    The worker uses one request count for all sizes of a job, so it defaults to the largest size:
+    every size then runs full batches. dp's batch size is per replica (each replica batches its
+    own shard), so a dp cell gets that many requests per replica.
+    """
     _check_common(cfg)
     ranks = _parallel_ranks(cfg)
     sizes = sorted(set(cfg.batch_sizes))
+    requests = cfg.num_requests or max(sizes)
     cells = [_cell("single/r1", "baseline", cfg, mode="single", ranks=1, batch_sizes=sizes,
-                   params={"mode": "single", "ranks": 1}, **spec_changes)]
+                   params={"mode": "single", "ranks": 1, "num_requests": requests},
+                   num_requests=requests, **spec_changes)]
     skipped = []
     for mode in cfg.modes:
         key = f"{mode}/r{ranks}"
@@ -399,8 +407,10 @@ def _per_mode_jobs(cfg: StudyConfig, kind: str, role: str, **spec_changes: Any) 
         if why or not usable:
             skipped.append((key, why or f"no batch size >= micro_batches ({cfg.micro_batches})"))
             continue
+        mode_requests = requests * ranks if mode == "dp" else requests
         cells.append(_cell(key, role, cfg, mode=mode, ranks=ranks, batch_sizes=usable,
-                           params={"mode": mode, "ranks": ranks}, **spec_changes))
+                           params={"mode": mode, "ranks": ranks, "num_requests": mode_requests},
+                           num_requests=mode_requests, **spec_changes))
     return ExperimentPlan(kind, cfg.name, cfg.to_dict(), tuple(cells), tuple(skipped))
 
 

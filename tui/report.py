@@ -229,6 +229,8 @@ def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
             f"{baseline.output_tokens // max(1, baseline.num_requests)} new tokens each, on 1 to N GPUs. "
             "S(N) = T(1)/T(N), E = S/N."
         )
+    # CPU ranks are not GPUs: say "ranks" when no run of the experiment saw a GPU.
+    unit = "GPUs" if any(r.environment.get("gpu_model") for r in exp.runs) else "ranks"
     derive = analysis.weak_scaling if weak else analysis.strong_scaling
     series = {mode: derive(baseline, points) for mode, points in _scaling_series(exp, baseline).items()}
     rows = []
@@ -240,16 +242,17 @@ def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
             derived = (_f(r.efficiency),) if weak else (_f(r.speedup), _f(r.efficiency))
             rows.append((p.mode, p.num_gpus, p.num_nodes, p.num_requests, f"{_f(p.wall_s, 3)} (n={p.repeats})",
                          _f(p.output_tok_s, 1), *derived, _f(r.throughput_scaling), _f(r.memory_ratio)))
-    headers = ("mode", "GPUs", "nodes", "requests", "T median s", "tok/s",
+    headers = ("mode", unit, "nodes", "requests", "T median s", "tok/s",
                *(("E_w",) if weak else ("S", "E")), "X(N)/(N·X(1))", "memory ratio")
     section.blocks.append(md_table(headers, rows))
-    section.chart(charts.throughput_vs_gpus(series, title=f"{study}: output tokens/s vs GPUs"))
-    section.chart(charts.efficiency_vs_gpus(series, title=f"{study}: {'E_w' if weak else 'efficiency S/N'} vs GPUs"))
+    section.chart(charts.throughput_vs_gpus(series, title=f"{study}: output tokens/s vs {unit}", unit=unit))
+    section.chart(charts.efficiency_vs_gpus(
+        series, title=f"{study}: {'E_w' if weak else 'efficiency S/N'} vs {unit}", unit=unit))
     for mode, scaling_rows in series.items():
         last = scaling_rows[-1]
         if last.point.num_gpus == baseline.num_gpus:
             continue
-        section.verdicts.append(_scaling_verdict(mode, last, baseline, weak=weak))
+        section.verdicts.append(_scaling_verdict(mode, last, baseline, weak=weak, unit=unit))
     for mode in exp.parameters.get("config", {}).get("modes", ()):
         if mode not in series:
             cells = [c for c in exp.cells if c.cell.params.get("mode") == mode]
@@ -258,11 +261,12 @@ def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
     return section
 
 
-def _scaling_verdict(mode: str, row: analysis.ScalingRow, baseline: Point, *, weak: bool) -> str:
+def _scaling_verdict(mode: str, row: analysis.ScalingRow, baseline: Point, *, weak: bool, unit: str = "GPUs") -> str:
     p = row.point
-    where = f"{mode} on {p.num_gpus} GPUs" + (f" ({p.num_nodes} nodes)" if p.num_nodes > 1 else "")
-    times = f"T = {_f(p.wall_s, 3)} s vs {_f(baseline.wall_s, 3)} s on 1 GPU"
-    memory = f"; the largest rank needs {_f(row.memory_ratio)}x the 1-GPU peak memory" if row.memory_ratio else ""
+    one = "1 GPU" if unit == "GPUs" else "1 rank"
+    where = f"{mode} on {p.num_gpus} {unit}" + (f" ({p.num_nodes} nodes)" if p.num_nodes > 1 else "")
+    times = f"T = {_f(p.wall_s, 3)} s vs {_f(baseline.wall_s, 3)} s on {one}"
+    memory = f"; the largest rank needs {_f(row.memory_ratio)}x the {one} peak memory" if row.memory_ratio else ""
     if weak:
         if row.efficiency is not None and row.efficiency >= SCALES_WELL:
             return f"{where}: weak scaling holds, E_w = {_f(row.efficiency)} ({times}){memory}."
@@ -271,12 +275,12 @@ def _scaling_verdict(mode: str, row: analysis.ScalingRow, baseline: Point, *, we
     if row.efficiency is not None and row.efficiency >= SCALES_WELL:
         return f"{where}: scales, S = {s}, E = {e} ({times}){memory}."
     if row.speedup is not None and row.speedup > 1:
-        return f"{where}: faster than 1 GPU but far from linear, S = {s}, E = {e} ({times}){memory}."
+        return f"{where}: faster than {one} but far from linear, S = {s}, E = {e} ({times}){memory}."
     reason = ""
     if mode == "pp":
         reason = (" Every token still passes through all layers in sequence, so the stages add a hand-off per token"
                   " and can at best keep the 1-GPU rate for a model that fits one GPU.")
-    return f"{where}: no faster than 1 GPU, S = {s}, E = {e} ({times}){memory}.{reason}"
+    return f"{where}: no faster than {one}, S = {s}, E = {e} ({times}){memory}.{reason}"
 
 
 def _profile_index(experiments: Sequence[ExperimentResult]) -> dict[tuple[str, int], Point]:
@@ -309,7 +313,7 @@ def batch_sweep_section(exp: ExperimentResult, profiles: dict[tuple[str, int], P
     section.blocks.append(
         f"Each configuration measured every batch size ({_range([p.batch_size for p in baseline])}) in one job, "
         "without reloading the model. A mode is faster than 1 GPU at a batch size when S = X/X(1) > 1, and pays "
-        f"for its N GPUs when E = S/N >= {PAYS_FOR_ITS_GPUS}."
+        f"for its N GPUs when E = S/N >= {PAYS_FOR_ITS_GPUS}. For dp the batch size is per replica."
     )
     by_label = {_series_label(base_cell.run): baseline}
     for cell in _done(exp.cells, "sweep"):

@@ -78,7 +78,8 @@ class RunResult:
         return next((p for p in self.points if p.batch_size == batch_size), None)
 
     def comparable_fields(self) -> dict[str, Any]:
-        """What a diff-only table compares: identity, spec, resources, environment, headline numbers."""
+        """What a diff-only table compares: identity, spec, resources and environment (measured
+        numbers belong to the derived table, where they always differ)."""
         record: dict[str, Any] = {
             "run": {"name": self.name, "state": self.state, "cluster": self.cluster, "mode": self.mode,
                     "ranks": self.num_ranks, "gpus": self.num_gpus, "hosts": self.hosts},
@@ -86,8 +87,6 @@ class RunResult:
             "resources": dict(self.resources),
             "environment": {k: v for k, v in self.environment.items() if k != "hosts"},
         }
-        if self.load_time_s is not None:
-            record["result"] = {"load_time_s": round(self.load_time_s, 3)}
         return record
 
 

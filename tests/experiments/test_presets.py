@@ -79,6 +79,8 @@ def test_batch_sweep_one_job_per_configuration_all_sizes():
     assert plan.cell("pp/r2").spec.batch_sizes == [4, 8]   # batch 1 can't be cut into 2 micro-batches
     assert plan.cell("dp/r2").spec.batch_sizes == [1, 4, 8]
     assert all(not c.spec.profile for c in plan.cells)
+    # one request count per job: the largest size, so every size runs full batches (dp: per replica)
+    assert [c.spec.num_requests for c in plan.cells] == [8, 8, 8, 16]
 
 
 def test_profile_sets_profile_flag():
