@@ -9,6 +9,7 @@
     dinf ingest DIR [--run RUN]              store a result bundle from disk (idempotent)
     dinf export [--format csv|json] [--run RUN ...] [--experiment ID] [-o FILE]
     dinf clusters                            the configured clusters
+    dinf compare | report | experiment ...   studies over many runs (tui/study_cli.py)
 
 RUN is a numeric id, a uid (or a unique prefix of one) or a unique run name. Every command takes
 --json for machine-readable output on stdout; messages go to stderr.
