@@ -37,9 +37,9 @@ from remote.cluster import (
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
-from storage.models import DRAFT, FINISHED_STATES, SUBMIT_FAILED, Measurement, RankStat, Run
+from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui import locations
-from tui.config import LOCAL, ClusterConfig, DinfConfig, load_config
+from tui.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
 from worker import contract
 from worker.contract import RunSpec, SpecError
 
@@ -414,6 +414,7 @@ class Dinf:
             ]
         for run_id in missing:
             self._finish(run_id)
+        self._complete_accounting()
         seen = {r.id for r in polled}
         return polled + [self.run(run_id) for run_id in missing if run_id not in seen]
 
@@ -433,6 +434,23 @@ class Dinf:
         self._set_state(record.id, state, reason=status.reason)
         self._finish(record.id)
         return self.run(record.id)
+
+    def _complete_accounting(self, *, within_s: float = 86_400.0) -> None:
+        """sacct lags the scheduler: re-read it for recently finished runs whose record isn't final."""
+        cutoff = time.time() - within_s
+        with read_session(self.engine) as session:
+            stale = []
+            for run in repo.list_runs(session=session, states=FINISHED_STATES - {SUBMIT_FAILED, IMPORTED}):
+                if run.job_id is None or (run.finished_at or 0) < cutoff:
+                    continue
+                rows = [r for r in repo.accounting_for_run(session=session, run_id=run.id) if r.job_id == run.job_id]
+                if not rows or not _terminal_sacct_state(rows[0].state):
+                    stale.append(self._record(session, run))
+        for record in stale:
+            try:
+                self._record_accounting(record)
+            except (ClusterError, OSError, ConfigError) as exc:
+                self.cluster_errors[record.cluster] = str(exc)
 
     # --- logs --------------------------------------------------------------------------------
 
@@ -504,14 +522,9 @@ class Dinf:
             problems.append(f"fetching results failed: {exc}")
         if record.job_id is not None:
             try:
-                fields = cluster.accounting(record.job_id)
+                self._record_accounting(record)
             except (ClusterError, OSError) as exc:
-                fields = None
                 problems.append(f"sacct failed: {exc}")
-            if fields:
-                with write_session(self.engine) as session:
-                    repo.record_accounting(session=session, run_id=record.id, job_id=record.job_id, fields=fields)
-                    session.commit()
         error = worker_error(local_dir, record.num_ranks)
         if error is None and record.state != JobState.COMPLETED.value and record.job_id is not None:
             error = launcher_error(local_dir / "logs", record.job_id, record.num_ranks)
@@ -524,6 +537,16 @@ class Dinf:
             problems.append(f"the job completed but left no {contract.RESULT_FILE}")
         message = "; ".join([e for e in (error, *problems) if e]) or None
         self._update(record.id, local_results_dir=str(local_dir), **({"error": message} if message else {}))
+
+    def _record_accounting(self, record: RunRecord) -> bool:
+        """Store sacct's fields for the run's job; True once sacct reports a terminal state."""
+        fields = self.cluster(record.cluster).accounting(record.job_id)
+        if not fields:
+            return False
+        with write_session(self.engine) as session:
+            repo.record_accounting(session=session, run_id=record.id, job_id=record.job_id, fields=fields)
+            session.commit()
+        return _terminal_sacct_state(fields.get("State"))
 
     def _set_state(self, run_id: int, state: str, *, reason: str | None = None, error: str | None = None) -> RunRecord:
         with write_session(self.engine) as session:
@@ -631,6 +654,11 @@ def launcher_error(logs_dir: Path, job_id: str, num_ranks: int, *, max_lines: in
         if lines:
             return f"rank {rank}: " + "\n".join(lines[-max_lines:])
     return None
+
+
+def _terminal_sacct_state(state: str | None) -> bool:
+    """sacct prints e.g. 'CANCELLED by 1000'; the first word is the state."""
+    return bool(state) and state.split()[0] in FINISHED_STATES
 
 
 def _join(directory: str, name: str) -> str:

@@ -22,6 +22,8 @@ class FakeCluster:
         self.unreachable = False
         self.cancelled: list[str] = []
         self.closed = False
+        self.sacct_lag: dict[str, list[str]] = {}
+        """States sacct reports before it catches up with the scheduler, per job."""
 
     def preview(self, bundle: RunBundle) -> str:
         return f"#!/bin/bash\n#SBATCH --job-name={bundle.job_name}\n#SBATCH --ntasks-per-node={bundle.resources.tasks_per_node}\n"
@@ -70,7 +72,9 @@ class FakeCluster:
         return copied
 
     def accounting(self, job_id: str) -> dict[str, str]:
-        return {"State": self.states[job_id][-1].value, "ExitCode": "0:0", "Elapsed": "00:00:05",
+        lagging = self.sacct_lag.get(job_id)
+        state = lagging.pop(0) if lagging else self.states[job_id][-1].value
+        return {"State": state, "ExitCode": "0:0", "Elapsed": "00:00:05",
                 "NodeList": "node1", "MaxRSS": "300M"}
 
     def close(self) -> None:

@@ -55,6 +55,16 @@ def test_submit_poll_finish_ingest(dinf, fake, tmp_path):
     assert len(dinf.export_rows()) == 2
 
 
+def test_lagging_sacct_is_completed_by_reconcile(dinf, fake):
+    run = dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
+    fake.sacct_lag["101"] = ["RUNNING"]
+    while not dinf.run(run.id).finished:
+        dinf.refresh()
+    assert [a["state"] for a in dinf.accounting(run.id)] == ["RUNNING"]
+    dinf.reconcile()
+    assert [a["state"] for a in dinf.accounting(run.id)] == ["COMPLETED"]
+
+
 def test_one_status_call_per_cluster(dinf, fake):
     for _ in range(3):
         dinf.submit(dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources()).id)
