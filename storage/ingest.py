@@ -234,68 +234,57 @@ def _store_completions(*, session: Session, run: Run, path: Path) -> int:
 
 
 def _store_correctness(*, session: Session, run: Run, path: Path) -> int:
-    """comparison.json: one summary, or a list of them per batch size (`per_batch_size`)."""
+    """comparison.json (`dinf-worker compare`): one row per batch size, plus batch_size -1 for the whole run."""
     if not path.is_file():
         return 0
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise IngestError(f"{path}: not JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise IngestError(f"{path}: must be a JSON object")
-    sections = data.get("per_batch_size")
-    if sections is None:
-        sections = [data]
-    if not isinstance(sections, list):
-        raise IngestError(f"{path}: 'per_batch_size' must be a list")
-    for i, section in enumerate(sections):
-        if not isinstance(section, dict):
-            raise IngestError(f"{path}: per_batch_size[{i}] must be an object")
-        summary = summarise_comparison(section)
-        batch_size = section.get("batch_size")
-        values = {
-            "run_id": run.id,
-            "batch_size": batch_size if isinstance(batch_size, int) else -1,
-            "reference": _text(section.get("reference", data.get("reference"))),
-            **summary,
-            "raw_json": json.dumps(section, sort_keys=True),
-        }
+    if not isinstance(data, dict) or data.get("kind") != "dinf.comparison":
+        raise IngestError(f"{path}: not a dinf comparison (missing kind 'dinf.comparison')")
+    if data.get("schema_version") != contract.SCHEMA_VERSION:
+        raise IngestError(
+            f"{path}: schema version {data.get('schema_version')!r}; this dinf reads {contract.SCHEMA_VERSION}"
+        )
+    groups = data.get("by_batch_size")
+    if not isinstance(groups, list):
+        raise IngestError(f"{path}: by_batch_size must be a list")
+    reference = _text(data.get("baseline"))
+    rows = []
+    for i, group in enumerate(groups):
+        where = f"by_batch_size[{i}]"
+        if not isinstance(group, dict):
+            raise IngestError(f"{path}: {where} must be an object")
+        per_prompt = group.get("per_prompt") or []
+        if not isinstance(per_prompt, list) or not all(isinstance(p, dict) for p in per_prompt):
+            raise IngestError(f"{path}: {where}.per_prompt must be a list of objects")
+        divergent = _int(group.get("divergent"), f"{where}.divergent", path)
+        agree = _int(group.get("topk_agree_at_divergence"), f"{where}.topk_agree_at_divergence", path)
+        ordered = sorted(per_prompt, key=lambda p: p.get("index", 0))
+        rows.append({
+            "batch_size": _int(group.get("batch_size"), f"{where}.batch_size", path, required=True),
+            "num_prompts": _int(group.get("prompts"), f"{where}.prompts", path),
+            "num_exact": _int(group.get("exact"), f"{where}.exact", path),
+            "exact_match_rate": _number(group.get("exact_match_rate"), f"{where}.exact_match_rate", path),
+            "first_divergences_json": json.dumps([p.get("first_divergence") for p in ordered]),
+            "topk_agreement_rate": agree / divergent if divergent and agree is not None else None,
+            "raw_json": json.dumps(group, sort_keys=True),
+        })
+    whole = {k: v for k, v in data.items() if k != "by_batch_size"}
+    rows.append({
+        "batch_size": -1,
+        "num_prompts": sum(r["num_prompts"] or 0 for r in rows),
+        "num_exact": sum(r["num_exact"] or 0 for r in rows),
+        "exact_match_rate": _number(data.get("exact_match_rate"), "exact_match_rate", path),
+        "first_divergences_json": "[]",
+        "topk_agreement_rate": _number(data.get("topk_agreement_rate"), "topk_agreement_rate", path),
+        "raw_json": json.dumps(whole, sort_keys=True),
+    })
+    for values in rows:
+        values.update(run_id=run.id, reference=reference)
         repo.upsert(session=session, model=CorrectnessResult, values=values, keys=("run_id", "batch_size"))
-    return len(sections)
-
-
-def summarise_comparison(section: dict) -> dict[str, Any]:
-    """Exact-match and top-k agreement from per-prompt records, or the summary fields given."""
-    prompts = section.get("prompts")
-    first_divergences: list[int | None] = []
-    num_exact = section.get("num_exact")
-    topk_rate = section.get("topk_agreement_rate")
-    if isinstance(prompts, list) and prompts:
-        diverged_topk: list[bool] = []
-        for record in prompts:
-            if not isinstance(record, dict):
-                continue
-            first = record.get("first_divergence")
-            first_divergences.append(first if isinstance(first, int) else None)
-            if first is not None:
-                within = record.get("within_topk", record.get("topk_ok"))
-                if isinstance(within, bool):
-                    diverged_topk.append(within)
-        if num_exact is None:
-            num_exact = sum(1 for first in first_divergences if first is None)
-        if topk_rate is None and diverged_topk:
-            topk_rate = sum(diverged_topk) / len(diverged_topk)
-    num_prompts = section.get("num_prompts", len(first_divergences) or None)
-    rate = section.get("exact_match_rate")
-    if rate is None and isinstance(num_exact, int) and isinstance(num_prompts, int) and num_prompts:
-        rate = num_exact / num_prompts
-    return {
-        "num_prompts": num_prompts if isinstance(num_prompts, int) else None,
-        "num_exact": num_exact if isinstance(num_exact, int) else None,
-        "exact_match_rate": float(rate) if isinstance(rate, (int, float)) else None,
-        "first_divergences_json": json.dumps(first_divergences),
-        "topk_agreement_rate": float(topk_rate) if isinstance(topk_rate, (int, float)) else None,
-    }
+    return len(rows)
 
 
 # --- field checks -----------------------------------------------------------------------------

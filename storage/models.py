@@ -240,10 +240,10 @@ class Completion(SQLModel, table=True):
 
 
 class CorrectnessResult(SQLModel, table=True):
-    """Greedy-token agreement of a run with its reference (comparison.json), per batch size.
+    """Greedy-token agreement of a run with its baseline (comparison.json), per batch size.
 
-    batch_size -1 stands for the run as a whole when the comparison is not split by batch size
-    (a NULL would defeat the unique constraint that keeps re-ingestion idempotent).
+    batch_size -1 is the whole run (every batch size pooled); a NULL there would defeat the unique
+    constraint that keeps re-ingestion idempotent.
     """
 
     __tablename__ = "correctness_result"
@@ -253,14 +253,14 @@ class CorrectnessResult(SQLModel, table=True):
     run_id: int = Field(foreign_key="run.id", index=True)
     batch_size: int = -1
     reference: str | None = None
-    """What the run was compared with (a run name, uid or path)."""
+    """The baseline the run was compared with (its output directory, as `compare` recorded it)."""
     num_prompts: int | None = None
     num_exact: int | None = None
     exact_match_rate: float | None = None
     first_divergences_json: str = "[]"
     """Per prompt: the index of the first differing token, or null when identical."""
     topk_agreement_rate: float | None = None
-    """Of the diverging prompts: share where each side's token is in the other's top-k."""
+    """Of the diverging prompts: share where each side's token is in the other's top-k (None: none diverged)."""
     raw_json: str = "{}"
 
 

@@ -32,7 +32,7 @@ def test_ingest_show_export(dinf, tmp_path):
     shown = dinf("show", str(report["run_id"]), "--json").json()
     assert [m["batch_size"] for m in shown["measurements"]] == [1, 2]
     assert shown["measurements"][0]["ttft_median_s"] == 0.055
-    assert shown["correctness"][0]["exact_match_rate"] == 0.5
+    assert [c["exact_match_rate"] for c in shown["correctness"]] == [0.5, 0.5, 0.5]
     text = dinf("show", runs[0]["uid"])
     assert text.code == EXIT_OK and "IMPORTED" in text.out and "TTFT ms" in text.out
 

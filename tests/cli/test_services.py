@@ -48,7 +48,7 @@ def test_submit_poll_finish_ingest(dinf, fake, tmp_path):
     assert [m["batch_size"] for m in dinf.measurements(done.id)] == [1, 2]
     assert len(dinf.measurements(done.id)[0]["rank_stats"]) == 2
     assert dinf.accounting(done.id)[0]["elapsed"] == "00:00:05"
-    assert dinf.correctness(done.id)[0]["first_divergences"] == [None, 3]
+    assert dinf.correctness(done.id)[1]["first_divergences"] == [None, 3]
     assert Path(done.local_results_dir) == tmp_path / "results" / done.uid
     # reconcile after the fact (as a restarted app would) ingests nothing twice
     dinf.reconcile()

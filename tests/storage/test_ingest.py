@@ -41,6 +41,7 @@ def ingest(engine, bundle: Path, run_id: int | None = None):
 def test_fields_land_in_columns(engine, bundle_dir):
     report = ingest(engine, bundle_dir)
     assert report.created_run and report.measurements == 2 and report.completions == 4
+    assert report.correctness == 3
     result = json.loads((bundle_dir / "result.json").read_text())
     with read_session(engine) as session:
         run = repo.get_run(session=session, run_id=report.run_id)
@@ -75,10 +76,10 @@ def test_fields_land_in_columns(engine, bundle_dir):
         assert json.loads(completions[0].output_ids_json) == [11, 12, 13, 14]
         correctness = repo.correctness_for_runs(session=session, run_ids=[run.id])
         assert [(c.batch_size, c.num_prompts, c.num_exact, c.exact_match_rate) for c in correctness] == [
-            (1, 2, 1, 0.5), (2, 2, 1, 0.5)]
-        assert json.loads(correctness[0].first_divergences_json) == [None, 3]
-        assert correctness[0].topk_agreement_rate == 1.0
-        assert correctness[0].reference == "fixture-single"
+            (-1, 4, 2, 0.5), (1, 2, 1, 0.5), (2, 2, 1, 0.5)]  # -1: the whole run
+        assert json.loads(correctness[1].first_divergences_json) == [None, 3]
+        assert [c.topk_agreement_rate for c in correctness] == [1.0, 1.0, 1.0]
+        assert {c.reference for c in correctness} == {"fixture-single"}
 
 
 def test_reingest_adds_nothing(engine, bundle_dir):
@@ -128,6 +129,14 @@ def test_other_schema_version_refused(engine, bundle_dir, tmp_path):
     (newer / "result.json").write_text(json.dumps(result))
     with pytest.raises(IngestError, match="schema version 99"):
         ingest(engine, newer)
+
+
+def test_foreign_comparison_refused(engine, bundle_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    (other / "comparison.json").write_text('{"kind": "something.else"}')
+    with pytest.raises(IngestError, match="not a dinf comparison"):
+        ingest(engine, other)
 
 
 def test_missing_result_file(engine, tmp_path):

@@ -32,6 +32,10 @@ def run_worker(out: Path) -> None:
 def test_real_worker_bundle_ingests_once(engine, tmp_path):
     out = tmp_path / "out"
     run_worker(out)
+    # `compare` writes comparison.json into the run's directory; against itself every token matches.
+    done = subprocess.run([sys.executable, "-m", "worker", "compare", str(out), str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
     for _ in range(2):
         with write_session(engine) as session:
@@ -42,6 +46,9 @@ def test_real_worker_bundle_ingests_once(engine, tmp_path):
         counts = {t.__name__: session.exec(select(func.count()).select_from(t)).one()
                   for t in (Run, Measurement, RankStat, Completion)}
         assert counts == {"Run": 1, "Measurement": 2, "RankStat": 2, "Completion": 4}
+        correctness = repo.correctness_for_runs(session=session, run_ids=[report.run_id])
+        assert [(c.batch_size, c.num_prompts, c.exact_match_rate) for c in correctness] == [
+            (-1, 4, 1.0), (1, 2, 1.0), (2, 2, 1.0)]
         run = repo.get_run(session=session, run_id=report.run_id)
         assert run.name == "real-bundle" and run.mode == "single"
         rows = repo.measurements_for_runs(session=session, run_ids=[run.id])
