@@ -156,6 +156,8 @@ class SshTarget:
     proxy_command: str | None = None
     proxy_jump: str | None = None
     known_hosts: str = DEFAULT_KNOWN_HOSTS
+    ssh_config: str | None = DEFAULT_SSH_CONFIG
+    """The config file it came from (ProxyJump hops are resolved through the same file)."""
 
     @property
     def display(self) -> str:
@@ -197,6 +199,7 @@ def resolve_target(
         proxy_command=options.get("proxycommand"),
         proxy_jump=options.get("proxyjump"),
         known_hosts=known_hosts or options.get("userknownhostsfile", DEFAULT_KNOWN_HOSTS).split()[0],
+        ssh_config=ssh_config,
     )
 
 
@@ -294,7 +297,7 @@ class SshConnection:
         if t.proxy_jump and t.proxy_jump.lower() != "none":
             # ProxyJump a,b: reach the target through the last hop, which is reached through the others.
             hops = [h.strip() for h in t.proxy_jump.split(",") if h.strip()]
-            jump_target = resolve_target(hops[-1], known_hosts=t.known_hosts)
+            jump_target = resolve_target(hops[-1], ssh_config=t.ssh_config)
             if len(hops) > 1:
                 jump_target = SshTarget(**{**jump_target.__dict__, "proxy_jump": ",".join(hops[:-1])})
             self._jump = SshConnection(jump_target, self.options).open()

@@ -389,3 +389,58 @@ def test_hostile_job_names_and_paths_round_trip_without_executing(minicluster):
         assert cluster.connection.run(["find", minicluster.home, "-name", "CANARY"]).stdout == ""
     finally:
         cluster.close()
+
+
+def write_config(path, minicluster, extra_hosts: str) -> str:
+    path.write_text(
+        f"Host mini\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
+        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n" + extra_hosts
+    )
+    return str(path)
+
+
+def test_proxy_jump_reaches_the_host_through_another(minicluster, tmp_path):
+    from remote.ssh import SshConnection, SshOptions, resolve_target
+
+    config = write_config(tmp_path / "ssh_config", minicluster, (
+        f"Host behind\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
+        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n  ProxyJump mini\n"
+    ))
+    target = resolve_target("behind", ssh_config=config)
+    assert target.proxy_jump == "mini"
+    with SshConnection(target, SshOptions(allow_agent=False, look_for_keys=False)) as conn:
+        assert conn.run(["echo", "through the jump"]).stdout == "through the jump\n"
+        assert conn._jump is not None and conn._jump.is_connected
+
+
+def test_proxy_command_is_used(minicluster, tmp_path):
+    from remote.ssh import SshConnection, SshOptions, resolve_target
+
+    proxy = (f"ssh -i {minicluster.key} -p {minicluster.port} -o UserKnownHostsFile={minicluster.known_hosts} "
+             f"-o BatchMode=yes -o IdentitiesOnly=yes {minicluster.user}@{minicluster.host} -W %h:%p")
+    config = write_config(tmp_path / "ssh_config", minicluster, (
+        f"Host viacommand\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
+        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n  ProxyCommand {proxy}\n"
+    ))
+    target = resolve_target("viacommand", ssh_config=config)
+    assert target.proxy_command and f"-W {minicluster.host}:{minicluster.port}" in target.proxy_command
+    with SshConnection(target, SshOptions(allow_agent=False, look_for_keys=False)) as conn:
+        assert conn.run(["whoami"]).stdout.strip() == minicluster.user
+
+
+def test_connects_lazily_with_nodelay_and_keepalive(minicluster):
+    import socket
+
+    cluster = minicluster.cluster()
+    try:
+        assert cluster.connection.connects == 0 and not cluster.connection.is_connected
+        cluster.preview(bundle())  # rendering needs no connection when the workdir is absolute
+        assert cluster.connection.connects == 0
+        assert cluster.status([]) == {}  # an empty poll opens the connection: it proves the cluster is reachable
+        transport = cluster.connection._client.get_transport()
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert transport.packetizer._Packetizer__keepalive_interval == 15
+        cluster.status([])
+        assert cluster.connection.connects == 1
+    finally:
+        cluster.close()
