@@ -30,7 +30,7 @@ from remote.cluster import (
 )
 from remote.logstream import MAX_READ, follow
 from remote.quoting import join_sections, split_sections
-from remote.ssh import CommandFailed, SshConnection, SshError, SshOptions, resolve_target
+from remote.ssh import DEFAULT_SSH_CONFIG, CommandFailed, SshConnection, SshError, SshOptions, resolve_target
 from worker.contract import RunSpec, SpecError, events_file, launcher_log_file
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -83,6 +83,7 @@ class SlurmCluster:
         python: PythonEnvironment | None = None,
         job_command: list[str] | None = None,
         ssh_options: SshOptions | None = None,
+        ssh_config: str | None = DEFAULT_SSH_CONFIG,
         sleep: Callable[[float], None] = time.sleep,
     ):
         """Either an open-able `connection`, or a `host` alias resolved through ~/.ssh/config.
@@ -94,7 +95,7 @@ class SlurmCluster:
         if connection is None:
             if not host:
                 raise ClusterError(f"cluster {name!r} has no host; set host to a ~/.ssh/config alias or user@hostname")
-            connection = SshConnection(resolve_target(host), ssh_options)
+            connection = SshConnection(resolve_target(host, ssh_config=ssh_config), ssh_options)
         self.name = name
         self.connection = connection
         self.environment = python or PythonEnvironment()

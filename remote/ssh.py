@@ -156,6 +156,8 @@ class SshTarget:
     proxy_command: str | None = None
     proxy_jump: str | None = None
     known_hosts: str = DEFAULT_KNOWN_HOSTS
+    identities_only: bool = False
+    """IdentitiesOnly yes: offer only the configured key files (no agent, no default keys)."""
     ssh_config: str | None = DEFAULT_SSH_CONFIG
     """The config file it came from (ProxyJump hops are resolved through the same file)."""
 
@@ -199,6 +201,7 @@ def resolve_target(
         proxy_command=options.get("proxycommand"),
         proxy_jump=options.get("proxyjump"),
         known_hosts=known_hosts or options.get("userknownhostsfile", DEFAULT_KNOWN_HOSTS).split()[0],
+        identities_only=str(options.get("identitiesonly", "no")).lower() == "yes",
         ssh_config=ssh_config,
     )
 
@@ -330,8 +333,8 @@ class SshConnection:
                 port=t.port,
                 username=t.user,
                 key_filename=[k for k in t.key_files if Path(k).is_file()] or None,
-                allow_agent=self.options.allow_agent,
-                look_for_keys=self.options.look_for_keys,
+                allow_agent=self.options.allow_agent and not t.identities_only,
+                look_for_keys=self.options.look_for_keys and not t.identities_only,
                 timeout=self.options.connect_timeout_s,
                 banner_timeout=self.options.connect_timeout_s,
                 auth_timeout=self.options.connect_timeout_s,

@@ -49,6 +49,14 @@ class Minicluster:
         # Only the minicluster's own key: never the agent or ~/.ssh keys of whoever runs the tests.
         return SshConnection(self.target(), SshOptions(allow_agent=False, look_for_keys=False, **options))
 
+    def write_ssh_config(self, path: Path, alias: str = "mini") -> str:
+        """An ssh_config file naming the minicluster `alias` (for code that takes a host alias)."""
+        Path(path).write_text(
+            f"Host {alias}\n  HostName {self.host}\n  Port {self.port}\n  User {self.user}\n"
+            f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {self.known_hosts}\n"
+        )
+        return str(path)
+
     def python_environment(self):
         """This checkout's interpreter (the minicluster made its directories reachable for the test user)."""
         from remote.cluster import PythonEnvironment

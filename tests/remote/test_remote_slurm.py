@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import paramiko
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 
 from remote.cluster import ClusterError, JobState, Resources, RunBundle
@@ -297,17 +299,19 @@ def test_failed_authentication_is_a_clear_error(minicluster, tmp_path):
 
 
 def test_ssh_config_alias_is_resolved(minicluster, tmp_path):
-    from remote.ssh import SshConnection, SshOptions, resolve_target
+    from remote.slurm_cluster import SlurmCluster
+    from remote.ssh import SshOptions, resolve_target
 
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        f"Host mini\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
-        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n"
-    )
-    target = resolve_target("mini", ssh_config=str(config))
+    config = minicluster.write_ssh_config(tmp_path / "ssh_config", alias="mini")
+    target = resolve_target("mini", ssh_config=config)
     assert (target.hostname, target.port, target.user) == (minicluster.host, minicluster.port, minicluster.user)
-    with SshConnection(target, SshOptions(allow_agent=False, look_for_keys=False)) as conn:
-        assert conn.run(["whoami"]).stdout.strip() == minicluster.user
+    cluster = SlurmCluster(host="mini", ssh_config=config, ssh_options=SshOptions(allow_agent=False, look_for_keys=False),
+                           workdir="~/dinf-alias-test")
+    try:
+        assert cluster.connection.run(["whoami"]).stdout.strip() == minicluster.user
+        assert cluster.workdir == f"{minicluster.home}/dinf-alias-test"
+    finally:
+        cluster.close()
 
 
 def test_failed_command_carries_command_exit_code_and_stderr_tail(minicluster):
@@ -442,5 +446,31 @@ def test_connects_lazily_with_nodelay_and_keepalive(minicluster):
         assert transport.packetizer._Packetizer__keepalive_interval == 15
         cluster.status([])
         assert cluster.connection.connects == 1
+    finally:
+        cluster.close()
+
+
+hostile_words = st.lists(
+    st.sampled_from(["'", '"', ";", "$(", ")", "`", "\n", " ", "\\", "$", "touch CANARY", "é", "名", "&", "|", "%j", "*"]),
+    min_size=1, max_size=10,
+).map("".join)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(job_name=hostile_words, directory=hostile_words)
+def test_property_hostile_names_round_trip_through_prepare_and_preflight(minicluster, job_name, directory):
+    cluster = minicluster.cluster()
+    workdir = f"{cluster.workdir}/{directory.replace('/', '_')}"
+    cluster._resolved_workdir = workdir
+    try:
+        b = bundle(job_name=job_name, nodes=1, spec={"run_name": job_name})
+        prepared = cluster.prepare(b)
+        assert prepared.run_dir.startswith(workdir + "/runs/")
+        spec = json.loads(cluster.read_text(f"{prepared.run_dir}/spec.json"))
+        assert spec["run_name"] == job_name and spec["output_dir"] == f"{prepared.run_dir}/out"
+        assert "would start" in cluster.preflight(b) or "to start" in cluster.preflight(b)
+        listing = cluster.connection.run(["ls", "-A", f"{workdir}/runs"]).stdout
+        assert listing.split("\n")[0] == b.run_id
+        assert cluster.connection.run(["find", minicluster.home, "-name", "CANARY"]).stdout == ""
     finally:
         cluster.close()
