@@ -1,0 +1,93 @@
+"""`dinf` against the real minicluster (Slurm 22.05 + slurmdbd behind a key-only sshd).
+
+Configured the way a user configures dinf: a Host alias in ~/.ssh/config (a private HOME here) and a
+[clusters.mini] section in the TOML file naming it. submit --wait -> show (measurements, real sacct)
+-> logs of rank 1 on the second node; and a cancel of a running job.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.cli.conftest import REPO_ROOT
+from tui.cli import EXIT_OK
+
+pytestmark = pytest.mark.slurm
+
+TINY_PP2 = [
+    "--mode", "pp", "--set", "pp_size=2", "--set", "model.config=tiny", "--batch-sizes", "1,2",
+    "--max-new-tokens", "4", "--set", "repeats=1", "--set", "warmup=0", "--set", "num_requests=2",
+    "--set", "device=cpu",
+]
+
+
+@pytest.fixture
+def slurm_dinf(dinf, minicluster, tmp_path):
+    home = tmp_path / "user"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host mini\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
+        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n"
+    )
+    dinf.home.mkdir(parents=True)
+    (dinf.home / "config.toml").write_text(
+        f"""
+[clusters.mini]
+host = "mini"
+workdir = "{minicluster.home}/cli-{uuid.uuid4().hex[:8]}"
+
+[clusters.mini.python]
+python = "{sys.executable}"
+env = {{ PYTHONPATH = "{REPO_ROOT}", OMP_NUM_THREADS = "1" }}
+
+[clusters.mini.slurm]
+partition = "{minicluster.partition}"
+nodes = 2
+tasks_per_node = 1
+time_limit = "00:10:00"
+"""
+    )
+    dinf.env["HOME"] = str(home)
+    return dinf
+
+
+def test_submit_wait_show_logs_on_slurm(slurm_dinf):
+    dinf = slurm_dinf
+    script = dinf("submit", "--cluster", "mini", *TINY_PP2, "--dry-run")
+    assert script.code == EXIT_OK, script.err
+    assert "#SBATCH" in script.out and "--nodes=2" in script.out.replace(" ", "=")
+
+    done = dinf("submit", "--cluster", "mini", *TINY_PP2, "--name", "slurm-e2e", "--wait", "--poll", "1", "--json")
+    assert done.code == EXIT_OK, done.err
+    record = done.json()
+    assert record["state"] == "COMPLETED" and record["cluster"] == "mini" and record["num_ranks"] == 2
+
+    shown = dinf("show", str(record["id"]), "--json").json()
+    assert [m["batch_size"] for m in shown["measurements"]] == [1, 2]
+    assert {r["rank"] for r in shown["measurements"][0]["rank_stats"]} == {0, 1}
+    assert shown["accounting"] and shown["accounting"][0]["job_id"] == record["job_id"]
+    states = [h["state"] for h in shown["history"]]
+    assert states[0] == "DRAFT" and states[-1] == "COMPLETED"
+
+    logs = dinf("logs", str(record["id"]), "--rank", "1", "--kind", "worker")
+    assert logs.code == EXIT_OK, logs.err
+    assert any("rank 1 phase done" in line for line in logs.out.splitlines())
+
+
+def test_cancel_on_slurm(slurm_dinf):
+    dinf = slurm_dinf
+    submitted = dinf("submit", "--cluster", "mini", *TINY_PP2, "--max-new-tokens", "512", "--set", "repeats=50",
+                     "--json")
+    assert submitted.code == EXIT_OK, submitted.err
+    run_id = str(submitted.json()["id"])
+    deadline = time.monotonic() + 120
+    while dinf("show", run_id, "--json").json()["state"] != "RUNNING":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(1)
+    cancelled = dinf("cancel", run_id, "--json")
+    assert cancelled.code == EXIT_OK, cancelled.err
+    assert cancelled.json()["state"] == "CANCELLED"
