@@ -5,6 +5,7 @@
 
     [clusters.gpu]                  # backend = "slurm" unless said otherwise
     host = "gpu-login"              # a Host alias from ~/.ssh/config (user, port, key, ProxyJump live there)
+    ssh_config = "~/.ssh/config"    # optional: another OpenSSH config file to resolve the alias in
     workdir = "~/dinf-runs"         # remote work directory; one sub-directory per run
 
     [clusters.gpu.python]           # how the job gets a Python with the worker installed
@@ -55,6 +56,7 @@ class ClusterConfig:
     name: str
     backend: str = "slurm"
     host: str | None = None
+    ssh_config: str = "~/.ssh/config"
     workdir: str = "~/dinf-runs"
     python: PythonEnvironment = field(default_factory=PythonEnvironment)
     defaults: Resources = field(default_factory=Resources)
@@ -128,7 +130,7 @@ def parse_config(raw: dict[str, Any], *, path: Path, data_dir: Path | None = Non
 
 def _cluster(reader: _Reader, name: str, section: dict[str, Any]) -> ClusterConfig:
     key = f"clusters.{name}"
-    reader.only(section, key, {"backend", "host", "workdir", "python", "slurm"})
+    reader.only(section, key, {"backend", "host", "ssh_config", "workdir", "python", "slurm"})
     backend = reader.string(section, "backend", f"{key}.backend") or "slurm"
     if backend != "slurm":
         raise reader.error(
@@ -138,10 +140,12 @@ def _cluster(reader: _Reader, name: str, section: dict[str, Any]) -> ClusterConf
     if not host:
         raise reader.error(f"{key}.host", "is required: a Host alias from ~/.ssh/config, or user@hostname")
     workdir = reader.string(section, "workdir", f"{key}.workdir") or "~/dinf-runs"
+    ssh_config = reader.string(section, "ssh_config", f"{key}.ssh_config") or "~/.ssh/config"
     return ClusterConfig(
         name=name,
         backend="slurm",
         host=host,
+        ssh_config=ssh_config,
         workdir=workdir,
         python=_python(reader, reader.table(section, "python", f"{key}.python"), f"{key}.python", PythonEnvironment()),
         defaults=_resources(reader, reader.table(section, "slurm", f"{key}.slurm"), f"{key}.slurm"),

@@ -138,7 +138,8 @@ def make_cluster(config: ClusterConfig) -> Cluster:
         return LocalCluster(name=config.name, workdir=config.workdir, python=config.python)
     from remote.slurm_cluster import SlurmCluster
 
-    return SlurmCluster(name=config.name, host=config.host, workdir=config.workdir, python=config.python)
+    return SlurmCluster(name=config.name, host=config.host, workdir=config.workdir, python=config.python,
+                        ssh_config=config.ssh_config)
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -164,6 +165,8 @@ class Dinf:
         self._cluster_factory = cluster_factory
         self._clusters: dict[str, Cluster] = {}
         self._clusters_lock = threading.Lock()
+        self._finish_lock = threading.Lock()
+        """One finishing (fetch + ingest) at a time: the poller and a cancel may both see a run end."""
         self.cluster_errors: dict[str, str] = {}
         """The last error talking to each cluster (cleared by the next success): the connection state."""
 
@@ -509,6 +512,10 @@ class Dinf:
 
     def _finish(self, run_id: int) -> None:
         """Fetch what a terminal run left (results, events, sacct) and ingest it; errors are recorded."""
+        with self._finish_lock:
+            self._finish_unlocked(run_id)
+
+    def _finish_unlocked(self, run_id: int) -> None:
         record = self.run(run_id)
         if record.output_dir is None or record.cluster is None:
             return

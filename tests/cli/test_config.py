@@ -16,6 +16,7 @@ cluster = "gpu"
 
 [clusters.gpu]
 host = "gpu-login"
+ssh_config = "/etc/dinf/ssh_config"
 workdir = "/scratch/me/dinf"
 
 [clusters.gpu.python]
@@ -54,6 +55,7 @@ def test_full_config(tmp_path):
     gpu = config.cluster("gpu")
     assert config.default_cluster == "gpu"
     assert (gpu.backend, gpu.host, gpu.workdir) == ("slurm", "gpu-login", "/scratch/me/dinf")
+    assert gpu.ssh_config == "/etc/dinf/ssh_config"
     assert gpu.python.venv == "/shared/venvs/dinf" and gpu.python.modules == ["cuda/12.4", "nccl"]
     assert gpu.python.env == {"NCCL_DEBUG": "WARN"} and gpu.python.python == "python3"
     assert (gpu.defaults.partition, gpu.defaults.gpus_per_node, gpu.defaults.time_limit) == ("gpu", 4, "30")
