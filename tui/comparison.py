@@ -106,9 +106,11 @@ def _charts(runs: Sequence[RunResult], base: RunResult, batch_size: int | None,
                 if point is not None and run.id != base.id:
                     series.setdefault(run.mode, []).append(point)
             scaling = {mode: analysis.strong_scaling(ref, points) for mode, points in sorted(series.items())}
-            out += [charts.throughput_vs_gpus(scaling, title=f"Output tokens/s vs GPUs at batch {shared}"),
-                    charts.efficiency_vs_gpus(scaling, title=f"Efficiency vs GPUs at batch {shared} "
-                                                             f"(baseline #{base.id})")]
+            unit = "GPUs" if any(r.environment.get("gpu_model") for r in runs) else "ranks"
+            out += [charts.throughput_vs_gpus(scaling, title=f"Output tokens/s vs {unit} at batch {shared}",
+                                              unit=unit),
+                    charts.efficiency_vs_gpus(scaling, title=f"Efficiency vs {unit} at batch {shared} "
+                                                             f"(baseline #{base.id})", unit=unit)]
     for run in runs:
         for point in run.points:
             if (batch_size is None or point.batch_size == batch_size) and analysis.time_split(point):

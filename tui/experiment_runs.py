@@ -52,11 +52,19 @@ def _new_run(dinf: Dinf, experiment: ExperimentResult, cell: Cell, cluster: str)
 
 def _submit_cells(dinf: Dinf, experiment: ExperimentResult, cells: Iterable[Cell], cluster: str,
                   *, submit: bool) -> list[Launch]:
-    launches = []
+    launches: list[Launch] = []
     for cell in cells:
-        record = _new_run(dinf, experiment, cell, cluster)
+        try:
+            record = _new_run(dinf, experiment, cell, cluster)
+            if submit:
+                record = dinf.submit(record.id)
+        except ValueError as exc:  # a field the service refused: stop here and say what was done
+            done = ", ".join(l.cell for l in launches) or "none"
+            raise ExperimentError(
+                f"cell {cell.key}: {exc} (cells launched before it: {done}; fix the setting and run "
+                f"`dinf experiment submit {experiment.name}` to launch the rest)"
+            ) from exc
         if submit:
-            record = dinf.submit(record.id)
             note = f"submitted as job {record.job_id}" if record.job_id else f"not submitted: {record.error}"
         else:
             note = "recorded (DRAFT)"

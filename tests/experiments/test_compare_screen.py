@@ -1,0 +1,171 @@
+"""The compare screen in the real app (Pilot), over the real service and the fixture database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static, TabbedContent
+
+from storage.db import make_engine
+from tests.experiments import fixture_db
+from tui.screens.compare import CompareScreen
+
+SIZE = (150, 42)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DINF_DB", raising=False)
+    monkeypatch.delenv("DINF_CONFIG", raising=False)
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path):
+    db = tmp_path / "data" / "dinf.db"
+    engine = make_engine(db)
+    fixture_db.build(engine, tmp_path / "bundles")
+    engine.dispose()
+
+    def open_service():
+        from tui.services import Dinf
+
+        # Every run in the fixture database is finished, so no cluster is ever asked for.
+        return Dinf(db_path=db, config_path=tmp_path / "config.toml")
+
+    def make():
+        from tui.app import DinfApp
+
+        return DinfApp(service_factory=open_service, live_poll_s=0.1, idle_poll_s=0.5)
+
+    return make
+
+
+async def wait_for(pilot, condition, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+async def open_compare(app, pilot) -> CompareScreen:
+    await wait_for(pilot, lambda: app.service is not None, what="the service")
+    await pilot.press("v")
+    await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="the compare screen")
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.query_one("#compare-runs", DataTable).row_count == 14, what="run list")
+    return screen
+
+
+async def open_experiment(pilot, screen: CompareScreen, row: int) -> None:
+    experiments = screen.query_one("#compare-experiments", DataTable)
+    experiments.focus()
+    experiments.move_cursor(row=row)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: screen.grid is not None and screen.grid.id == row + 1, what="the grid")
+    await wait_for(pilot, lambda: screen.comparison is not None
+                   and len(screen.comparison.runs) == len(screen.marked), what="the comparison")
+
+
+def column(table: DataTable, index: int) -> list[str]:
+    return [str(table.get_row_at(r)[index]) for r in range(table.row_count)]
+
+
+async def test_experiment_grid_marks_its_runs_and_derives_against_the_baseline(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(app, pilot)
+        assert screen.query_one("#compare-experiments", DataTable).row_count == 4
+        await open_experiment(pilot, screen, 1)  # "scaling"
+
+        grid = screen.query_one("#compare-grid", DataTable)
+        assert column(grid, 0) == ["single/r1", "pp/r2", "pp/r4", "tp/r2", "tp/r4", "dp/r2", "dp/r4"]
+        assert column(grid, 4) == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "NOT_SUBMITTED",
+                                   "COMPLETED", "COMPLETED"]
+        assert screen.query_one("#compare-tabbed", TabbedContent).active == "tab-grid"
+
+        derived = screen.query_one("#compare-derived", DataTable)
+        assert column(derived, 3) == ["1.00", "1.25", "1.11", "2.00", "4.00"]   # S vs single/r1
+        assert column(derived, 4) == ["1.00", "0.62", "0.28", "1.00", "1.00"]   # E = S/N
+        diff_fields = column(screen.query_one("#compare-diff", DataTable), 0)
+        assert "spec.mode" in diff_fields and "spec.max_new_tokens" not in diff_fields
+
+        titles = [str(s.render()) for s in screen.query("#compare-charts Static")]
+        assert any("Output tokens/s vs GPUs at batch 20" in t and "ideal (N x 1-GPU rate)" in t for t in titles)
+        assert any("Efficiency vs GPUs" in t for t in titles)
+
+
+async def test_marking_runs_and_moving_the_baseline(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(app, pilot)
+        runs = screen.query_one("#compare-runs", DataTable)
+        runs.focus()
+        ids = [int(runs.get_row_at(r)[1]) for r in range(runs.row_count)]
+        # the run highlighted on the runs screen (the newest) came along as the baseline
+        assert screen.marked == [max(ids)] and screen.baseline_id == max(ids)
+        runs.move_cursor(row=ids.index(max(ids)))
+        await pilot.press("space")
+        await wait_for(pilot, lambda: screen.comparison is None, what="an empty selection")
+        assert screen.marked == [] and screen.baseline_id is None
+        sweep = [i for i in ids if screen.run_records[i].name.startswith("sweep:")]
+        runs.move_cursor(row=ids.index(sweep[0]))
+        await pilot.press("space")
+        runs.move_cursor(row=ids.index(sweep[1]))
+        await pilot.press("space")
+        await wait_for(pilot, lambda: screen.comparison is not None and len(screen.comparison.runs) == 2)
+        assert screen.baseline_id == sweep[0]
+        assert str(runs.get_row_at(ids.index(sweep[0]))[0]) == "★"
+        assert str(runs.get_row_at(ids.index(sweep[1]))[0]) == "✓"
+        derived = screen.query_one("#compare-derived", DataTable)
+        assert column(derived, 3) == ["1.00", "1.00", "1.00", "0.80", "1.00", "2.00"]
+
+        await pilot.press("b")  # the pp run becomes the baseline
+        await wait_for(pilot, lambda: screen.comparison.baseline.id == sweep[1], what="the new baseline")
+        assert column(derived, 3) == ["1.25", "1.00", "0.50", "1.00", "1.00", "1.00"]
+        titles = [str(s.render()) for s in screen.query("#compare-charts Static")]
+        assert any("Output tokens/s vs batch size" in t for t in titles)
+        assert any("TPOT (median) vs batch size" in t for t in titles)
+
+        await pilot.press("space")  # unmark the baseline: the other run takes its place
+        await wait_for(pilot, lambda: screen.comparison is not None and len(screen.comparison.runs) == 1)
+        assert screen.baseline_id == sweep[0]
+
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen), what="back to runs")
+
+
+async def test_resubmit_without_an_experiment_warns(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(app, pilot)
+        await pilot.press("R")
+        await pilot.pause()
+        assert screen.grid is None
+        assert any("Open an experiment first" in str(n.message) for n in app._notifications)
+
+
+def test_compare_screen_snapshot(app_factory, snap_compare):
+    async def show_scaling(pilot):
+        app = pilot.app
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 1)
+        screen.query_one("#compare-tabbed", TabbedContent).active = "tab-derived"
+        await pilot.pause()
+
+    assert snap_compare(app_factory(), terminal_size=SIZE, run_before=show_scaling)
+
+
+def test_compare_screen_charts_snapshot(app_factory, snap_compare):
+    async def show_charts(pilot):
+        app = pilot.app
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 3)  # profile: time split per rank
+        screen.query_one("#compare-tabbed", TabbedContent).active = "tab-charts"
+        await pilot.pause()
+
+    assert snap_compare(app_factory(), terminal_size=SIZE, run_before=show_charts)

@@ -1,0 +1,146 @@
+"""A strong-scaling experiment run for real and charted: the local backend, then the Slurm minicluster.
+
+Real worker ranks (gloo, tiny synthetic model on CPU), submitted through the service, polled to
+the end, ingested, then reported and compared from the database. Numbers on CPU are not asserted
+(no timed asserts); what is asserted is that every cell finished and that the report and charts
+carry a row, a point and a verdict for every mode at every rank count.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from remote.cluster import Resources
+from storage.db import read_session
+from tui import charts, experiment_runs, report
+from tui.comparison import compare_runs, format_comparison
+from tui.experiments import ClusterShape, StudyConfig, plan
+from tui.results import load_experiment
+from tui.services import Dinf
+from worker.contract import ModelSource
+
+
+def tiny_study(name: str, shape: ClusterShape, resources: Resources) -> StudyConfig:
+    return StudyConfig(
+        name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp", "dp"),
+        shape=shape, resources=resources, batch_size=2, num_requests=4, max_new_tokens=4, warmup=0,
+        repeats=2, rank_counts=(1, 2),
+    )
+
+
+def wait_until_finished(dinf: Dinf, experiment: str, timeout_s: float = 400):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dinf.refresh()
+        exp = experiment_runs.load(dinf, experiment)
+        if all(c.run is not None and c.run.state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "DRAFT")
+               for c in exp.cells):
+            return exp
+        assert time.monotonic() < deadline, [(c.cell.key, c.state) for c in exp.cells]
+        time.sleep(1.0)
+
+
+def check_strong_scaling_results(dinf: Dinf, name: str, tmp_path: Path, unit: str) -> None:
+    exp = wait_until_finished(dinf, name)
+    failed = [(c.cell.key, c.state, c.run.error) for c in exp.cells if not c.done]
+    assert not failed, failed
+    assert [c.cell.key for c in exp.cells] == ["single/r1", "pp/r2", "dp/r2"]
+    for c in exp.cells:
+        (point,) = c.run.points
+        assert point.output_tokens == 4 * 4 and point.repeats == 2 and point.wall_s > 0
+        assert point.num_gpus == c.cell.num_ranks
+        assert len(point.ranks) == c.cell.num_ranks
+
+    out = tmp_path / f"{name}.md"
+    report.write_report([exp], out)
+    text = out.read_text()
+    for mode in ("pp", "dp"):
+        assert f"| {mode} | 2 | " in text                  # its table row
+        assert f"- {mode} on 2 {unit}: " in text            # its verdict, in the findings
+    assert f"Strong scaling: output tokens/s vs {unit}" in text and "key: o dp   x pp   . ideal" in text
+    # the report reads only the database: the same file again
+    with read_session(dinf.engine) as session:
+        again = report.build_report([load_experiment(session, name)])
+    assert again == text
+
+    comparison = compare_runs([c.run for c in exp.cells])
+    assert [round(d.speedup, 6) for d in comparison.derived][0] == 1.0
+    chart = next(c for c in comparison.charts if c.title.startswith("Output tokens/s vs"))
+    drawn = charts.render(chart)
+    assert "key: o dp   x pp   . ideal (N x 1-GPU rate)" in drawn and f"Output tokens/s vs {unit}" in drawn
+    # greedy ids on CPU in fp32 are token-exact across modes
+    assert all(result.exact_matches == result.n == 4 for _, _, result in comparison.correctness)
+    assert "4/4 exact (100%)" in format_comparison(comparison, with_charts=False)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_strong_scaling_on_the_local_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with Dinf(data_dir=tmp_path / "home", config_path=tmp_path / "config.toml") as dinf:
+        cfg = tiny_study("local-ss", ClusterShape(nodes=1, ranks_per_node=2, gpus=False),
+                         dinf.config.cluster("local").defaults)
+        experiment_id = experiment_runs.record_plan(dinf, plan("strong_scaling", cfg))
+        launches = experiment_runs.launch(dinf, experiment_id, cluster="local")
+        assert [l.run.state for l in launches] != [] and all(l.run.job_id for l in launches)
+        check_strong_scaling_results(dinf, "local-ss", tmp_path, unit="ranks")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_failed_cell_is_resubmitted_as_a_new_attempt(tmp_path, monkeypatch):
+    """A cell whose worker refuses its input fails for real; resubmit makes a second attempt for it only."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with Dinf(data_dir=tmp_path / "home", config_path=tmp_path / "config.toml") as dinf:
+        cfg = tiny_study("resub", ClusterShape(nodes=1, ranks_per_node=2, gpus=False),
+                         dinf.config.cluster("local").defaults)
+        # a checkpoint directory that does not exist on the cluster: the worker's preflight refuses it
+        cfg.model = ModelSource(source="checkpoint", path=str(tmp_path / "no-such-model"))
+        cfg.modes = ("dp",)
+        experiment_id = experiment_runs.record_plan(dinf, plan("strong_scaling", cfg))
+        experiment_runs.launch(dinf, experiment_id, cluster="local")
+        exp = wait_until_finished(dinf, "resub")
+        assert {c.state for c in exp.cells} == {"FAILED"}
+        first_runs = {c.cell.key: c.run.id for c in exp.cells}
+        launches = experiment_runs.resubmit_failed(dinf, "resub")
+        assert sorted(l.cell for l in launches) == ["dp/r2", "single/r1"]
+        exp = wait_until_finished(dinf, "resub")
+        for c in exp.cells:
+            assert c.attempts == 2 and c.run.id != first_runs[c.cell.key]
+        # still failing: a third attempt, on the cluster named explicitly
+        assert experiment_runs.resubmit_failed(dinf, "resub", cluster="local")
+        exp = wait_until_finished(dinf, "resub")
+        assert {c.attempts for c in exp.cells} == {3}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_strong_scaling_on_the_slurm_minicluster(minicluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[clusters.mini]\nhost = "{minicluster.host}"\n'
+        f'[clusters.mini.slurm]\npartition = "{minicluster.partition}"\ntime_limit = "00:10:00"\n'
+    )
+    clusters = {}
+
+    def factory(cluster_config):
+        if cluster_config.name == "mini":
+            return clusters.setdefault("mini", minicluster.cluster())
+        from tui.services import make_cluster
+
+        return make_cluster(cluster_config)
+
+    with Dinf(data_dir=tmp_path / "home", config_path=config, cluster_factory=factory) as dinf:
+        # one rank per node: the 2-rank cells span both slurmd nodes
+        cfg = tiny_study("slurm-ss", ClusterShape(nodes=minicluster.nodes, ranks_per_node=1, gpus=False),
+                         dinf.config.cluster("mini").defaults)
+        experiment_id = experiment_runs.record_plan(dinf, plan("strong_scaling", cfg))
+        launches = experiment_runs.launch(dinf, experiment_id, cluster="mini")
+        assert all(l.run.job_id for l in launches), [(l.cell, l.note) for l in launches]
+        exp = wait_until_finished(dinf, "slurm-ss")
+        assert exp.cell("pp/r2").cell.resources.nodes == 2
+        check_strong_scaling_results(dinf, "slurm-ss", tmp_path, unit="ranks")
