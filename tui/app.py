@@ -26,6 +26,7 @@ from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
+from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 from textual.reactive import var
 from textual.screen import Screen
@@ -93,6 +94,7 @@ class DinfApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "dinf"
     COMMANDS = App.COMMANDS | {RunCommands}
+    BINDINGS = [Binding("v", "compare_runs", "Compare")]  # tui/screens/compare.py
 
     runs_version: var[int] = var(0)
     connections_version: var[int] = var(0)
@@ -543,8 +545,20 @@ class DinfApp(App):
 
     # --- command palette -----------------------------------------------------------------------
 
+    def action_compare_runs(self) -> None:
+        """Open the compare screen, the highlighted run (if any) marked as the baseline."""
+        from tui.screens.compare import CompareScreen
+
+        screen = self.screen
+        run_id = getattr(screen, "run_id", None)
+        if run_id is None and hasattr(screen, "selected_run_id"):
+            run_id = screen.selected_run_id()
+        self.push_screen(CompareScreen([run_id] if run_id is not None else None))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        yield SystemCommand("Compare runs", "Fields that differ, metrics vs a baseline, charts, experiment grids",
+                            self.action_compare_runs)
         yield SystemCommand("New run", "Fill in and submit a new run", self.action_new_run)
         yield SystemCommand("Demo run", "A tiny pipeline-parallel run on this machine", self.action_demo_run)
         yield SystemCommand("Refresh runs", "Poll every cluster now", self.action_refresh_runs)
