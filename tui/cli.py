@@ -9,6 +9,7 @@
     dinf ingest DIR [--run RUN]              store a result bundle from disk (idempotent)
     dinf export [--format csv|json] [--run RUN ...] [--experiment ID] [-o FILE]
     dinf clusters                            the configured clusters
+    dinf trust CLUSTER [--fingerprint FP]    show / record a cluster's SSH host key
     dinf compare | report | experiment ...   studies over many runs (tui/study_cli.py)
 
 RUN is a numeric id, a uid (or a unique prefix of one) or a unique run name. Every command takes
@@ -164,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
 
     command("clusters", cmd_clusters, "list the configured clusters")
+
+    trust = command("trust", cmd_trust, "check a cluster's SSH host key; record it once you confirm it")
+    trust.add_argument("cluster")
+    trust.add_argument("--fingerprint", help="the SHA256:... fingerprint you verified (out of band)")
     study_cli.register(commands)  # compare, report, experiment ... (tui/study_cli.py)
     return parser
 
@@ -414,6 +419,35 @@ def cmd_clusters(dinf, args) -> int:
     ]
     print(_table(("NAME", "BACKEND", "HOST", "WORKDIR"), rows))
     print(f"(configuration: {dinf.config.path})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_trust(dinf, args) -> int:
+    """Unknown host keys are refused; this shows the key and records it only for the confirmed fingerprint."""
+    from remote.ssh import HostKeyError  # paramiko: only this command needs it
+
+    config = dinf.config.cluster(args.cluster)
+    if config.backend != "slurm":
+        raise UsageError(f"cluster {args.cluster!r} runs on this machine; there is no host key to trust")
+    connection = dinf.cluster(args.cluster).connection
+    try:
+        connection.open()
+    except HostKeyError as exc:
+        changed = " (DIFFERENT from the key known_hosts has: it may be a man-in-the-middle)" if exc.changed else ""
+        shown = {"cluster": args.cluster, "host": exc.host, "key_type": exc.key_type,
+                 "fingerprint": exc.fingerprint, "changed": exc.changed}
+        if args.fingerprint is None:
+            _emit(args, {**shown, "trusted": False}, f"{exc.host} presents a {exc.key_type} key {exc.fingerprint}{changed}")
+            print(f"dinf: not trusted. Verify it with the cluster's admins, then run: "
+                  f"dinf trust {args.cluster} --fingerprint {exc.fingerprint}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.fingerprint != exc.fingerprint:
+            raise UsageError(f"--fingerprint {args.fingerprint} is not the key {exc.host} presents "
+                             f"({exc.fingerprint}); nothing was recorded")
+        exc.trust()
+        _emit(args, {**shown, "trusted": True}, f"trusted {exc.host} {exc.key_type} {exc.fingerprint}")
+        return EXIT_OK
+    _emit(args, {"cluster": args.cluster, "trusted": True}, f"{args.cluster}: host key already trusted")
     return EXIT_OK
 
 

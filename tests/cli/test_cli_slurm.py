@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.cli.conftest import REPO_ROOT
-from tui.cli import EXIT_OK
+from tui.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slurm
 
@@ -25,14 +25,19 @@ TINY_PP2 = [
 ]
 
 
-@pytest.fixture
-def slurm_dinf(dinf, minicluster, tmp_path):
+def user_home(tmp_path, minicluster, known_hosts: str):
     home = tmp_path / "user"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "config").write_text(
         f"Host mini\n  HostName {minicluster.host}\n  Port {minicluster.port}\n  User {minicluster.user}\n"
-        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {minicluster.known_hosts}\n"
+        f"  IdentityFile {minicluster.key}\n  UserKnownHostsFile {known_hosts}\n"
     )
+    return home
+
+
+@pytest.fixture
+def slurm_dinf(dinf, minicluster, tmp_path):
+    home = user_home(tmp_path, minicluster, minicluster.known_hosts)
     dinf.home.mkdir(parents=True)
     (dinf.home / "config.toml").write_text(
         f"""
@@ -91,3 +96,28 @@ def test_cancel_on_slurm(slurm_dinf):
     cancelled = dinf("cancel", run_id, "--json")
     assert cancelled.code == EXIT_OK, cancelled.err
     assert cancelled.json()["state"] == "CANCELLED"
+
+
+def test_unknown_host_key_refused_until_trusted(slurm_dinf, minicluster, tmp_path):
+    dinf = slurm_dinf
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    (tmp_path / "user" / ".ssh" / "config").write_text(
+        (tmp_path / "user" / ".ssh" / "config").read_text().replace(minicluster.known_hosts, str(empty_known_hosts))
+    )
+    refused = dinf("submit", "--cluster", "mini", *TINY_PP2, "--json")
+    assert refused.code == EXIT_FAILED and refused.json()["state"] == "SUBMIT_FAILED"
+    assert "HostKeyUnknown" in refused.json()["error"]
+
+    shown = dinf("trust", "mini", "--json")
+    assert shown.code == EXIT_FAILED and "dinf trust mini --fingerprint SHA256:" in shown.err
+    fingerprint = shown.json()["fingerprint"]
+    assert fingerprint.startswith("SHA256:") and empty_known_hosts.read_text() == ""
+    wrong = dinf("trust", "mini", "--fingerprint", "SHA256:not-it")
+    assert wrong.code == EXIT_BAD_INPUT and empty_known_hosts.read_text() == ""
+
+    trusted = dinf("trust", "mini", "--fingerprint", fingerprint, "--json")
+    assert trusted.code == EXIT_OK and trusted.json()["trusted"]
+    assert empty_known_hosts.read_text().strip()
+    assert dinf("trust", "mini").code == EXIT_OK  # already trusted now
+    assert dinf("submit", "--cluster", "mini", *TINY_PP2, "--dry-run").code == EXIT_OK
