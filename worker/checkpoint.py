@@ -240,7 +240,13 @@ def write_synthetic_checkpoint(cfg: ModelConfig, seed: int, out_dir: str | os.Pa
     config.dtype = dtype
     source = SyntheticTensors(seed, config)
     torch_dtype = DTYPES[dtype]
-    tensors = {name: source.get(name, torch_dtype, torch.device("cpu")) for name in source.shapes}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(name: str) -> torch.Tensor:
+        return source.get(name, torch_dtype, torch.device("cpu"))
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:  # torch drops the GIL
+        tensors = dict(zip(source.shapes, pool.map(make, list(source.shapes))))
     tmp = out / "model.safetensors.partial"
     save_file(tensors, str(tmp), metadata={"format": "pt", "dinf_seed": str(seed)})
     os.replace(tmp, out / "model.safetensors")

@@ -1,8 +1,8 @@
 """One worker run: validate, join the group, load this rank's part, measure every batch size, write results.
 
 Order of work (each step an event phase): start -> init (process group) -> load (only this rank's
-stage, then a barrier: the load time) -> per batch size: warmup (untimed passes) and measure (timed
-passes) -> done. Rank 0 writes spec.json, result.json and completions.jsonl; every rank writes its own
+stage, then a barrier: the load time) -> per batch size: warmup (W untimed runs of the first batch)
+and measure (R timed passes over all requests) -> done. Rank 0 writes spec.json, result.json and completions.jsonl; every rank writes its own
 events and log. A bad spec (or a missing/mismatched checkpoint, a missing prompts file, ...) is
 reported field by field before anything is written, and every rank exits 2.
 
@@ -302,8 +302,8 @@ class Job:
         ids, texts, first = self._requests()
         batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first)]
         self.events.phase("warmup", batch_size=batch_size)
-        for _ in range(spec.warmup):
-            self._pass(batches, batch_size, False, _NoTimer)
+        for _ in range(spec.warmup):  # one warm-up iteration = the first batch (kernels, allocator, NCCL pairs)
+            self._pass(batches[:1], batch_size, False, _NoTimer)
         reset_peak_memory(self.device)
         self.events.phase("measure", batch_size=batch_size)
         timer = StageTimer(enabled=spec.profile, device=self.device)
