@@ -109,8 +109,11 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
-def init(env: DistEnv, device: torch.device, timeout_s: float) -> str | None:
-    """Join the process group (no-op for one process). Returns the backend name."""
+def init(env: DistEnv, device: torch.device, timeout_s: float, blocking_wait: bool = True) -> str | None:
+    """Join the process group (no-op for one process). Returns the backend name.
+
+    `blocking_wait=False` keeps NCCL collectives asynchronous to the host (tp: two all-reduces per layer).
+    """
     if env.world_size == 1:
         return None
     import torch.distributed as dist
@@ -121,6 +124,10 @@ def init(env: DistEnv, device: torch.device, timeout_s: float) -> str | None:
         RANK=str(env.rank), WORLD_SIZE=str(env.world_size), MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port)
     )
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and blocking_wait:
+        # A dead peer then raises in this thread after `timeout_s` (and becomes an error event + exit 3)
+        # instead of NCCL's watchdog aborting the process with no record of why.
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(
         backend=backend,

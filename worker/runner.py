@@ -199,7 +199,7 @@ class Job:
         spec, env, events = self.spec, self.env, self.events
         events.phase("init")
         self.device = distributed.pick_device(spec.device, env.local_rank)
-        self.backend = distributed.init(env, self.device, spec.dist_timeout_s)
+        self.backend = distributed.init(env, self.device, spec.dist_timeout_s, blocking_wait=spec.mode != "tp")
         if self.device.type == "cpu" and env.world_size > 1:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         if env.rank == 0:
