@@ -19,6 +19,7 @@ from textual.widgets import Button, Footer, Input, Label, Select, Static
 
 from tui.run_form import CheckedForm, RunForm, check_form
 from tui.widgets.connection_bar import ConnectionBar
+from tui.widgets.field_error import FieldError
 from worker.contract import DTYPES, MODEL_CONFIGS, MODEL_SOURCES, MODES
 
 SELECTS: dict[str, tuple[str, ...]] = {
@@ -34,21 +35,21 @@ LABELS = {
     "source": "Model source",
     "model_config": "Synthetic config",
     "seed": "Weight seed",
-    "checkpoint": "Checkpoint directory (on the cluster)",
+    "checkpoint": "Checkpoint dir",
     "mode": "Parallel mode",
     "nodes": "Nodes",
     "ranks_per_node": "Ranks per node",
-    "gpus_per_node": "GPUs per node (0 = CPU)",
+    "gpus_per_node": "GPUs/node (0 = CPU)",
     "batch_sizes": "Batch sizes",
     "max_new_tokens": "Max new tokens",
-    "micro_batches": "Micro-batches (pp)",
+    "micro_batches": "Micro-batches",
     "dtype": "dtype",
     "partition": "Partition",
     "account": "Account",
     "qos": "QoS",
     "time_limit": "Time limit",
     "constraint": "Constraint",
-    "container_image": "Container image (Apptainer, optional)",
+    "container_image": "Apptainer image",
 }
 
 SECTIONS: list[tuple[str, list[str]]] = [
@@ -86,16 +87,19 @@ class NewRunScreen(Screen):
                     yield Label(f"[b]{title}[/]", classes="form-section")
                     for name in names:
                         with Vertical(classes="form-field", id=f"field-{name}"):
-                            yield Label(LABELS[name])
-                            value = getattr(initial, name)
-                            if name == "cluster":
-                                yield Select([(c, c) for c in self.clusters], value=value, allow_blank=False, id=name)
-                            elif name in SELECTS:
-                                yield Select([(o, o) for o in SELECTS[name]], value=value, allow_blank=False, id=name)
-                            else:
-                                yield Input(value=value, id=name)
-                            yield Static("", classes="field-error", id=f"error-{name}")
-                yield Static("", classes="field-error", id="error-general")
+                            with Horizontal(classes="form-row"):
+                                yield Label(LABELS[name], classes="form-label")
+                                value = getattr(initial, name)
+                                if name == "cluster":
+                                    options = [(c, c) for c in self.clusters]
+                                    yield Select(options, value=value, allow_blank=False, id=name, compact=True)
+                                elif name in SELECTS:
+                                    options = [(o, o) for o in SELECTS[name]]
+                                    yield Select(options, value=value, allow_blank=False, id=name, compact=True)
+                                else:
+                                    yield Input(value=value, id=name, compact=True)
+                            yield FieldError(id=f"error-{name}")
+                yield FieldError(id="error-general")
                 with Horizontal(id="form-buttons"):
                     yield Button("Preview script", id="preview")
                     yield Button("Submit", variant="success", id="submit")
@@ -122,9 +126,9 @@ class NewRunScreen(Screen):
         self.checked = check_form(form)
         for f in fields(RunForm):
             message = self.checked.problems.get(f.name, "")
-            self.query_one(f"#error-{f.name}", Static).update(message)
+            self.query_one(f"#error-{f.name}", FieldError).show(message)
             self.query_one(f"#field-{f.name}").set_class(bool(message), "-invalid")
-        self.query_one("#error-general", Static).update(self.checked.problems.get("general", ""))
+        self.query_one("#error-general", FieldError).show(self.checked.problems.get("general", ""))
         synthetic = form.source == "synthetic"
         self.query_one("#field-model_config").display = synthetic
         self.query_one("#field-seed").display = synthetic
@@ -184,4 +188,4 @@ class NewRunScreen(Screen):
         self.busy = False
         self.query_one("#submit", Button).label = "Submit"
         self._validate()
-        self.query_one("#error-general", Static).update(error)
+        self.query_one("#error-general", FieldError).show(error)

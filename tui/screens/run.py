@@ -34,6 +34,7 @@ from tui.run_display import (
 )
 from tui.run_logs import RunLogs
 from tui.widgets.connection_bar import ConnectionBar
+from tui.widgets.field_error import FieldError
 from tui.widgets.rank_log import RankLog
 from tui.widgets.rank_progress import RankProgressRow
 from tui.widgets.results import ResultsPanel
@@ -82,7 +83,7 @@ class RunScreen(Screen):
             yield Input(placeholder="filter: regex, only matching lines", id="log-filter")
             yield Input(placeholder="search: regex, Enter = next", id="log-search")
             yield Static("", id="follow-state")
-        yield Static("", id="log-tools-error", classes="field-error")
+        yield FieldError(id="log-tools-error")
         with TabbedContent(id="log-tabs", initial="merged"):
             with TabPane("merged", id="merged"):
                 yield RankLog(self.logs.merged, id="log-merged")
@@ -200,13 +201,13 @@ class RunScreen(Screen):
         self.query_one("#log-filter", Input).focus()
 
     def _compile(self, text: str) -> re.Pattern[str] | None:
-        error = self.query_one("#log-tools-error", Static)
+        error = self.query_one("#log-tools-error", FieldError)
         try:
             pattern = re.compile(text, re.IGNORECASE) if text else None
         except re.error as exc:
-            error.update(f"not a valid regular expression: {exc}")
+            error.show(f"not a valid regular expression: {exc}")
             raise
-        error.update("")
+        error.show("")
         return pattern
 
     @on(Input.Changed, "#log-filter")

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.run_display import clock, duration, elapsed_s, is_live, ranks_of, state_markup, state_of
 from tui.widgets.connection_bar import ConnectionBar
+from tui.widgets.field_error import FieldError
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "ID"),
@@ -78,7 +79,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
         yield Input(placeholder="filter runs: regex matched against each column  (/)", id="runs-filter")
-        yield Static("", id="runs-filter-error", classes="field-error")
+        yield FieldError(id="runs-filter-error")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static(WELCOME, id="welcome")
         yield Footer()
@@ -197,12 +198,12 @@ class RunsScreen(Screen):
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        error = self.query_one("#runs-filter-error", Static)
+        error = self.query_one("#runs-filter-error", FieldError)
         try:
             self.filter_pattern = re.compile(event.value, re.IGNORECASE) if event.value else None
-            error.update("")
+            error.show("")
         except re.error as exc:
-            error.update(f"not a valid regular expression: {exc}")
+            error.show(f"not a valid regular expression: {exc}")
             return
         self._redraw()
 
