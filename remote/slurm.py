@@ -23,7 +23,7 @@ from remote.cluster import JobState, JobStatus, PythonEnvironment, Resources
 from remote.quoting import export_lines, quote
 
 SACCT_ACCOUNTING_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "AllocTRES", "MaxRSS", "TotalCPU")
-SACCT_STATUS_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "Reason")
+SACCT_STATUS_FIELDS = ("JobID", "State", "ExitCode", "DerivedExitCode", "Elapsed", "NodeList", "Reason")
 # squeue has no --parsable2; an explicit -o format with '|' and its header line is the equivalent.
 SQUEUE_FIELDS = (("JOBID", "%i"), ("STATE", "%T"), ("REASON", "%r"), ("TIME", "%M"), ("NODELIST", "%N"))
 
@@ -156,6 +156,11 @@ def statuses_from_sacct(text: str) -> dict[str, JobStatus]:
             continue
         state, detail = parse_state(row["State"])
         code, signal = parse_exit_code(row.get("ExitCode", ""))
+        # With srun --kill-on-bad-exit the batch step reports the signal that killed the other
+        # tasks (15); DerivedExitCode, the highest exit code of any step, keeps the task's own code.
+        derived, _ = parse_exit_code(row.get("DerivedExitCode", ""))
+        if derived:
+            code = derived
         reason = row.get("Reason") or None
         statuses[job_id] = JobStatus(
             job_id=job_id,

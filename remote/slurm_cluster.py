@@ -269,7 +269,7 @@ class SlurmCluster:
         for remote_dir, sub in ((prepared.output_dir, ""), (prepared.logs_dir, "logs")):
             target = Path(local_dir) / sub
             target.mkdir(parents=True, exist_ok=True)
-            for name in self.connection.listdir(remote_dir):
+            for name in self.connection.list_files(remote_dir):
                 local_path = target / name
                 local_path.write_bytes(self.connection.get_bytes(f"{remote_dir}/{name}"))
                 fetched.append(str(local_path))

@@ -621,6 +621,12 @@ class SshConnection:
     def listdir(self, path: str) -> list[str]:
         return self._sftp_call(lambda sftp: sorted(sftp.listdir(path)))
 
+    def list_files(self, path: str) -> list[str]:
+        """Names of the regular files directly in `path` (no directories, no links)."""
+        return self._sftp_call(
+            lambda sftp: sorted(a.filename for a in sftp.listdir_attr(path) if stat_module.S_ISREG(a.st_mode or 0))
+        )
+
     def remove_tree(self, path: str) -> None:
         """Delete a directory tree we created (used to undo a half-prepared run)."""
 

@@ -96,6 +96,13 @@ def test_sacct_allocations_only_with_exit_codes_and_cancel_detail():
     assert statuses["8"].state == JobState.DEADLINE and statuses["8"].nodelist is None
 
 
+def test_task_exit_code_survives_kill_on_bad_exit():
+    # Recorded: rank 1 exits 3, srun kills rank 0; the allocation says 15:0, DerivedExitCode 3:0.
+    text = "JobID|State|ExitCode|DerivedExitCode|Elapsed|NodeList|Reason\n195|FAILED|15:0|3:0|00:00:01|node[1-2]|NonZeroExitCode\n"
+    status = slurm.statuses_from_sacct(text)["195"]
+    assert (status.state, status.exit_code) == (JobState.FAILED, 3)
+
+
 def test_merge_prefers_sacct_for_finished_jobs_and_squeue_for_live_ones():
     live = slurm.statuses_from_squeue("JOBID|STATE|REASON|TIME|NODELIST\n3|FAILED|NonZeroExitCode|0:00|\n5|PENDING|Resources|0:00|\n")
     accounted = slurm.statuses_from_sacct(SACCT + "5|PENDING|0:0|00:00:00|None assigned|None\n")

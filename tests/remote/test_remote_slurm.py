@@ -170,11 +170,17 @@ def test_cancel_running_two_node_job_leaves_no_process(minicluster):
 
 
 def test_task_exiting_3_is_failed_with_exit_code_3(minicluster):
-    cluster = minicluster.cluster(job_command=["bash", "-c", "exit 3"])
+    marker = f"dinfbad{uuid.uuid4().hex[:8]}"
+    command = ["bash", "-c", f'if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; exec -a {marker} sleep 600']
+    cluster = minicluster.cluster(job_command=command)
     try:
         _, job_id = submit(cluster, bundle())
         status = wait_for_state(cluster, job_id, lambda s: s.state.is_terminal and s.exit_code is not None)
         assert (status.state, status.exit_code) == (JobState.FAILED, 3)
+        deadline = time.monotonic() + 15
+        while user_processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert user_processes_with(marker) == [], "srun --kill-on-bad-exit=1 stopped the other rank"
     finally:
         cluster.close()
 
