@@ -222,7 +222,10 @@ class SlurmCluster:
                         f"{result.tail('stderr') or result.tail('stdout')}"
                     ) from None
                 self._sleep(0.2)
-        # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory.
+        # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory;
+        # any other failure (slurmctld down, no squeue on PATH) must not read as "jobs unknown".
+        if squeue_rc != 0 and "Invalid job id" not in result.stderr:
+            raise ClusterError(f"squeue failed on {self.name} (exit code {squeue_rc}): {result.tail('stderr')}")
         live = slurm.statuses_from_squeue(squeue_out) if squeue_rc == 0 else {}
         accounted = slurm.statuses_from_sacct(sacct_out) if sacct_rc == 0 else {}
         return slurm.merge_statuses([str(j) for j in job_ids], live, accounted)

@@ -185,6 +185,23 @@ def test_task_exiting_3_is_failed_with_exit_code_3(minicluster):
         cluster.close()
 
 
+def test_job_waiting_for_resources_is_pending_with_its_reason(minicluster):
+    cluster = minicluster.cluster(job_command=["sleep", "600"])
+    try:
+        # Both nodes' only GPU taken by the first job: the second must wait.
+        _, first = submit(cluster, bundle(gpus_per_node=minicluster.gpus_per_node))
+        wait_for_state(cluster, first, lambda s: s.state == JobState.RUNNING)
+        _, second = submit(cluster, bundle(gpus_per_node=minicluster.gpus_per_node))
+        status = wait_for_state(cluster, second, lambda s: s.state == JobState.PENDING and s.reason in ("Resources", "Priority"))
+        both = cluster.status([first, second])  # one batched call for both
+        assert both[first].state == JobState.RUNNING and both[first].nodelist == "node[1-2]"
+        assert both[second].state == JobState.PENDING and both[second].reason == status.reason
+        assert cluster.cancel(second).state == JobState.CANCELLED
+        assert cluster.cancel(first).state == JobState.CANCELLED
+    finally:
+        cluster.close()
+
+
 @pytest.mark.slow
 def test_job_past_its_time_limit_times_out(minicluster):
     cluster = minicluster.cluster(job_command=["sleep", "600"])
@@ -478,5 +495,16 @@ def test_property_hostile_names_round_trip_through_prepare_and_preflight(miniclu
         listing = cluster.connection.run(["ls", "-A", f"{workdir}/runs"]).stdout
         assert listing.split("\n")[0] == b.run_id
         assert cluster.connection.run(["find", minicluster.home, "-name", "CANARY"]).stdout == ""
+    finally:
+        cluster.close()
+
+
+def test_job_unknown_to_slurm_is_reported_unknown(minicluster):
+    cluster = minicluster.cluster()
+    try:
+        status = cluster.status(["987654"])["987654"]
+        assert status.state == JobState.UNKNOWN and "squeue or sacct" in status.reason
+        with pytest.raises(ClusterError, match="not a Slurm job id"):
+            cluster.status(["1; touch CANARY"])
     finally:
         cluster.close()
