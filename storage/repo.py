@@ -224,6 +224,15 @@ def state_history(*, session: Session, run_id: int) -> list[StateChange]:
     )
 
 
+def state_histories(*, session: Session, run_ids: Sequence[int]) -> list[StateChange]:
+    """The timelines of many runs in one query, by run then time of entry."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    query = select(StateChange).where(col(StateChange.run_id).in_(ids))
+    return list(session.exec(query.order_by(col(StateChange.run_id), col(StateChange.id))))
+
+
 # --- results ----------------------------------------------------------------------------------
 
 

@@ -200,7 +200,7 @@ class Dinf:
     def runs(self, *, experiment_id: int | None = None, states: Iterable[str] | None = None) -> list[RunRecord]:
         with read_session(self.engine) as session:
             rows = repo.list_runs(session=session, experiment_id=experiment_id, states=states)
-            return [self._record(session, row) for row in rows]
+            return self._records(session, rows)
 
     def run(self, run_id: int | str) -> RunRecord:
         """A run by numeric id, uid, unique uid prefix or unique name; RunNotFound otherwise."""
@@ -581,24 +581,33 @@ class Dinf:
             output_dir=record.output_dir or "", logs_dir=record.logs_dir or "",
         )
 
+    @classmethod
+    def _record(cls, session: Session, run: Run) -> RunRecord:
+        return cls._records(session, [run])[0]
+
     @staticmethod
-    def _record(session: Session, run: Run) -> RunRecord:
-        cluster = repo.get_cluster(session=session, cluster_id=run.cluster_id) if run.cluster_id else None
-        history = tuple(
-            StateEntry(h.state, h.at, h.reason) for h in repo.state_history(session=session, run_id=run.id)
-        )
-        return RunRecord(
-            id=run.id, uid=run.uid, name=run.name,
-            cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
-            experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
-            job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
-            num_gpus=run.num_gpus, spec=json.loads(run.spec_json), resources=json.loads(run.resources_json),
-            run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
-            local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
-            load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
-            started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
-            history=history,
-        )
+    def _records(session: Session, runs: list[Run]) -> list[RunRecord]:
+        """Snapshots of many runs with three queries in all (the Runs screen lists thousands)."""
+        clusters = {c.id: c for c in repo.list_clusters(session=session)}
+        histories: dict[int, list[StateEntry]] = {}
+        for change in repo.state_histories(session=session, run_ids=[run.id for run in runs]):
+            histories.setdefault(change.run_id, []).append(StateEntry(change.state, change.at, change.reason))
+        return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ()))) for run in runs]
+
+
+def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRecord:
+    return RunRecord(
+        id=run.id, uid=run.uid, name=run.name,
+        cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
+        experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
+        job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
+        num_gpus=run.num_gpus, spec=json.loads(run.spec_json), resources=json.loads(run.resources_json),
+        run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
+        local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
+        load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
+        started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
+        history=history,
+    )
 
 
 # --- small pure helpers, used by the CLI and the app too -----------------------------------------

@@ -100,3 +100,17 @@ def test_job_ids_and_accounting_upsert(engine):
         assert (run.job_id, json.loads(run.job_ids_json)) == ("42", ["41", "42"])
         rows = repo.accounting_for_run(session=session, run_id=run_id)
         assert [(r.job_id, r.state, r.elapsed, r.max_rss) for r in rows] == [("42", "COMPLETED", "00:00:07", "300M")]
+
+
+def test_state_histories_of_many_runs(engine):
+    with write_session(engine) as session:
+        a = repo.create_run(session=session, uid="a", name="a", mode="pp", spec={}, at=1.0)
+        b = repo.create_run(session=session, uid="b", name="b", mode="pp", spec={}, at=2.0)
+        repo.record_state(session=session, run=a, state="PENDING", at=3.0)
+        repo.record_state(session=session, run=b, state="FAILED", reason="NonZeroExitCode", at=4.0)
+        session.commit()
+    with read_session(engine) as session:
+        changes = repo.state_histories(session=session, run_ids=[b.id, a.id])
+        assert [(c.run_id, c.state, c.at) for c in changes] == [
+            (a.id, "DRAFT", 1.0), (a.id, "PENDING", 3.0), (b.id, "DRAFT", 2.0), (b.id, "FAILED", 4.0)]
+        assert repo.state_histories(session=session, run_ids=[]) == []
