@@ -73,10 +73,10 @@ def ingest_bundle(*, session: Session, bundle_dir: Path, run: Run | None = None)
     if run is None:
         run = _imported_run(session=session, result=result, digest=digest, bundle_dir=bundle_dir)
         created = True
-    elif run.bundle_digest not in (None, digest):
+    else:
         other = session.exec(select(Run).where(Run.bundle_digest == digest)).first()
         if other is not None and other.id != run.id:
-            raise IngestError(f"{result_path} is already stored as run {other.id} ({other.uid})")
+            raise IngestError(f"{result_path} is already stored as run {other.id} ({other.uid}), not run {run.id}")
 
     measurements = _store_measurements(session=session, run=run, result=result, source=result_path)
     _store_ranks(session=session, run=run, result=result, source=result_path)

@@ -5,6 +5,7 @@ Jobs move through the states the test scripts; `fetch_results` copies a prepared
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,11 @@ class FakeCluster:
         for path in self.bundle.iterdir():
             shutil.copy(path, Path(local_dir) / path.name)
             copied.append(str(Path(local_dir) / path.name))
+        # Each run's bundle is its own (as real timings make them): name it after the run.
+        result_path = Path(local_dir) / "result.json"
+        result = json.loads(result_path.read_text())
+        result["run_name"] = prepared.run_id
+        result_path.write_text(json.dumps(result))
         return copied
 
     def accounting(self, job_id: str) -> dict[str, str]:

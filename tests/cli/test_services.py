@@ -140,3 +140,34 @@ def test_close_closes_clusters(dinf, fake):
     dinf.cluster("local")
     dinf.close()
     assert fake.closed
+
+
+def test_poller_and_ui_threads_share_one_service(dinf, fake):
+    """The app's shape: a poller thread refreshing while the UI thread records and submits runs."""
+    import threading
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def poller():
+        try:
+            while not stop.is_set():
+                dinf.refresh()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    try:
+        for _ in range(15):
+            dinf.submit(dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(tasks_per_node=2)).id)
+            dinf.runs()
+    finally:
+        stop.set()
+        thread.join(60)
+    assert errors == []
+    while any(not r.finished for r in dinf.runs()):
+        dinf.refresh()
+    runs = dinf.runs()
+    assert len(runs) == 15 and {r.state for r in runs} == {"COMPLETED"}
+    assert all(r.has_results for r in runs) and len(dinf.export_rows()) == 30

@@ -110,6 +110,16 @@ def test_reingest_into_submitted_run_updates_in_place(engine, bundle_dir, tmp_pa
         assert rows[0].output_throughput_tok_s == 99.5
 
 
+def test_one_bundle_cannot_belong_to_two_runs(engine, bundle_dir):
+    with write_session(engine) as session:
+        first = repo.create_run(session=session, uid="r-1", name="r", mode="pp", spec={})
+        second = repo.create_run(session=session, uid="r-2", name="r", mode="pp", spec={})
+        session.commit()
+    ingest(engine, bundle_dir, first.id)
+    with pytest.raises(IngestError, match=f"already stored as run {first.id} \\(r-1\\), not run {second.id}"):
+        ingest(engine, bundle_dir, second.id)
+
+
 def test_bad_bundle_names_field_and_writes_nothing(engine, bundle_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(bundle_dir, broken)
