@@ -388,7 +388,7 @@ class Dinf:
         for cluster_name, records in by_cluster.items():
             try:
                 statuses = self.cluster(cluster_name).status([r.job_id for r in records])
-            except (ClusterError, OSError) as exc:
+            except (ClusterError, OSError, ConfigError) as exc:  # ConfigError: removed from the TOML
                 self.cluster_errors[cluster_name] = str(exc)
                 continue
             self.cluster_errors.pop(cluster_name, None)
@@ -519,7 +519,11 @@ class Dinf:
         record = self.run(run_id)
         if record.output_dir is None or record.cluster is None:
             return
-        cluster = self.cluster(record.cluster)
+        try:
+            cluster = self.cluster(record.cluster)
+        except ConfigError as exc:
+            self._update(record.id, error=f"results not fetched: {exc}")
+            return
         local_dir = locations.results_dir(self.data_dir) / record.uid
         local_dir.mkdir(parents=True, exist_ok=True)
         problems = []

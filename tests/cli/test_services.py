@@ -171,3 +171,19 @@ def test_poller_and_ui_threads_share_one_service(dinf, fake):
     runs = dinf.runs()
     assert len(runs) == 15 and {r.state for r in runs} == {"COMPLETED"}
     assert all(r.has_results for r in runs) and len(dinf.export_rows()) == 30
+
+
+def test_runs_of_a_cluster_removed_from_the_config_keep_their_state(tmp_path, fake):
+    config = tmp_path / "config.toml"
+    config.write_text("[clusters.gone]\nhost = 'login'\n")
+    first = Dinf(data_dir=tmp_path, config_path=config, cluster_factory=lambda cfg: fake)
+    run = first.submit(first.new_run(cluster="gone", spec=RunSpec(), resources=Resources()).id)
+    first.close()
+    config.write_text("")
+    second = Dinf(data_dir=tmp_path, config_path=config, cluster_factory=lambda cfg: fake)
+    try:
+        assert [r.state for r in second.reconcile()] == ["PENDING"]
+        assert "no cluster named 'gone'" in second.cluster_errors["gone"]
+        assert second.run(run.id).cluster == "gone"
+    finally:
+        second.close()
