@@ -34,6 +34,7 @@ from remote.cluster import (
     Resources,
     RunBundle,
 )
+from remote.logstream import MAX_READ, follow
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
@@ -479,7 +480,11 @@ class Dinf:
         ranks: Iterable[int] | None = None,
         kinds: Iterable[str] = LOG_KINDS,
     ) -> Iterator[list[LogChunk]]:
-        """Batches of new lines of the run's log files (filtered by rank and kind), until closed."""
+        """Batches of new lines of the run's log files (filtered by rank and kind), until closed.
+
+        Chunks carry the cluster paths of `log_sources`. A finished run whose files were fetched is
+        read from the local copies (no connection needed, and the cluster may have cleaned up).
+        """
         record = self.run(run_id)
         wanted_ranks = None if ranks is None else set(ranks)
         wanted_kinds = set(kinds)
@@ -490,13 +495,16 @@ class Dinf:
             bad = sorted(r for r in wanted_ranks if not 0 <= r < record.num_ranks)
             if bad:
                 raise ValueError(f"rank: run {record.id} has ranks 0..{record.num_ranks - 1}, not {bad}")
-        paths = [
-            s.path for s in self.log_sources(record.id)
+        sources = [
+            s for s in self.log_sources(record.id)
             if s.kind in wanted_kinds and (wanted_ranks is None or s.rank in wanted_ranks)
         ]
-        if not paths:
+        if not sources:
             return iter(())
-        return self.cluster(record.cluster).stream_logs(paths, offsets)
+        local = fetched_copies(record, sources)
+        if local is not None:
+            return _follow_local(local, offsets)
+        return self.cluster(record.cluster).stream_logs([s.path for s in sources], offsets)
 
     # --- results -------------------------------------------------------------------------------
 
@@ -674,6 +682,31 @@ def launcher_error(logs_dir: Path, job_id: str, num_ranks: int, *, max_lines: in
         if lines:
             return f"rank {rank}: " + "\n".join(lines[-max_lines:])
     return None
+
+
+def fetched_copies(record: RunRecord, sources: list[LogSource]) -> dict[str, Path] | None:
+    """Cluster path -> fetched local copy for a finished run, if every wanted file was fetched."""
+    if not record.finished or not record.local_results_dir:
+        return None
+    local_dir = Path(record.local_results_dir)
+    copies = {}
+    for source in sources:
+        name = source.path.rsplit("/", 1)[-1]
+        # fetch_results puts the output directory's files at the top and the launcher's under logs/
+        path = local_dir / "logs" / name if source.kind == "launcher" else local_dir / name
+        if not path.is_file():
+            return None
+        copies[source.path] = path
+    return copies
+
+
+def _follow_local(copies: dict[str, Path], offsets: dict[str, int] | None) -> Iterator[list[LogChunk]]:
+    def read_from(cluster_path: str, offset: int) -> bytes | None:
+        with copies[cluster_path].open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(MAX_READ)
+
+    return follow(read_from, list(copies), offsets)
 
 
 def _terminal_sacct_state(state: str | None) -> bool:

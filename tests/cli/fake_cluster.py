@@ -75,6 +75,10 @@ class FakeCluster:
         result = json.loads(result_path.read_text())
         result["run_name"] = prepared.run_id
         result_path.write_text(json.dumps(result))
+        for rank in range(result["world_size"]):  # what the ranks logged, as fetched copies
+            log = Path(local_dir) / f"rank{rank}.log"
+            log.write_text(f"rank {rank} fetched line 1\nrank {rank} fetched line 2\n")
+            copied.append(str(log))
         return copied
 
     def accounting(self, job_id: str) -> dict[str, str]:

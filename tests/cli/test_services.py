@@ -187,3 +187,21 @@ def test_runs_of_a_cluster_removed_from_the_config_keep_their_state(tmp_path, fa
         assert second.run(run.id).cluster == "gone"
     finally:
         second.close()
+
+
+def test_logs_of_a_finished_run_come_from_the_fetched_copies(dinf, fake):
+    run = dinf.submit(dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(tasks_per_node=2)).id)
+    while not dinf.run(run.id).finished:
+        dinf.refresh()
+    fake.unreachable = True  # no cluster needed any more
+    stream = dinf.stream_logs(run.id, ranks=[1], kinds=["worker"])
+    batch = next(stream)
+    run = dinf.run(run.id)
+    assert [(c.path, c.lines) for c in batch] == [
+        (f"{run.output_dir}/rank1.log", ["rank 1 fetched line 1", "rank 1 fetched line 2"])]
+    assert next(stream) == []  # then quiet, like a live tail of a file that stopped growing
+    offsets = {batch[0].path: batch[0].end_offset}
+    assert next(dinf.stream_logs(run.id, offsets, ranks=[1], kinds=["worker"])) == []
+    # launcher logs were not fetched by this fake: those come from the cluster
+    fake.unreachable = False
+    assert next(dinf.stream_logs(run.id, kinds=["launcher"]))[0].lines[0].startswith("line of ")
