@@ -510,8 +510,13 @@ class SshConnection:
                     progressed = True
                 if progressed:
                     continue
-                # exit-status arrives after all data on the same transport, so nothing is left unread.
+                # exit-status arrives after all of the command's data on the same transport: once it
+                # is here, the data is in the buffers (maybe arrived since the checks above): drain it.
                 if channel.exit_status_ready():
+                    while channel.recv_ready():
+                        out += channel.recv(1 << 16)
+                    while channel.recv_stderr_ready():
+                        err += channel.recv_stderr(1 << 16)
                     break
                 if channel.closed or not channel.get_transport().is_active():
                     raise EOFError(f"channel closed before `{line}` reported an exit status")

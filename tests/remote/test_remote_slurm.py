@@ -508,3 +508,10 @@ def test_job_unknown_to_slurm_is_reported_unknown(minicluster):
             cluster.status(["1; touch CANARY"])
     finally:
         cluster.close()
+
+
+def test_command_output_is_never_cut_short(minicluster):
+    # Regression: output that arrived together with the exit status was once left in the buffer.
+    with minicluster.connection() as conn:
+        for n in range(200):
+            assert conn.run(["echo", str(n)]).stdout == f"{n}\n"
