@@ -111,11 +111,13 @@ def route_chunks(chunks: list[LogChunk], last_time: dict[str, float]) -> RoutedB
     Lines without a timestamp take the previous line's time of the same file (or now), so a
     multi-line traceback stays together in the merged view. Ordering is exact within a batch;
     across batches it is by arrival, which the tail's short poll keeps within a fraction of a second.
+    Hot path (100k lines/s): per line only C-level string calls and a cached time parse.
     """
     batch = RoutedBatch()
-    stamped: list[tuple[float, int, int, str]] = []
+    per_file: list[list[tuple[float, int, str]]] = []
     arrival = time.time()
-    sequence = 0
+    parsed: dict[str, float | None] = {}  # timestamp text -> Unix time, for this batch
+    order = 0
     for chunk in chunks:
         batch.offsets[chunk.path] = chunk.end_offset
         kind = classify_path(chunk.path)
@@ -124,6 +126,8 @@ def route_chunks(chunks: list[LogChunk], last_time: dict[str, float]) -> RoutedB
         rank, file_kind = kind
         lines_out = batch.rank_lines.setdefault(rank, [])
         previous = last_time.get(chunk.path, arrival)
+        prefix = f"[r{rank}] "
+        stamped: list[tuple[float, int, str]] = []
         if file_kind == "events":
             for raw in chunk.lines:
                 event = parse_event(raw)
@@ -133,20 +137,50 @@ def route_chunks(chunks: list[LogChunk], last_time: dict[str, float]) -> RoutedB
                 text = format_event(event)
                 if text is not None:
                     lines_out.append(text)
-                    stamped.append((float(event.get("ts", previous)), rank, sequence, text))
-                    sequence += 1
-            continue
-        for raw in chunk.lines:
-            text = clean_line(raw)
-            ts = leading_timestamp(text)
-            if ts is None:
-                ts = previous
-            previous = ts
-            lines_out.append(text)
-            stamped.append((ts, rank, sequence, text))
-            sequence += 1
-        last_time[chunk.path] = previous
-    stamped.sort()
-    batch.merged_lines = [f"[r{rank}] {text}" for _, rank, _, text in stamped]
+                    stamped.append((float(event.get("ts", previous)), order, prefix + text))
+                    order += 1
+        else:
+            for text in chunk.lines:
+                if not text.isprintable():
+                    text = clean_line(text)
+                key = _time_key(text)
+                if key is not None:
+                    ts = parsed.get(key, _MISSING)
+                    if ts is _MISSING:
+                        ts = parsed[key] = leading_timestamp(text)
+                    if ts is not None:
+                        previous = ts
+                lines_out.append(text)
+                stamped.append((previous, order, prefix + text))
+                order += 1
+            last_time[chunk.path] = previous
+        if stamped:
+            per_file.append(stamped)
+    if len(per_file) == 1:
+        batch.merged_lines = [text for _, _, text in per_file[0]]
+    elif per_file:
+        # Each file is already in time order, so timsort just merges the runs (in C).
+        combined = [item for stamped in per_file for item in stamped]
+        combined.sort()
+        batch.merged_lines = [text for _, _, text in combined]
     batch.line_count = sum(len(lines) for lines in batch.rank_lines.values())
     return batch
+
+
+_MISSING: Any = object()
+
+
+def _time_key(line: str) -> str | None:
+    """The text of a line's leading timestamp, cheaply (None when it can't start with one)."""
+    if not line:
+        return None
+    first = line[0]
+    if first == "[":
+        line, first = line[1:], line[1:2]
+    if not first.isdigit():
+        return None
+    if line[2:3] == ":" and line[5:6] == ":":  # HH:MM:SS (the worker's format)
+        return line[:8]
+    if line[4:5] == "-":  # ISO date and time; fractions included
+        return line[:26]
+    return line[:17]  # Unix seconds with a fraction

@@ -35,9 +35,13 @@ from tui.run_display import (
 from tui.run_logs import RunLogs
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
+from tui.widgets.fixed_text import FixedText
 from tui.widgets.rank_log import RankLog
 from tui.widgets.rank_progress import RankProgressRow
 from tui.widgets.results import ResultsPanel
+
+
+PROGRESS_REDRAW_S = 0.25
 
 
 class RunScreen(Screen):
@@ -64,6 +68,11 @@ class RunScreen(Screen):
         self.follow = True
         self.search_pattern: re.Pattern[str] | None = None
         self.results_shown = False
+        self._progress_drawn_at = 0.0
+        self._tabs: TabbedContent | None = None
+        self._views: dict[str, RankLog] = {}
+        """pane id -> its mounted log view."""
+        self._progress_pending = False
 
     @property
     def record(self) -> Any:
@@ -74,15 +83,15 @@ class RunScreen(Screen):
         ranks = ranks_of(record) if record is not None else 1
         yield ConnectionBar(f"run {self.run_id}")
         with Horizontal(id="run-header"):
-            yield Static("", id="run-summary")
-            yield Static("", id="run-timeline")
+            yield FixedText(id="run-summary")
+            yield FixedText(id="run-timeline")
         with VerticalScroll(id="rank-progress"):
             for rank in range(ranks):
                 yield RankProgressRow(rank)
         with Horizontal(id="log-tools"):
-            yield Input(placeholder="filter: regex, only matching lines", id="log-filter")
-            yield Input(placeholder="search: regex, Enter = next", id="log-search")
-            yield Static("", id="follow-state")
+            yield Input(placeholder="filter: regex, only matching lines (ctrl+l)", id="log-filter", compact=True)
+            yield Input(placeholder="search: regex, Enter / n = next (/)", id="log-search", compact=True)
+            yield FixedText(id="follow-state")
         yield FieldError(id="log-tools-error")
         with TabbedContent(id="log-tabs", initial="merged"):
             with TabPane("merged", id="merged"):
@@ -95,6 +104,7 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._views["merged"] = self.query_one("#log-merged", RankLog)
         self.watch(self.app, "runs_version", self._record_changed, init=True)
         self.set_interval(1.0, self._tick)
         self._show_follow()
@@ -123,13 +133,13 @@ class RunScreen(Screen):
         error = getattr(record, "error", None)
         if error:
             lines.append(f"[red]{_escape(str(error))}[/]")
-        self.query_one("#run-summary", Static).update("\n".join(lines))
+        self.query_one("#run-summary", FixedText).update("\n".join(lines))
         timeline = history_of(record)
         rows = ["[b]timeline[/]"] + [
             f"{clock(at)}  {state_markup(entry_state)}" + (f" [dim]{_escape(reason)}[/]" if reason else "")
-            for entry_state, at, reason in timeline[-6:]
+            for entry_state, at, reason in timeline[-5:]
         ]
-        self.query_one("#run-timeline", Static).update("\n".join(rows))
+        self.query_one("#run-timeline", FixedText).update("\n".join(rows))
 
     def _draw_progress(self) -> None:
         record = self.record
@@ -147,19 +157,29 @@ class RunScreen(Screen):
     # --- logs ----------------------------------------------------------------------------------
 
     def logs_updated(self) -> None:
-        """The app applied a new batch to `self.logs`: redraw the visible log and progress."""
+        """The app applied a new batch to `self.logs`: redraw the visible log (every batch) and the
+        progress rows (at most a few times a second: their labels cost a layout pass)."""
         active = self._active_log()
         if active is not None:
             active.lines_changed()
+        now = time.monotonic()
+        if now - self._progress_drawn_at >= PROGRESS_REDRAW_S:
+            self._progress_drawn_at = now
+            self._draw_progress()
+        elif not self._progress_pending:
+            self._progress_pending = True
+            self.set_timer(PROGRESS_REDRAW_S, self._draw_pending_progress)
+
+    def _draw_pending_progress(self) -> None:
+        self._progress_pending = False
+        self._progress_drawn_at = time.monotonic()
         self._draw_progress()
 
     def _active_log(self) -> RankLog | None:
-        tabs = self.query_one(TabbedContent)
-        pane_id = tabs.active
-        if not pane_id or pane_id == "results":
-            return None
-        logs = self.query(f"#{pane_id} RankLog")
-        return logs.first(RankLog) if logs else None
+        """The log view of the active tab (a dict lookup: this runs for every batch of lines)."""
+        if self._tabs is None:
+            self._tabs = self.query_one(TabbedContent)
+        return self._views.get(self._tabs.active)
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -171,6 +191,7 @@ class RunScreen(Screen):
             view.search = self.search_pattern
             pane.query(".lazy-placeholder").remove()
             pane.mount(view)
+            self._views[pane.id] = view
             return
         log = self._active_log()
         if log is not None:
@@ -189,7 +210,7 @@ class RunScreen(Screen):
 
     def _show_follow(self) -> None:
         text = "[b green]following[/]" if self.follow else "[b yellow]paused[/] (f to follow)"
-        self.query_one("#follow-state", Static).update(text)
+        self.query_one("#follow-state", FixedText).update(text)
 
     def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
         self._show_follow()

@@ -38,6 +38,12 @@ class RankLog(ScrollView, can_focus=True):
         super().__init__(id=id, classes=classes)
         self.buffer = buffer
         self._match_style = Style(reverse=True, bold=True)
+        self._style: Style | None = None
+        """rich_style walks the DOM; computed once per style change, not once per row."""
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._style = None
 
     def on_mount(self) -> None:
         self.lines_changed()
@@ -45,7 +51,15 @@ class RankLog(ScrollView, can_focus=True):
     def lines_changed(self) -> None:
         """Call after the buffer grew (or its filter changed): resize, and follow the tail."""
         visible = self.buffer.visible
-        self.virtual_size = Size(self.buffer.width, len(visible))
+        size = Size(self.buffer.width, len(visible))
+        if size.width == self.virtual_size.width:
+            # Only the height grew: the vertical bar is always shown (overflow-y: scroll), so no
+            # layout can change. Assigning `virtual_size` would re-lay the whole screen (it is a
+            # layout reactive) on every batch; updating the scrollbars is all that is needed.
+            self.set_reactive(RankLog.virtual_size, size)
+            self._scroll_update(size)
+        else:
+            self.virtual_size = size
         if self.follow:
             self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
@@ -94,7 +108,9 @@ class RankLog(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.size.width
-        style = self.rich_style
+        if self._style is None:
+            self._style = self.rich_style
+        style = self._style
         visible = self.buffer.visible
         if index >= len(visible):
             return Strip.blank(width, style)

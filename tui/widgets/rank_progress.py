@@ -10,6 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
 from tui.run_logs import RankState
+from tui.widgets.fixed_text import FixedText
 
 class RankProgressRow(Horizontal):
     """rank label · progress bar · phase and heartbeat."""
@@ -18,7 +19,7 @@ class RankProgressRow(Horizontal):
     RankProgressRow { height: 1; }
     RankProgressRow .rank-name { width: 8; }
     RankProgressRow ProgressBar { width: 44; }
-    RankProgressRow .rank-detail { width: 1fr; }
+    RankProgressRow .rank-detail { width: 1fr; height: 1; }
     RankProgressRow.-stale .rank-detail { color: $warning; text-style: bold; }
     RankProgressRow.-failed .rank-detail { color: $error; }
     """
@@ -26,17 +27,20 @@ class RankProgressRow(Horizontal):
     def __init__(self, rank: int) -> None:
         super().__init__(id=f"rank-progress-{rank}")
         self.rank = rank
+        self._shown = ""
 
     def compose(self) -> ComposeResult:
         yield Label(f"rank {self.rank}", classes="rank-name")
-        yield ProgressBar(total=None, show_eta=False, id=f"rank-bar-{self.rank}")
-        yield Label("waiting for the first event", classes="rank-detail")
+        # A known total from the start: an unknown one animates (a repaint every frame).
+        yield ProgressBar(total=100, show_eta=False, id=f"rank-bar-{self.rank}")
+        yield FixedText("waiting for the first event", classes="rank-detail")
 
     def show(self, state: RankState, *, live: bool, now: float | None = None) -> None:
         bar = self.query_one(ProgressBar)
         if state.tokens_expected:
-            bar.update(total=state.tokens_expected, progress=state.tokens_done)
-        elif state.phase == "done":
+            if (bar.total, bar.progress) != (state.tokens_expected, state.tokens_done):
+                bar.update(total=state.tokens_expected, progress=state.tokens_done)
+        elif state.phase == "done" and bar.progress != bar.total:
             bar.update(total=1, progress=1)
         parts = [state.phase]
         if state.batch_size is not None:
@@ -53,4 +57,7 @@ class RankProgressRow(Horizontal):
             parts.append(f"beat {age:.0f} s ago")
         self.set_class(stale, "-stale")
         self.set_class(state.error is not None, "-failed")
-        self.query_one(".rank-detail", Label).update(" · ".join(parts))
+        text = " · ".join(parts)
+        if text != self._shown:  # an update costs a layout pass; skip when nothing changed
+            self._shown = text
+            self.query_one(".rank-detail", FixedText).update(text)
