@@ -166,6 +166,8 @@ class Dinf:
         self._cluster_factory = cluster_factory
         self._clusters: dict[str, Cluster] = {}
         self._clusters_lock = threading.Lock()
+        self._submitting: set[int] = set()
+        self._submitting_lock = threading.Lock()
         self._finish_lock = threading.Lock()
         """One finishing (fetch + ingest) at a time: the poller and a cancel may both see a run end."""
         self.cluster_errors: dict[str, str] = {}
@@ -327,8 +329,20 @@ class Dinf:
         raised) and nothing runs. If the job was submitted but can't be recorded, it is cancelled.
         """
         record = self.run(run_id)
-        if record.state != DRAFT:
-            raise ServiceError(f"run {record.id} is {record.state}; only a DRAFT run can be submitted")
+        with self._submitting_lock:  # a double click must not submit two jobs
+            if record.id in self._submitting:
+                raise ServiceError(f"run {record.id} is being submitted already")
+            record = self.run(record.id)
+            if record.state != DRAFT:
+                raise ServiceError(f"run {record.id} is {record.state}; only a DRAFT run can be submitted")
+            self._submitting.add(record.id)
+        try:
+            return self._submit(record)
+        finally:
+            with self._submitting_lock:
+                self._submitting.discard(record.id)
+
+    def _submit(self, record: RunRecord) -> RunRecord:
         cluster = self.cluster(record.cluster)
         bundle = self._bundle(record)
         try:

@@ -205,3 +205,26 @@ def test_logs_of_a_finished_run_come_from_the_fetched_copies(dinf, fake):
     # launcher logs were not fetched by this fake: those come from the cluster
     fake.unreachable = False
     assert next(dinf.stream_logs(run.id, kinds=["launcher"]))[0].lines[0].startswith("line of ")
+
+
+def test_concurrent_submits_of_one_draft_make_one_job(dinf, fake):
+    import threading
+
+    draft = dinf.new_run(cluster="local", spec=RunSpec(), resources=Resources())
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def click():
+        barrier.wait()
+        try:
+            outcomes.append(dinf.submit(draft.id).state)
+        except ServiceError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fake.submitted) == 1
+    assert outcomes.count("PENDING") == 1 and len(outcomes) == 4
