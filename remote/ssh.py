@@ -510,9 +510,9 @@ class SshConnection:
                     progressed = True
                 if progressed:
                     continue
-                # exit-status arrives after all of the command's data on the same transport: once it
-                # is here, the data is in the buffers (maybe arrived since the checks above): drain it.
-                if channel.exit_status_ready():
+                # Done when the server sent EOF (all data is in the buffers) and the exit status.
+                # OpenSSH may send exit-status before the last data, so the status alone is not enough.
+                if (channel.eof_received or channel.closed) and channel.exit_status_ready():
                     while channel.recv_ready():
                         out += channel.recv(1 << 16)
                     while channel.recv_stderr_ready():
