@@ -58,6 +58,12 @@ def read_schema_version(path: Path) -> int | None:
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"{path} is not a dinf database (SQLite says: {exc})") from exc
         if not has_table:
+            others = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            if others:
+                raise DatabaseError(
+                    f"{path} is an SQLite database of something else ({others} tables, no dinf schema_version); "
+                    "point DINF_DB at another file. It was not modified."
+                )
             return None
         row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
         return None if row is None else int(row[0])

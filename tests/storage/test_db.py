@@ -57,6 +57,17 @@ def test_not_a_database(tmp_path):
     assert path.read_bytes() == before
 
 
+def test_someone_elses_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE run (id INTEGER PRIMARY KEY, what TEXT)")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(DatabaseError, match="database of something else.*not modified"):
+        make_engine(path)
+    assert path.read_bytes() == before
+
+
 def _write_runs(engine, prefix: str, count: int, errors: list) -> None:
     """Like the poller: short write transactions, each reading then writing."""
     try:
