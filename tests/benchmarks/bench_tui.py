@@ -77,7 +77,7 @@ def time_launch(command: str, ready_text: str, env: dict[str, str], timeout: flo
     os.mkfifo(fifo)
     envs = " ".join(f"{k}={v}" for k, v in env.items())
     _tmux("kill-server")
-    _tmux("new-session", "-d", "-x", "130", "-y", "40", f"read x < {fifo}; exec env {envs} {command}")
+    _tmux("new-session", "-d", "-x", "130", "-y", "40", f"read x < {fifo}; exec env -u COLUMNS -u LINES {envs} {command}")
     time.sleep(0.3)
     with open(fifo, "w") as go:
         start = time.perf_counter()
