@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,7 +108,9 @@ class LocalCluster:
             "gpus_per_node": r.gpus_per_node,
             "time_limit_s": slurm.parse_time_limit(r.time_limit),
             "command": self._rank_command(run_dir),
-            "env": {k: str(v) for k, v in self.environment.env.items()},
+            # A free rendezvous port: the worker's default derives it from the job id, and job ids of
+            # two local work directories (or two test sessions) collide.
+            "env": {"MASTER_PORT": str(_free_port()), **{k: str(v) for k, v in self.environment.env.items()}},
         }
 
     # --- Cluster interface ---------------------------------------------------------------------
@@ -316,6 +319,12 @@ class LocalCluster:
     def close(self) -> None:
         for child in self._children.values():
             child.poll()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _read_local_from(path: str, offset: int) -> bytes | None:
