@@ -1,0 +1,5 @@
+"""dinf's SQLite database: `models` (tables), `db` (engine, sessions, schema-version guard),
+`repo` (keyword-only query functions taking a session) and `ingest` (result bundles -> rows).
+
+Imports sqlmodel and `worker.contract` only; never torch, Textual or paramiko.
+"""
