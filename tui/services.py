@@ -42,7 +42,7 @@ from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Meas
 from tui import locations
 from tui.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
 from worker import contract
-from worker.contract import RunSpec, SpecError
+from worker.contract import RunSpec
 
 LOG_KINDS = ("worker", "events", "launcher")
 """Per rank: the worker's own log, its JSON-lines events, and the launcher's captured stdout/stderr."""
