@@ -2,7 +2,7 @@
 
     dinf submit [SPEC.json|-] [--set model.config=tiny] [--mode pp] [--ranks-per-node 2] [--wait]
     dinf demo [--wait]                       the 2-rank pipeline demo on the local cluster
-    dinf runs [--state S] [--experiment ID]  list runs (after polling unfinished ones)
+    dinf runs [--state S] [--match RE] [--sort COL]  list runs (after polling unfinished ones)
     dinf show RUN                            one run: timeline, measurements, correctness, sacct
     dinf logs RUN [-f] [--rank N] [--kind worker|events|launcher]
     dinf cancel RUN
@@ -34,6 +34,7 @@ import io
 import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = command("runs", cmd_runs, "list runs")
     runs.add_argument("--state", action="append", help="only runs in this state (repeatable)")
     runs.add_argument("--experiment", type=int)
+    runs.add_argument("--match", metavar="REGEX", help="only runs whose name, uid, cluster, mode or state matches")
+    runs.add_argument("--sort", default="id", choices=RUN_SORT_KEYS, help="sort by this column (default id)")
     runs.add_argument("--no-refresh", action="store_true", help="don't poll clusters first")
 
     show = command("show", cmd_show, "one run in full")
@@ -243,6 +246,14 @@ def cmd_runs(dinf, args) -> int:
     if not args.no_refresh:
         _refresh(dinf)
     records = dinf.runs(experiment_id=args.experiment, states=args.state)
+    if args.match:
+        try:
+            pattern = re.compile(args.match, re.IGNORECASE)
+        except re.error as exc:
+            raise UsageError(f"--match {args.match!r} is not a regular expression: {exc}") from None
+        records = [r for r in records
+                   if any(pattern.search(str(v or "")) for v in (r.name, r.uid, r.cluster, r.mode, r.state))]
+    records.sort(key=lambda r: _sort_key(getattr(r, args.sort)))
     if args.json:
         _print_json([r.to_dict() for r in records])
         return EXIT_OK
@@ -253,6 +264,13 @@ def cmd_runs(dinf, args) -> int:
     ]
     print(_table(("ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE", "JOB", "CREATED", "ELAPSED"), rows))
     return EXIT_OK
+
+
+RUN_SORT_KEYS = ("id", "name", "cluster", "mode", "num_ranks", "state", "created_at", "finished_at")
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    return (value is None, value if value is not None else 0)
 
 
 def cmd_show(dinf, args) -> int:

@@ -108,3 +108,20 @@ def test_clusters_lists_builtin_local(dinf):
     result = dinf("clusters", "--json")
     assert result.code == EXIT_OK
     assert [(c["name"], c["backend"], c["default"]) for c in result.json()] == [("local", "local", True)]
+
+
+def test_runs_match_and_sort(dinf, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    result = json.loads((FIXTURE_BUNDLE / "result.json").read_text())
+    result["run_name"] = "another-pp2"
+    (other / "result.json").write_text(json.dumps(result))
+    assert dinf("ingest", str(FIXTURE_BUNDLE)).code == EXIT_OK
+    assert dinf("ingest", str(other)).code == EXIT_OK
+    names = lambda *args: [r["name"] for r in dinf("runs", "--json", *args).json()]  # noqa: E731
+    assert names() == ["fixture-pp2", "another-pp2"]
+    assert names("--sort", "name") == ["another-pp2", "fixture-pp2"]
+    assert names("--match", "^ANOTHER") == ["another-pp2"]
+    assert names("--match", "imported") == ["fixture-pp2", "another-pp2"]  # the state matches too
+    bad = dinf("runs", "--match", "(")
+    assert bad.code == EXIT_BAD_INPUT and "--match '(' is not a regular expression" in bad.err
