@@ -94,6 +94,7 @@ def run_worker(args, ckpt: Path, mode: str, world: int, out: Path, batch_sizes: 
            "--run-name", out.name, "--out", str(out)]
     if mode == "pp":
         cmd += ["--pp-size", str(world), "--micro-batches", str(micro_batches)]
+    cmd += getattr(args, "extra_worker_args", [])  # e.g. --profile, from gpu_scaling.py
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs = []
