@@ -6,6 +6,7 @@
     dinf show RUN                            one run: timeline, measurements, correctness, sacct
     dinf logs RUN [-f] [--rank N] [--kind worker|events|launcher]
     dinf cancel RUN
+    dinf resubmit RUN [--wait]               a new run with the same cluster, spec and resources
     dinf ingest DIR [--run RUN]              store a result bundle from disk (idempotent)
     dinf export [--format csv|json] [--run RUN ...] [--experiment ID] [-o FILE]
     dinf clusters                            the configured clusters
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--idle", type=float, default=1.0,
                       help="without -f: stop after this many seconds without new lines")
 
+    resubmit = command("resubmit", cmd_resubmit, "submit a copy of a run (same cluster, spec and resources)")
+    resubmit.add_argument("run")
+    resubmit.add_argument("--name", help="name of the copy (default: the run's)")
+    resubmit.add_argument("--wait", action="store_true")
+    resubmit.add_argument("--poll", type=float, default=2.0)
+
     cancel = command("cancel", cmd_cancel, "cancel a run (waits until its job has ended)")
     cancel.add_argument("run")
 
@@ -211,6 +218,11 @@ def cmd_submit(dinf, args) -> int:
                           experiment_id=args.experiment)
     record = dinf.submit(record.id)
     return _after_submit(dinf, args, record)
+
+
+def cmd_resubmit(dinf, args) -> int:
+    copy = dinf.clone_run(args.run, name=args.name)
+    return _after_submit(dinf, args, dinf.submit(copy.id))
 
 
 def cmd_demo(dinf, args) -> int:

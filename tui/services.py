@@ -299,6 +299,16 @@ class Dinf:
             session.commit()
             return self._record(session, run)
 
+    def clone_run(self, run_id: int | str, *, name: str | None = None) -> RunRecord:
+        """A new DRAFT with the same cluster, spec, resources and experiment (to resubmit a run)."""
+        source = self.run(run_id)
+        if source.cluster is None or source.backend not in ("local", "slurm"):
+            raise ServiceError(f"run {source.id} was imported, not submitted; there is nothing to resubmit")
+        return self.new_run(
+            cluster=source.cluster, spec=RunSpec.from_dict(source.spec), resources=Resources(**source.resources),
+            name=name or source.name, experiment_id=source.experiment_id,
+        )
+
     def create_experiment(self, *, name: str, kind: str, parameters: dict[str, Any] | None = None,
                           notes: str = "") -> int:
         with write_session(self.engine) as session:

@@ -80,6 +80,13 @@ def test_submit_then_cancel(dinf):
     again = dinf("cancel", run_id)
     assert again.code == EXIT_OK and "already finished" in again.err
 
+    copy = dinf("resubmit", run_id, "--name", "second-try", "--json")
+    assert copy.code == EXIT_OK, copy.err
+    record = copy.json()
+    assert record["id"] != int(run_id) and record["name"] == "second-try" and record["job_id"]
+    assert record["spec"] == shown["spec"] and record["resources"] == shown["resources"]
+    assert dinf("cancel", str(record["id"]), "--json").json()["state"] == "CANCELLED"
+
 
 def test_failed_run_exits_1_with_the_error(dinf, tmp_path):
     # A checkpoint directory that does not exist passes spec validation but fails in the worker.

@@ -228,3 +228,17 @@ def test_concurrent_submits_of_one_draft_make_one_job(dinf, fake):
         t.join()
     assert len(fake.submitted) == 1
     assert outcomes.count("PENDING") == 1 and len(outcomes) == 4
+
+
+def test_clone_run_for_resubmission(dinf, fake):
+    exp = dinf.create_experiment(name="e", kind="manual")
+    failed = dinf.submit(dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(tasks_per_node=2),
+                                      experiment_id=exp).id)
+    dinf.cancel(failed.id)
+    copy = dinf.clone_run(failed.id)
+    assert (copy.state, copy.name, copy.spec, copy.resources, copy.experiment_id) == (
+        "DRAFT", failed.name, failed.spec, failed.resources, exp)
+    assert copy.uid != failed.uid and dinf.submit(copy.id).job_id == "102"
+    imported = dinf.ingest_dir(FIXTURE_BUNDLE)
+    with pytest.raises(ServiceError, match="imported, not submitted"):
+        dinf.clone_run(imported.run_id)
