@@ -135,7 +135,9 @@ class DinfApp(App):
         # (submit, cancel): asyncio's default pool has only cpu+4 threads.
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="dinf"))
-        self._open_service()
+        # After the first frame: importing the service layer (SQLModel) holds the GIL for a
+        # second and would otherwise delay the first paint.
+        self.call_after_refresh(self._open_service)
 
     def exit(self, *args: Any, **kwargs: Any) -> None:
         # Stop our loops (never the jobs): threads see this within one poll.

@@ -106,14 +106,14 @@ def bench_launch(launches: int) -> list[tuple[str, str, str]]:
     )
     dinf_tui = str(Path(python).with_name("dinf-tui"))
     rows = []
-    for label, command, ready in (
+    for label, command, ready_text in (
         ("bare Textual hello (baseline)", f"{python} {hello}", "hello from textual"),
         ("dinf-tui, first launch (empty home)", dinf_tui, "No runs yet"),
     ):
         firsts, readies = [], []
         for _ in range(launches + 1):  # one warm-up
             home = tempfile.mkdtemp()
-            first, ready = time_launch(command, ready, {"DINF_HOME": home, "TERM": "xterm-256color"})
+            first, ready = time_launch(command, ready_text, {"DINF_HOME": home, "TERM": "xterm-256color"})
             firsts.append(first)
             readies.append(ready)
         firsts, readies = firsts[1:], readies[1:]
