@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import wait_for
+from pilot_wait import wait_for
 from remote.cluster import ClusterError, JobState
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, TabbedContent

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from pilot_wait import wait_for
 from textual.widgets import DataTable
 
 from tui.app import DinfApp

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from pilot_wait import wait_for
 from scripted_cluster import BUNDLE, HostKeyUnknown
 from textual.widgets import Input
 
