@@ -246,11 +246,17 @@ def _after_submit(dinf, args, record) -> int:
 
 
 def wait_for(dinf, run_id: int, *, poll_s: float):
+    """Poll until the run ends; a cluster that stops answering is reported (once per new error)."""
+    last_error = None
     while True:
         dinf.refresh()
         record = dinf.run(run_id)
         if record.finished:
             return record
+        error = dinf.cluster_errors.get(record.cluster)
+        if error and error != last_error:
+            print(f"dinf: warning: cluster {record.cluster} not answering, still waiting: {error}", file=sys.stderr)
+        last_error = error
         time.sleep(poll_s)
 
 
