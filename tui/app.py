@@ -309,9 +309,11 @@ class DinfApp(App):
         self._wake_refresh.set()
 
     def on_action_failed(self, message: ActionFailed) -> None:
-        screen = self.screen
-        if message.what == "submit" and hasattr(screen, "submit_failed"):
-            screen.submit_failed(message.error)
+        if message.what == "submit":
+            # The form may be under a dialog (an SSH problem answered first): find it in the stack.
+            for screen in self.screen_stack:
+                if hasattr(screen, "submit_failed"):
+                    screen.submit_failed(message.error)
         self.notify(f"{message.what} failed: {message.error}", severity="error", timeout=8)
 
     # --- opening and watching a run -------------------------------------------------------------

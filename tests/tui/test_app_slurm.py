@@ -77,3 +77,107 @@ async def test_submit_two_node_pipeline_streams_and_completes(slurm_app):
         assert screen.query_one("#measurements", DataTable).row_count == 2
         timeline = [entry.state for entry in app.service.run(run_id).history]
         assert timeline[0] == "DRAFT" and "PENDING" in timeline and timeline[-1] == "COMPLETED"
+
+
+async def test_unknown_host_key_is_a_dialog_and_trusting_it_connects(minicluster, tmp_path: Path):
+    """First contact with the cluster's sshd through an EMPTY known_hosts: refused with the
+    fingerprint in a dialog, nothing recorded; trusting it writes known_hosts and connects."""
+    from remote.slurm_cluster import SlurmCluster
+    from remote.ssh import SshConnection, SshOptions
+    from tui.screens.dialogs import HostKeyDialog
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
+
+    def open_service():
+        from tui.services import Dinf, make_cluster
+
+        def clusters(cluster_config):
+            if cluster_config.name != "mini":
+                return make_cluster(cluster_config)
+            connection = SshConnection(minicluster.target(known_hosts=str(known_hosts)),
+                                       SshOptions(allow_agent=False, look_for_keys=False, reconnect_attempts=1))
+            return SlurmCluster(connection, name="mini", workdir=f"{minicluster.home}/tui-hostkey",
+                                python=minicluster.python_environment())
+
+        return Dinf(data_dir=tmp_path / "data", config_path=config, cluster_factory=clusters)
+
+    app = DinfApp(service_factory=open_service, live_poll_s=1.0, idle_poll_s=2.0, max_backoff_s=2.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#cluster", Select).value = "mini"
+        for field, value in {"nodes": "1", "ranks_per_node": "1", "mode": None}.items():
+            if value is not None:
+                form.query_one(f"#{field}", Input).value = value
+        form.query_one("#mode", Select).value = "single"
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), timeout=60, what="the host key dialog")
+        dialog = app.screen
+        assert dialog.fingerprint.startswith("SHA256:")
+        assert dialog.fingerprint in str(dialog.query_one("#fingerprint").render())
+        assert app.service.runs() == []  # nothing recorded, nothing submitted
+        assert known_hosts.read_text() == ""
+        await pilot.click("#trust")
+        await wait_for(pilot, lambda: known_hosts.read_text().strip() != "", timeout=30, what="known_hosts written")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen), timeout=10)
+        await wait_for(pilot, lambda: not app.screen.busy, timeout=10, what="the form to be usable again")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), timeout=60, what="submitted after trusting")
+        assert app.connections["mini"][0] == "connected"
+        run_id = app.screen.run_id
+        await wait_for(pilot, lambda: app.runs.get(run_id) and app.runs[run_id].state not in ("DRAFT",),
+                       timeout=30)
+        app.service.cancel(run_id)  # don't leave the job behind
+
+
+async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
+    """A key the cluster doesn't accept: the submit stops with a dialog naming the failure."""
+    import subprocess
+
+    from remote.slurm_cluster import SlurmCluster
+    from remote.ssh import SshConnection, SshOptions
+    from tui.screens.dialogs import ProblemDialog
+
+    wrong_key = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
+
+    def open_service():
+        from tui.services import Dinf, make_cluster
+
+        def clusters(cluster_config):
+            if cluster_config.name != "mini":
+                return make_cluster(cluster_config)
+            connection = SshConnection(minicluster.target(key_files=(str(wrong_key),)),
+                                       SshOptions(allow_agent=False, look_for_keys=False, reconnect_attempts=1))
+            return SlurmCluster(connection, name="mini", workdir=f"{minicluster.home}/tui-auth",
+                                python=minicluster.python_environment())
+
+        return Dinf(data_dir=tmp_path / "data", config_path=config, cluster_factory=clusters)
+
+    app = DinfApp(service_factory=open_service, live_poll_s=1.0, idle_poll_s=2.0, max_backoff_s=2.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#cluster", Select).value = "mini"
+        form.query_one("#mode", Select).value = "single"
+        form.query_one("#ranks_per_node", Input).value = "1"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProblemDialog), timeout=60, what="the login dialog")
+        detail = str(app.screen.query_one("#problem-detail").render())
+        assert minicluster.user in detail or "auth" in detail.lower()
+        assert app.connections["mini"][0] == "failed"
+        assert app.service.runs() == []
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not app.screen.busy)
