@@ -95,3 +95,28 @@ def test_demo_from_the_readme_runs_to_results(home: Path):
     finally:
         term.close()
     assert os.path.exists(home / "dinf.db")
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_quitting_leaves_the_job_running_and_a_restart_reattaches(home: Path):
+    env = {"DINF_HOME": str(home), "TERM": "xterm-256color", "OMP_NUM_THREADS": "1"}
+    term = Terminal(f"{DINF_TUI} --demo", env)
+    try:
+        term.wait_for("[r0]", timeout=240)  # the job is producing output
+        term.press("q")
+        term.wait_for("DINF-TUI-EXITED rc=0", timeout=15)
+    finally:
+        term.close()
+    # dinf-tui is gone (a real process exit); start it again on the same home.
+    term = Terminal(DINF_TUI, env)
+    try:
+        term.wait_for("demo", timeout=60)
+        screen = term.wait_for("COMPLETED", timeout=240)  # reconciled, and ingested when it finished
+        assert "CANCELLED" not in screen and "FAILED" not in screen
+        term.press("Enter")
+        term.wait_for("measurements", timeout=60)
+        term.press("m")
+        screen = term.wait_for("[r1]", timeout=30)  # the logs, read again from the start
+    finally:
+        term.close()
