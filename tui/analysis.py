@@ -335,6 +335,9 @@ class PromptCheck:
     or when a side recorded no top-k ids there."""
     baseline_text: str = ""
     candidate_text: str = ""
+    baseline_tail: tuple[int, ...] = ()
+    """Up to TAIL_IDS ids from the first divergence on, each side."""
+    candidate_tail: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,9 @@ class Correctness:
         return all(c.topk_agree for c in self.divergences)
 
 
+TAIL_IDS = 4
+
+
 def _topk_at(line: Mapping[str, Any], position: int) -> list[int] | None:
     topk = line.get("topk_ids")
     if not isinstance(topk, list) or position >= len(topk):
@@ -391,7 +397,8 @@ def check_prompt(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> P
     if base_topk is not None and cand_topk is not None and base_token is not None and cand_token is not None:
         agree = cand_token in base_topk and base_token in cand_topk
     return PromptCheck(index, prompt, False, first, base_token, cand_token, agree,
-                       str(baseline.get("text", "")), str(candidate.get("text", "")))
+                       str(baseline.get("text", "")), str(candidate.get("text", "")),
+                       tuple(a[first:first + TAIL_IDS]), tuple(b[first:first + TAIL_IDS]))
 
 
 def compare_completions(

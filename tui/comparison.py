@@ -185,8 +185,8 @@ def format_comparison(comparison: Comparison, *, with_charts: bool = True, width
             parts.append(f"  prompt {c.index}: first divergence at token {c.first_divergence}: "
                          f"baseline {c.baseline_token} vs {c.candidate_token} "
                          f"({'within' if c.topk_agree else 'outside'} top-k)")
-            parts.append(f"    baseline: {c.baseline_text[:70]}")
-            parts.append(f"    {run_label(run)}: {c.candidate_text[:70]}")
+            parts.append(f"    ids from there: baseline {' '.join(map(str, c.baseline_tail))} | "
+                         f"{run_label(run)} {' '.join(map(str, c.candidate_tail))}")
     if with_charts:
         for chart in comparison.charts:
             parts += ["", charts.render(chart, width=width, color=color)]

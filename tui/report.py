@@ -28,6 +28,8 @@ from worker.contract import MODEL_CONFIGS
 
 SCALES_WELL = 0.8
 """Efficiency from which a mode is said to scale (80% of linear)."""
+SUPERLINEAR = 1.1
+"""Efficiency above which a speedup is flagged: more GPUs alone cannot make each one faster."""
 PAYS_FOR_ITS_GPUS = 0.9
 """Batch sweep: a mode pays for its N GPUs when it delivers at least 90% of N times the 1-GPU rate."""
 
@@ -185,10 +187,11 @@ def correctness_section(exp: ExperimentResult) -> Section:
         if result.divergences:
             section.blocks.append(f"Divergent tokens, {mode} x{ranks} beside the baseline (ids from the first divergence):")
             section.blocks.append(md_table(
-                ("prompt", "first divergence", "baseline id", f"{mode} id", "within top-k", "baseline text",
-                 f"{mode} text"),
+                ("prompt", "first divergence", "baseline id", f"{mode} id", "within top-k",
+                 "baseline ids from there", f"{mode} ids from there"),
                 [(c.index, c.first_divergence, c.baseline_token, c.candidate_token,
-                  {True: "yes", False: "no", None: "–"}[c.topk_agree], c.baseline_text[:40], c.candidate_text[:40])
+                  {True: "yes", False: "no", None: "–"}[c.topk_agree],
+                  " ".join(map(str, c.baseline_tail)), " ".join(map(str, c.candidate_tail)))
                  for c in result.divergences],
             ))
     if any(c.cell.params.get("mode") == "tp" for c in exp.cells):
@@ -264,14 +267,19 @@ def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
 def _scaling_verdict(mode: str, row: analysis.ScalingRow, baseline: Point, *, weak: bool, unit: str = "GPUs") -> str:
     p = row.point
     one = "1 GPU" if unit == "GPUs" else "1 rank"
+    one_adj = one.replace(" ", "-")
     where = f"{mode} on {p.num_gpus} {unit}" + (f" ({p.num_nodes} nodes)" if p.num_nodes > 1 else "")
     times = f"T = {_f(p.wall_s, 3)} s vs {_f(baseline.wall_s, 3)} s on {one}"
-    memory = f"; the largest rank needs {_f(row.memory_ratio)}x the {one} peak memory" if row.memory_ratio else ""
+    memory = f"; the largest rank needs {_f(row.memory_ratio)}x the {one_adj} peak memory" if row.memory_ratio else ""
     if weak:
         if row.efficiency is not None and row.efficiency >= SCALES_WELL:
             return f"{where}: weak scaling holds, E_w = {_f(row.efficiency)} ({times}){memory}."
         return f"{where}: weak scaling breaks down, E_w = {_f(row.efficiency)} ({times}){memory}."
     s, e = _f(row.speedup), _f(row.efficiency)
+    if row.efficiency is not None and row.efficiency > SUPERLINEAR:
+        return (f"{where}: scales above linear, S = {s}, E = {e} ({times}){memory}. More GPUs alone cannot "
+                f"explain E > 1: the runs also differ in how the requests were batched and padded, or in "
+                f"warm-up; treat this ratio with care.")
     if row.efficiency is not None and row.efficiency >= SCALES_WELL:
         return f"{where}: scales, S = {s}, E = {e} ({times}){memory}."
     if row.speedup is not None and row.speedup > 1:
@@ -344,8 +352,10 @@ def _batch_verdicts(mode: str, gpus: int, rows: Sequence[analysis.BatchCompariso
         return [f"{mode} on {gpus} GPUs: no batch size in common with the 1-GPU baseline; no verdict."]
     faster = [r.batch_size for r in rows if r.speedup is not None and r.speedup > 1]
     paying = [r.batch_size for r in rows if r.efficiency is not None and r.efficiency >= PAYS_FOR_ITS_GPUS]
-    summary = (f"{mode} on {gpus} GPUs: faster than 1 GPU at batch sizes {_range(faster) or 'none'}; "
-               f"paid for its {gpus} GPUs (E >= {PAYS_FOR_ITS_GPUS}) at {_range(paying) or 'none'}.")
+    summary = (f"{mode} on {gpus} GPUs: faster than 1 GPU at "
+               + (f"batch sizes {_range(faster)}" if faster else "no batch size")
+               + f"; paid for its {gpus} GPUs (E >= {PAYS_FOR_ITS_GPUS}) at "
+               + (f"batch sizes {_range(paying)}" if paying else "no batch size") + ".")
     lines = [summary]
     for r in rows:
         outcome = ("paid for itself" if r.batch_size in paying else
@@ -381,6 +391,11 @@ def profile_section(exp: ExperimentResult) -> Section:
         section.blocks.append("No run of this experiment recorded a time split (profile=True).")
         section.verdicts.append(f"{exp.name}: no verdict; no profiled measurement.")
         return section
+    if any(c.cell.spec.mode == "pp" and c.cell.spec.micro_batches == 1 for c in exp.cells):
+        section.blocks.append(
+            "With one micro-batch a pp stage waits in recv while the other stage computes; that wait counts "
+            "as communication, so for pp the communication share includes the pipeline bubble."
+        )
     section.blocks.append(md_table(("mode", "GPUs", "batch", "rank", "compute", "communication", "idle",
                                     "bubble %", "exposed comm %"), rows))
     for cell in _done(exp.cells):
@@ -495,16 +510,19 @@ def setup_blocks(experiments: Sequence[ExperimentResult]) -> list[str]:
             lines.append(f"- checkpoint {path}, {dtype}; {count} runs")
     blocks.append("### Model\n\n" + ("\n".join(lines) or "–"))
 
-    workloads = sorted({
-        (r.spec.get("prompts_file") or "the 20 prompts shipped with the worker", r.spec.get("max_new_tokens"),
-         r.spec.get("warmup"), r.spec.get("repeats"), bool(r.spec.get("ignore_eos", True)))
-        for r in runs
-    }, key=str)
-    blocks.append("### Workload\n\n" + "\n".join(
-        f"- prompts: {prompts}; greedy decoding, {tokens} new tokens per request"
+    workloads: dict[tuple, set[str]] = {}
+    for exp in experiments:
+        for cell in exp.cells:
+            spec = cell.cell.spec
+            key = (spec.prompts_file or "the 20 prompts shipped with the worker", spec.max_new_tokens,
+                   spec.warmup, spec.repeats, bool(spec.ignore_eos))
+            workloads.setdefault(key, set()).add(exp.name)
+    blocks.append("### Workload\n\n" + ("\n".join(
+        f"- {', '.join(sorted(names))}: prompts: {prompts}; greedy decoding, {tokens} new tokens per request"
         + (" (EOS ignored, so every request generates exactly that many)" if ignore_eos else "")
         + f"; {warmup} warm-up and {repeats} timed repeat{'s' if repeats != 1 else ''} per batch size"
-        for prompts, tokens, warmup, repeats, ignore_eos in workloads) if workloads else "### Workload\n\n–")
+        for (prompts, tokens, warmup, repeats, ignore_eos), names in sorted(workloads.items(), key=str))
+        or "–"))
 
     cluster_rows = []
     for exp in experiments:
@@ -585,11 +603,13 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
     points = [p for run in _all_runs(experiments) for p in run.points]
     if points:
         repeats = sorted({p.repeats for p in points})
-        spreads = [p.wall_spread for p in points if p.wall_spread is not None]
+        spreads = sorted(((p.wall_spread, p.label, p.batch_size) for p in points if p.wall_spread is not None),
+                         key=lambda t: (-t[0], t[1], t[2]))
         text = f"Timings are medians of n = {', '.join(str(r) for r in repeats)} repeats"
         if spreads:
-            text += f"; the wall time moved by up to {max(spreads) * 100:.1f}% between repeats of one measurement"
-            text += " (max - min over median), so smaller differences are within noise"
+            spread, label, batch = spreads[0]
+            text += (f"; the wall time moved by up to {spread * 100:.1f}% between repeats of one measurement "
+                     f"(max - min over median; {label} at batch {batch}), so smaller differences are within noise")
         notes.append(text + ".")
     runs = _all_runs(experiments)
     if any(r.points and not r.environment.get("gpu_model") for r in runs):
@@ -598,6 +618,12 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
     if any(r.points and r.environment.get("gpu_model") for r in runs):
         notes.append("Absolute GPU figures move by up to 1.5x between machines of the same model; the ratios "
                      "here compare runs of one experiment on the same machines.")
+    single_micro = sorted({e.name for e in experiments for c in e.cells
+                           if c.cell.spec.mode == "pp" and c.cell.spec.micro_batches == 1})
+    if single_micro:
+        notes.append(f"pp ran with one micro-batch in {', '.join(single_micro)}: its stages take turns on "
+                     "each batch, so at most one GPU computes at a time; micro-batched pipelines were not "
+                     "measured there.")
     if not quantization_available():
         notes.append("The quantization study is declared but not available: the worker has no quantized variants.")
     notes.append("Offline batch generation only: no request arrival process, so no serving latency under load.")

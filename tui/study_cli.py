@@ -90,6 +90,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     mode.add_argument("--no-submit", action="store_true", help="record the runs as DRAFT only")
     mode.add_argument("--record-only", action="store_true",
                       help="record the plan without runs (results are attached later: experiment attach)")
+    create.add_argument("--write-specs", type=Path, metavar="DIR",
+                        help="also write each cell's spec.json and resources.json under DIR/<cell>/")
 
     sweep = command(sub, "sweep", cmd_sweep, "record a paired or Cartesian sweep over spec/resource fields")
     sweep.add_argument("spec", nargs="?", type=Path, help="base RunSpec JSON (default: all defaults)")
@@ -258,17 +260,22 @@ def cmd_presets(dinf, args) -> int:
 def cmd_plan(dinf, args) -> int:
     p = plan(args.preset, study_config(dinf, args))
     if args.write_specs:
-        for cell in p.cells:
-            folder = args.write_specs / cell.key.replace("/", "_")
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "spec.json").write_text(cell.spec.to_json() + "\n")
-            (folder / "resources.json").write_text(json.dumps(dataclasses.asdict(cell.resources), indent=2,
-                                                              sort_keys=True) + "\n")
+        write_specs(p, args.write_specs)
     if args.json:
         _print_json(p.parameters())
     else:
         print(_plan_text(p))
     return 0
+
+
+def write_specs(p: ExperimentPlan, root: Path) -> None:
+    """Each cell's spec.json and resources.json under root/<cell>/, for launching by hand."""
+    for cell in p.cells:
+        folder = root / cell.key.replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "spec.json").write_text(cell.spec.to_json() + "\n")
+        (folder / "resources.json").write_text(json.dumps(dataclasses.asdict(cell.resources), indent=2,
+                                                          sort_keys=True) + "\n")
 
 
 def _launch_text(launches) -> str:
@@ -280,6 +287,8 @@ def cmd_create(dinf, args) -> int:
     p = plan(args.preset, study_config(dinf, args, cluster=None if args.record_only else cluster))
     experiment_id = experiment_runs.record_plan(dinf, p)
     print(f"experiment {experiment_id} ({p.name}): {len(p.cells)} cells", file=sys.stderr)
+    if args.write_specs:
+        write_specs(p, args.write_specs)
     launches = [] if args.record_only else experiment_runs.launch(dinf, experiment_id, cluster=cluster,
                                                                   submit=not args.no_submit)
     if args.json:

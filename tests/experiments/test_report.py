@@ -47,7 +47,7 @@ def test_correctness_numbers_and_verdicts(study_db):
     assert "pp on 2 ranks: fails: 19/20 exact (95%); prompt 3 diverges outside the top-k." in text
     assert "dp on 2 ranks: passes: 18/20 exact (90%), not below the noise floor 18/20 (90%)" in text
     # the divergent tokens side by side
-    assert "| 3 | 6 | 109 | 7777 | no |" in text
+    assert "| 3 | 6 | 109 | 7777 | no | 109 110 | 7777 110 |" in text
     assert "| 6 | 0 | 106 | 1106 | yes |" in text
     assert "full bar: all 8 tokens identical; 19/20 prompts exact" in text
 
@@ -69,7 +69,8 @@ def test_batch_sweep_says_where_pipeline_parallelism_paid_and_why(study_db):
     engine, ids = study_db
     text = section(build(engine, ids), "## 3. Batch sweep")
     assert "| 1 | 64.0 | 51.2 | 0.80 | 0.40 | 20.00 / 25.00 | 15.00 / 19.00 | 8.10 GiB / 4.05 GiB | 0.50 |" in text
-    assert "pp on 2 GPUs: faster than 1 GPU at batch sizes 16; paid for its 2 GPUs (E >= 0.9) at 16." in text
+    assert ("pp on 2 GPUs: faster than 1 GPU at batch sizes 16; paid for its 2 GPUs (E >= 0.9) at batch sizes 16."
+            in text)
     # the reason comes from the profile study of the same report
     assert ("batch 1: did not pay for itself: S = 0.80, E = 0.40 (TPOT 19.00 ms vs 15.00 ms on 1 GPU; "
             "profiled ranks spend 45.0% computing, 10.0% communicating, 45.0% idle") in text
@@ -94,7 +95,7 @@ def test_limitations_come_from_the_data(study_db):
     assert "scaling: 2 of 7 cells have no results (tp/r2 FAILED, tp/r4 NOT_SUBMITTED)" in text
     # wall times 9.8..10.2 around 10.0 move 4%; 9.1..8.9 around 9.0 is 2.2%; 5.1..4.9 around 5.0 is 4%;
     # 2.6..2.4 around 2.5 is 8%: the largest spread is 8.0%
-    assert "moved by up to 8.0% between repeats" in text
+    assert "moved by up to 8.0% between repeats of one measurement (max - min over median; scaling:dp/r4 at batch 20)" in text
     assert "n = 1, 3 repeats" in text
     assert "quantization study is declared but not available" in text
 
@@ -144,3 +145,17 @@ def test_write_report_with_png_charts(study_db, tmp_path: Path):
 def test_no_experiments_is_an_error():
     with pytest.raises(ValueError, match="name at least one experiment"):
         report.build_report([])
+
+
+def test_superlinear_speedup_is_flagged_not_celebrated():
+    from tui.analysis import Point, ScalingRow
+
+    base = Point(run_id=1, label="b", mode="single", num_gpus=1, num_nodes=1, batch_size=16, num_requests=64,
+                 output_tokens=2048, wall_s=5.0)
+    dp = Point(run_id=2, label="d", mode="dp", num_gpus=2, num_nodes=1, batch_size=16, num_requests=64,
+               output_tokens=2048, wall_s=1.9)
+    row = ScalingRow(point=dp, n=2, speedup=5.0 / 1.9, efficiency=5.0 / 3.8, throughput_scaling=None,
+                     memory_ratio=None)
+    text = report._scaling_verdict("dp", row, base, weak=False)
+    assert text.startswith("dp on 2 GPUs: scales above linear, S = 2.63, E = 1.32")
+    assert "treat this ratio with care" in text
