@@ -61,6 +61,8 @@ class LogBuffer:
         return self.received - len(self.lines)
 
 
+FIRST_EVENT_GRACE_S = 90.0
+"""A rank's first event comes after Python, torch and the model load; allow for a slow start."""
 STALE_AFTER_S = 15.0
 """About three heartbeat intervals of the worker (5 s)."""
 
@@ -102,6 +104,12 @@ class RankState:
     def is_stale(self, now: float | None = None) -> bool:
         age = self.heartbeat_age(now)
         return age is not None and age > STALE_AFTER_S and self.phase not in ("done", "failed")
+
+    def is_silent(self, running_since: float | None, now: float | None = None) -> bool:
+        """Running for a while and not one event yet: the rank may never have started."""
+        if self.last_event_ts is not None or running_since is None:
+            return False
+        return (now if now is not None else time.time()) - running_since > FIRST_EVENT_GRACE_S
 
 
 @dataclass

@@ -92,6 +92,9 @@ def test_a_rank_is_stale_after_three_missed_heartbeats_unless_done():
     assert state.is_stale(now=1016.0)
     state.apply({"kind": "phase", "phase": "done", "ts": 1001.0, "rank": 0})
     assert not state.is_stale(now=2000.0)
+    never_started = RankState(1)
+    assert not never_started.is_silent(running_since=1000.0, now=1030.0)
+    assert never_started.is_silent(running_since=1000.0, now=1100.0)
 
 
 def test_form_problems_land_under_their_fields():

@@ -144,9 +144,10 @@ class RunScreen(Screen):
     def _draw_progress(self) -> None:
         record = self.record
         live = record is not None and is_live(record)
+        running_since = getattr(record, "started_at", None) if record is not None else None
         now = time.time()
         for row in self.query(RankProgressRow):
-            row.show(self.logs.rank_state(row.rank), live=live, now=now)
+            row.show(self.logs.rank_state(row.rank), live=live, now=now, running_since=running_since)
 
     def _tick(self) -> None:
         record = self.record

@@ -35,7 +35,9 @@ class RankProgressRow(Horizontal):
         yield ProgressBar(total=100, show_eta=False, id=f"rank-bar-{self.rank}")
         yield FixedText("waiting for the first event", classes="rank-detail")
 
-    def show(self, state: RankState, *, live: bool, now: float | None = None) -> None:
+    def show(
+        self, state: RankState, *, live: bool, now: float | None = None, running_since: float | None = None
+    ) -> None:
         bar = self.query_one(ProgressBar)
         if state.tokens_expected:
             if (bar.total, bar.progress) != (state.tokens_expected, state.tokens_done):
@@ -48,9 +50,12 @@ class RankProgressRow(Horizontal):
         if state.tokens_expected:
             parts.append(f"{state.tokens_done}/{state.tokens_expected} tok")
         age = state.heartbeat_age(now)
-        stale = live and state.is_stale(now)
+        silent = live and state.is_silent(running_since, now)
+        stale = live and (state.is_stale(now) or silent)
         if state.error:
             parts.append(f"error: {state.error}")
+        elif silent:
+            parts.append("⚠ running, but no event from this rank yet (see its log tab)")
         elif stale:
             parts.append(f"⚠ no heartbeat for {age:.0f} s")
         elif age is not None and live:
