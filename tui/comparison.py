@@ -16,6 +16,7 @@ from tui import analysis, charts
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
 from tui.results import RunResult
+from tui.text_table import text_table
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,6 @@ def _text(value: object) -> str:
 
 def _f(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def diff_rows(comparison: Comparison) -> list[list[str]]:

@@ -26,7 +26,6 @@ from remote.cluster import Resources
 from storage import repo
 from storage.db import read_session
 from tui import experiment_runs
-from tui.comparison import compare_runs, format_comparison, run_label
 from tui.experiments import (
     PRESET_DESCRIPTIONS,
     PRESETS,
@@ -39,7 +38,7 @@ from tui.experiments import (
     plan_sweep,
     quantization_available,
 )
-from tui.report import write_report
+from tui.text_table import text_table
 from tui.results import load_experiment, load_experiments, load_runs
 from worker.contract import ModelSource, RunSpec
 
@@ -188,8 +187,6 @@ def _print_json(data) -> None:
 
 
 def _plan_text(p: ExperimentPlan) -> str:
-    from tui.comparison import text_table
-
     rows = [[c.key, c.role, c.spec.mode, str(c.num_ranks), f"{c.resources.nodes}x{c.resources.tasks_per_node}",
              str(c.resources.gpus_per_node), ",".join(str(b) for b in c.spec.batch_sizes),
              str(c.spec.num_requests or "prompts"), "yes" if c.spec.profile else ""]
@@ -206,6 +203,8 @@ def _plan_text(p: ExperimentPlan) -> str:
 
 
 def cmd_compare(dinf, args) -> int:
+    from tui.comparison import compare_runs, format_comparison, run_label  # plotext: only when charting
+
     with read_session(dinf.engine) as session:
         runs = load_runs(session, args.runs)
         for ref in args.experiment:
@@ -235,6 +234,8 @@ def cmd_compare(dinf, args) -> int:
 
 
 def cmd_report(dinf, args) -> int:
+    from tui.report import write_report  # plotext: only when reporting
+
     with read_session(dinf.engine) as session:
         experiments = load_experiments(session, args.experiments)
     written = write_report(experiments, args.output, png=args.png)
@@ -319,8 +320,6 @@ def cmd_sweep(dinf, args) -> int:
 
 
 def cmd_list(dinf, args) -> int:
-    from tui.comparison import text_table
-
     with read_session(dinf.engine) as session:
         experiments = repo.list_experiments(session=session)
         rows = []
@@ -336,8 +335,6 @@ def cmd_list(dinf, args) -> int:
 
 
 def cmd_show(dinf, args) -> int:
-    from tui.comparison import text_table
-
     dinf.refresh()
     exp = experiment_runs.load(dinf, args.experiment)
     cells = [{"cell": c.cell.key, "role": c.cell.role, "mode": c.cell.spec.mode, "ranks": c.cell.num_ranks,
