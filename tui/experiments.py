@@ -15,8 +15,9 @@ Presets (the seed's six studies):
   quantization    declared; refused until the worker's RunSpec gains a quantization field
 plus generic paired (zip) and Cartesian (product) sweeps over spec or resource fields.
 
-Submitting, resubmitting failed cells and reading cell states go through `tui.services.Dinf`
-(`launch`, `resubmit_failed`, `cell_states` below); expanding a plan touches nothing.
+Expanding a plan touches nothing: submitting cells, resubmitting failed ones and attaching
+bundles run by hand are `tui.experiment_runs` (over `tui.services.Dinf`); the grid of cell states
+is read back by `tui.results.load_experiment`.
 """
 
 from __future__ import annotations
