@@ -207,7 +207,8 @@ class DinfApp(App):
         live = {str(getattr(r, "cluster", "")) for r in runs if is_live(r)}
         for name in live | set(errors):
             state = self.connections.get(name, ("", ""))[0]
-            if state == "local" and name not in errors:
+            healthy = self._healthy_state(name)
+            if state == healthy and name not in errors:
                 continue
             if name in errors:
                 if state == "refused":
@@ -215,8 +216,12 @@ class DinfApp(App):
                 if state != "reconnecting":  # newly failing: is it something the user must answer?
                     self._probe_cluster(name)
                 self.post_message(ConnectionChanged(name, "reconnecting", errors[name].splitlines()[0][:120]))
-            elif state not in ("connected",):
-                self.post_message(ConnectionChanged(name, "connected"))
+            else:
+                self.post_message(ConnectionChanged(name, healthy))
+
+    def _healthy_state(self, name: str) -> str:
+        config = self.cluster_configs().get(name)
+        return "local" if getattr(config, "backend", "") == "local" else "connected"
 
     def _probe_cluster(self, name: str) -> None:
         """Called from a worker: retry one status call to get the error itself (host key? login?)."""
@@ -383,7 +388,12 @@ class DinfApp(App):
             self.notify(f"log stream of run {message.run_id} stopped: {message.error}", severity="warning")
             record = self.runs.get(message.run_id)
             if record is not None and not is_finished(record):
-                # Resume from the last offsets after a pause (the backend already retried).
+                cluster = str(getattr(record, "cluster", ""))
+                if self.connections.get(cluster, ("", ""))[0] != "refused":
+                    self.connections[cluster] = ("reconnecting", "log stream interrupted")
+                    self.connections_version += 1
+                # Resume from the last delivered offsets (the backend already retried): no line
+                # lost or repeated; the next successful poll marks the cluster connected again.
                 self.set_timer(2.0, lambda: self.start_tail(message.run_id))
 
     @work(thread=True, exit_on_error=False, group="results", description="loading results")

@@ -43,6 +43,8 @@ class ScriptedCluster:
         self.fail_status_with: BaseException | None = None
         self.cancelled: list[str] = []
         self.status_calls = 0
+        self.break_next_stream = False
+        """Set to make the current log stream raise once, as a dropped SSH connection would."""
         self.closed = threading.Event()
 
     # --- what a test does ---------------------------------------------------------------------
@@ -109,6 +111,9 @@ class ScriptedCluster:
     ) -> Iterator[list[LogChunk]]:
         positions = {path: (offsets or {}).get(path, 0) for path in paths}
         while not self.closed.is_set():
+            if self.break_next_stream:
+                self.break_next_stream = False
+                raise ClusterError("ssh connection lost while streaming logs")
             chunks = []
             with self.lock:
                 for path in paths:

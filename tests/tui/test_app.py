@@ -167,8 +167,30 @@ async def test_lost_connection_shows_reconnecting_then_recovers(make_app, script
         await wait_for(pilot, lambda: app.connections["local"][0] == "reconnecting", what="reconnecting")
         assert "reconnecting" in str(app.screen.query_one("#connection-bar").render())
         scripted.fail_status_with = None
-        await wait_for(pilot, lambda: app.connections["local"][0] == "connected", timeout=40, what="recovery")
+        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40, what="recovery")
         assert app.runs[run_id].state == "PENDING"
+
+
+async def test_broken_log_stream_resumes_without_losing_or_repeating_lines(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        scripted.write(job, 0, "launcher", [f"before {i}" for i in range(100)])
+        logs = app.run_logs[run_id]
+        await wait_for(pilot, lambda: logs.merged.received == 100)
+        seen: list[str] = []
+        app.watch(app, "connections_version", lambda _: seen.append(app.connections["local"][0]), init=False)
+        scripted.break_next_stream = True
+        # Shown until the stream or the next status poll succeeds (here within a poll interval).
+        await wait_for(pilot, lambda: "reconnecting" in seen, what="reconnecting")
+        scripted.write(job, 0, "launcher", [f"after {i}" for i in range(100)])
+        await wait_for(pilot, lambda: logs.merged.received == 200, timeout=15, what="the resumed stream")
+        await pilot.pause(0.5)
+        assert list(logs.ranks[0].lines) == (
+            [f"before {i}" for i in range(100)] + [f"after {i}" for i in range(100)])
+        await wait_for(pilot, lambda: app.connections["local"][0] == "local", what="connected again")
 
 
 async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, scripted):
@@ -182,7 +204,7 @@ async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, sc
         scripted.fail_status_with = None
         await pilot.click("#trust")
         await wait_for(pilot, lambda: trusted == [1], what="trust()")
-        await wait_for(pilot, lambda: app.connections["local"][0] == "connected", timeout=40)
+        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40)
 
 
 async def test_failed_login_says_why(make_app, scripted):
