@@ -159,3 +159,56 @@ def test_superlinear_speedup_is_flagged_not_celebrated():
     text = report._scaling_verdict("dp", row, base, weak=False)
     assert text.startswith("dp on 2 GPUs: scales above linear, S = 2.63, E = 1.32")
     assert "treat this ratio with care" in text
+
+
+def _store(engine, plan, walls_and_requests, tmp_path):
+    from storage.db import write_session
+    from tests.experiments import bundles
+
+    dirs = {}
+    for cell in plan.cells:
+        wall, requests = walls_and_requests[cell.key]
+        per_rank = [bundles.rank_record(r, peak=bundles.GIB) for r in range(cell.num_ranks)]
+        m = bundles.measurement(batch_size=cell.spec.batch_sizes[0], num_requests=requests,
+                                max_new_tokens=cell.spec.max_new_tokens, wall_s=wall, ttft_s=0.1, tpot_s=0.01,
+                                per_rank=per_rank, num_gpus=cell.num_ranks)
+        result = bundles.result(cell.spec.to_dict(), world_size=cell.num_ranks, num_gpus=cell.num_ranks,
+                                measurements=[m])
+        dirs[cell.key] = bundles.write_bundle(tmp_path / plan.name / cell.key.replace("/", "_"), result)
+    with write_session(engine) as session:
+        return bundles.store_experiment(session, plan, dirs)
+
+
+def test_weak_scaling_section(tmp_path):
+    from tui import experiments as ex
+    from worker.contract import ModelSource
+
+    engine = make_engine(tmp_path / "weak.db")
+    plan = ex.plan("weak_scaling", ex.StudyConfig(
+        name="weak", model=ModelSource(config="tiny"), modes=("dp", "pp"), num_requests=20, rank_counts=(1, 2),
+        shape=ex.ClusterShape(nodes=1, ranks_per_node=2)))
+    # 20 requests in 10 s on 1 GPU; 40 requests in 12.5 s with dp (E_w 0.8), in 25 s with pp (E_w 0.4)
+    exp_id = _store(engine, plan, {"single/r1": ([10.0], 20), "dp/r2": ([12.5], 40), "pp/r2": ([25.0], 40)},
+                    tmp_path)
+    text = build(engine, {"weak": exp_id})
+    engine.dispose()
+    assert "## 1. Weak scaling: weak" in text
+    assert "| dp | 2 | 1 | 40 | 12.500 (n=1) | 204.8 | 0.80 | 0.80 | 1.00 |" in text
+    assert "dp on 2 GPUs: weak scaling holds, E_w = 0.80" in text
+    assert "pp on 2 GPUs: weak scaling breaks down, E_w = 0.40" in text
+
+
+def test_sweep_section_names_the_best_cell(tmp_path):
+    from remote.cluster import Resources
+    from tui import experiments as ex
+    from worker.contract import ModelSource, RunSpec
+
+    engine = make_engine(tmp_path / "sweep.db")
+    base = RunSpec(model=ModelSource(config="tiny"), mode="pp", batch_sizes=[4], max_new_tokens=8)
+    plan = ex.plan_sweep("mb", base, Resources(tasks_per_node=2), {"micro_batches": [1, 2]})
+    exp_id = _store(engine, plan, {"micro_batches=1": ([2.0], 8), "micro_batches=2": ([1.6], 8)}, tmp_path)
+    text = build(engine, {"mb": exp_id})
+    engine.dispose()
+    assert "Cartesian sweep over micro_batches = [1, 2]." in text
+    assert "| micro_batches=2 | COMPLETED | 4 | 40.0 |" in text
+    assert "mb, batch 4: highest output rate 40.0 tok/s with micro_batches=2." in text
