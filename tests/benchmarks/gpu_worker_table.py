@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--run-timeout", type=int, default=420)
     p.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep result dirs already under --out (split the table over two calls: the second "
+                        "call with --reuse runs only what the first did not)")
     return p.parse_args(argv)
 
 
@@ -229,10 +232,14 @@ def main(argv=None) -> int:
                 continue
         small = args.out / f"{mode}-bs1"
         big = args.out / f"{mode}-bs8-64"
-        codes = [
-            run_worker(args, ckpt, mode, world, small, [1], args.bs1_requests, 1),
-            run_worker(args, ckpt, mode, world, big, [8, 64], args.num_requests, args.micro_batches),
-        ]
+        codes = []
+        for out_dir, sizes, requests, micro in ((small, [1], args.bs1_requests, 1),
+                                                (big, [8, 64], args.num_requests, args.micro_batches)):
+            if args.reuse and (out_dir / "result.json").is_file():
+                print(f"== {out_dir.name}: reusing the result already there", flush=True)
+                codes.append(0)
+                continue
+            codes.append(run_worker(args, ckpt, mode, world, out_dir, sizes, requests, micro))
         tps = {**throughput(small), **throughput(big)}
         rows[mode] = {"world": world, "codes": codes, "tok_s": tps, "dirs": [small, big]}
     if "single" in rows and "dirs" in rows["single"]:
@@ -245,9 +252,13 @@ def main(argv=None) -> int:
                     subprocess.run([sys.executable, "-m", "worker", "compare", str(b), str(r)], cwd=REPO,
                                    env=child_env(), capture_output=True)
     hf = {}
-    if not args.no_hf:
-        hf = hf_generate(args, ckpt, args.out / "hf-generate")
-        rows["hf generate"] = {"world": 1, "codes": [0], "tok_s": hf, "dirs": [args.out / "hf-generate"]}
+    hf_dir = args.out / "hf-generate"
+    if args.reuse and (hf_dir / "throughput.json").is_file():
+        hf = {int(k): v for k, v in json.loads((hf_dir / "throughput.json").read_text()).items()}
+        rows["hf generate"] = {"world": 1, "codes": [0], "tok_s": hf, "dirs": [hf_dir]}
+    elif not args.no_hf:
+        hf = hf_generate(args, ckpt, hf_dir)
+        rows["hf generate"] = {"world": 1, "codes": [0], "tok_s": hf, "dirs": [hf_dir]}
 
     gpu = "cpu"
     for row in rows.values():
