@@ -170,6 +170,8 @@ def hf_generate(args, ckpt: Path, out: Path) -> dict:
     from worker.tokenizer import encode_prompt, load_tokenizer, make_batches
 
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # as each worker rank runs (OMP_NUM_THREADS=1): a like-for-like CPU check
     tok = load_tokenizer(ckpt)
     model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=DTYPES[args.dtype]).to(device).eval()
     prompts = read_prompts(None)
