@@ -213,8 +213,9 @@ class DinfApp(App):
             if name in errors:
                 if state == "refused":
                     continue
-                if state != "reconnecting":  # newly failing: is it something the user must answer?
-                    self._probe_cluster(name)
+                # Newly failing: is it something the user must answer (a dialog then says so)?
+                if state in ("failed",) or (state != "reconnecting" and self._probe_cluster(name)):
+                    continue
                 self.post_message(ConnectionChanged(name, "reconnecting", errors[name].splitlines()[0][:120]))
             else:
                 self.post_message(ConnectionChanged(name, healthy))
@@ -223,13 +224,16 @@ class DinfApp(App):
         config = self.cluster_configs().get(name)
         return "local" if getattr(config, "backend", "") == "local" else "connected"
 
-    def _probe_cluster(self, name: str) -> None:
-        """Called from a worker: retry one status call to get the error itself (host key? login?)."""
+    def _probe_cluster(self, name: str) -> bool:
+        """From a worker: retry one status call to get the error itself; True if it needs the user
+        (host key, login), in which case a dialog is on its way."""
         try:
             self.service.cluster(name).status([])
         except Exception as exc:
             if _host_key_fingerprint(exc) is not None or _is_auth_failure(exc):
                 self._report_trouble(name, exc)
+                return True
+        return False
 
     def _report_trouble(self, cluster: str | None, exc: BaseException) -> None:
         """From a worker: host-key and login problems become dialogs, the rest 'reconnecting'."""
