@@ -12,6 +12,10 @@ Messages: stage s -> s+1 a header int64[4] = (micro_batch, step, seq_len, stop) 
 [B_mb, seq_len, H]; last stage -> stage 0 int64[B_mb + 1] = next token per row + a "done" flag.
 Stop headers go to middle stages only (the last stage decides "done" itself).
 
+Profiling (`StageTimer`, only with --profile, syncing the device at every boundary): forwards are
+compute, pp's send/recv waits are comm, and so are tp's all-reduces inside the forward
+(`timing_deepspeed_all_reduces`), taken out of the forward's compute time.
+
 Tokens are picked as `generate(do_sample=False)` picks them: argmax of fp32 last-position logits, eos
 forbidden while fewer than min_new_tokens exist (here min = max when ignore_eos), rows that finished
 emit the pad id. Token ids stay on the device until the batch ends: no per-token host sync beyond what
@@ -20,9 +24,11 @@ early stopping needs.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -132,12 +138,17 @@ def merge_outputs(parts: list[BatchOutput]) -> BatchOutput:
 
 @dataclass
 class StageTimer:
-    """Compute and communication time of one rank (only filled when profiling; syncs the device)."""
+    """Compute and communication time of one rank (only filled when profiling; syncs the device).
+
+    Communication timed while a compute call runs (tp's all-reduces inside the forward, see
+    `timing_deepspeed_all_reduces`) counts as comm and is taken out of that call's compute time.
+    """
 
     enabled: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compute_ns: int = 0
     comm_ns: int = 0
+    in_compute: bool = False  # inside a timed compute call right now
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -148,14 +159,54 @@ class StageTimer:
             return fn(*args)
         self._sync()
         t0 = _now_ns()
-        result = fn(*args)
+        comm_before, outer = self.comm_ns, self.in_compute
+        self.in_compute = kind == "compute"
+        try:
+            result = fn(*args)
+        finally:
+            self.in_compute = outer
         self._sync()
         elapsed = _now_ns() - t0
         if kind == "compute":
-            self.compute_ns += elapsed
+            self.compute_ns += elapsed - (self.comm_ns - comm_before)
         else:
             self.comm_ns += elapsed
         return result
+
+
+@contextmanager
+def timing_deepspeed_all_reduces(timer: StageTimer):
+    """While open, DeepSpeed's all-reduces that run inside a timed compute call count as communication.
+
+    AutoTP's row-parallel linears (`LinearAllreduce`) and sharded lm_head (`LmHeadLinearAllreduce`)
+    all-reduce inside the model's forward, which the timer sees as one compute call. Every such
+    all-reduce goes through the DeepSpeed comm backend object (`deepspeed.comm.comm.cdb`), so its two
+    all-reduce methods are wrapped on that object for the block. A no-op when not profiling; needs
+    `deepspeed.init_distributed` to have run.
+    """
+    if not timer.enabled:
+        yield
+        return
+    backend = importlib.import_module("deepspeed.comm.comm").cdb
+    if backend is None:
+        raise RuntimeError("DeepSpeed's comm backend is not initialized (deepspeed.init_distributed was not called)")
+
+    def timed_inside_compute(all_reduce: Callable) -> Callable:
+        def all_reduce_timed(*args, **kwargs):
+            if not timer.in_compute:
+                return all_reduce(*args, **kwargs)
+            return timer.timed("comm", lambda: all_reduce(*args, **kwargs))
+
+        return all_reduce_timed
+
+    names = ("inference_all_reduce", "all_reduce")
+    for name in names:  # instance attributes shadow the class's methods until deleted
+        setattr(backend, name, timed_inside_compute(getattr(backend, name)))
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(backend, name)
 
 
 # --- one process ------------------------------------------------------------------------------

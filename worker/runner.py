@@ -11,6 +11,7 @@ Exit codes (worker.contract): 0 ok, 1 this rank failed, 2 bad spec, 3 a peer ran
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -294,7 +295,7 @@ class Job:
 
     def _measure(self, batch_size: int):
         from worker import distributed
-        from worker.generate import BatchOutput, StageTimer
+        from worker.generate import BatchOutput, StageTimer, timing_deepspeed_all_reduces
         from worker.metrics import RepeatTiming, batch_generate_s, peak_memory, reset_peak_memory, summarize, time_split
         from worker.tokenizer import make_batches
 
@@ -307,7 +308,10 @@ class Job:
         reset_peak_memory(self.device)
         self.events.phase("measure", batch_size=batch_size)
         timer = StageTimer(enabled=spec.profile, device=self.device)
-        passes = [self._pass(batches, batch_size, True, timer) for _ in range(spec.repeats)]
+        # tp all-reduces inside the forward: profiled, they count as comm rather than compute.
+        collectives = timing_deepspeed_all_reduces(timer) if spec.mode == "tp" else contextlib.nullcontext()
+        with collectives:
+            passes = [self._pass(batches, batch_size, True, timer) for _ in range(spec.repeats)]
         for p in passes[1:]:  # top-k ids are kept for the completions of the first pass only
             for o in p["outputs"]:
                 o["topk_ids"] = []

@@ -96,6 +96,21 @@ def test_tp_deepspeed_autotp_fp32_matches_single(tiny_checkpoint, single_run, tm
     assert all(r["param_bytes"] < 0.7 * full for r in result["ranks"])
 
 
+def test_tp_profile_counts_the_all_reduces_inside_the_forward_as_communication(
+    tiny_checkpoint, single_run, tmp_path
+):
+    out = tmp_path / "tp2-profile"
+    _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "tp", "--batch-sizes", "6", "--profile"], out)
+    _assert_same_ids(single_run, out, 6)
+    (m,) = json.loads((out / "result.json").read_text())["measurements"]
+    assert [r["rank"] for r in m["per_rank"]] == [0, 1]
+    for rank in m["per_rank"]:
+        # Every layer all-reduces twice per step inside the forward: that time is comm, not compute.
+        assert rank["comm_s"] > 0 and rank["compute_s"] > 0, rank
+        assert rank["compute_s"] + rank["comm_s"] <= m["wall_s"][0] * 1.01, rank
+        assert rank["exposed_comm_pct"] > 0
+
+
 def test_killing_a_rank_ends_its_peer_with_a_clear_error(tiny_checkpoint, tmp_path):
     out = tmp_path / "killed"
     args = ["--checkpoint", str(tiny_checkpoint), "--mode", "pp", "--batch-sizes", "2", "--num-requests", "2",

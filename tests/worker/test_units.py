@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from worker.checkpoint import SyntheticTensors, llama_config, load_stage, synthetic_tensor
 from worker.contract import MODEL_CONFIGS
 from worker.distributed import detect, expand_nodelist, port_for_job
-from worker.generate import BatchOutput, Picker, StepClock, generate_local
+from worker.generate import BatchOutput, Picker, StageTimer, StepClock, generate_local
 from worker.metrics import request_stats, summarize, RepeatTiming
 from worker.model import SeqState, StagePlan, split_layers
 from worker.tokenizer import make_batches, micro_batch_bounds, pad_batch
@@ -118,3 +120,22 @@ def test_request_metrics_follow_the_definitions():
     assert m["output_throughput_tok_s"] == 2.0 and m["total_throughput_tok_s"] == 5.0
     assert m["per_gpu_output_tok_s"] == 1.0
     assert m["decode_throughput_tok_s"] == pytest.approx(2 / (1.0 - 0.4))
+
+
+def test_stage_timer_moves_comm_inside_a_compute_call_out_of_compute():
+    timer = StageTimer(enabled=True)
+
+    def all_reduce():
+        assert not timer.in_compute  # an all-reduce inside it is not timed a second time
+        time.sleep(0.2)
+
+    def forward_with_all_reduce():
+        time.sleep(0.01)  # "matmul"
+        assert timer.in_compute
+        timer.timed("comm", all_reduce)  # what timing_deepspeed_all_reduces does for an all-reduce
+        assert timer.in_compute
+
+    timer.timed("compute", forward_with_all_reduce)
+    assert not timer.in_compute
+    assert timer.comm_ns >= 0.2e9
+    assert 0.01e9 <= timer.compute_ns < 0.2e9  # the sleep inside the all-reduce is not compute
