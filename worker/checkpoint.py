@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ class CheckpointError(RuntimeError):
 
 
 def llama_config(cfg: ModelConfig) -> LlamaConfig:
+    """The HF config of a named synthetic model."""
     config = LlamaConfig(
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -240,7 +242,6 @@ def write_synthetic_checkpoint(cfg: ModelConfig, seed: int, out_dir: str | os.Pa
     config.dtype = dtype
     source = SyntheticTensors(seed, config)
     torch_dtype = DTYPES[dtype]
-    from concurrent.futures import ThreadPoolExecutor
 
     def make(name: str) -> torch.Tensor:
         return source.get(name, torch_dtype, torch.device("cpu"))

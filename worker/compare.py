@@ -16,7 +16,7 @@ from worker import contract
 
 
 class CompareError(ValueError):
-    pass
+    """A run directory without readable completions, or two runs with nothing to compare."""
 
 
 def read_completions(run_dir: Path) -> dict[tuple[int, int], dict]:

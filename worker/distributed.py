@@ -22,6 +22,8 @@ import torch
 
 @dataclass(frozen=True)
 class DistEnv:
+    """This process's place in the job, as the launcher described it."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -70,6 +72,7 @@ def port_for_job(job_id: str) -> int:
 
 
 def detect(environ: dict[str, str] | None = None) -> DistEnv:
+    """Rank, world size and rendezvous address from torchrun's or Slurm's variables (else one process)."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         world = int(env["WORLD_SIZE"])
@@ -100,6 +103,7 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
+    """The device this rank computes on: the spec's choice, one GPU per local rank on CUDA."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():

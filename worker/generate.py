@@ -127,6 +127,7 @@ class _Recorder:
 
 
 def merge_outputs(parts: list[BatchOutput]) -> BatchOutput:
+    """One BatchOutput of several (micro-batches' or ranks'), rows in the given order."""
     merged = BatchOutput([], [], [], [])
     for p in parts:
         merged.indices += p.indices
@@ -228,12 +229,12 @@ def generate_local(
     rec = _Recorder(batch.input_ids.shape[0], batch.input_ids.device)
     clock.start()
 
-    def forward(x):
+    def forward(x):  # ids [B, T] -> (hidden [B, T, H] between stages) -> fp32 logits [B, V]
         for stage, cache in zip(stages, caches):
             x = stage(x, seq, cache)
         return x
 
-    x = batch.input_ids
+    x = batch.input_ids  # [B, T_prompt], then [B, 1] per decode step
     for step in range(max_new_tokens):
         logits = timer.timed("compute", forward, x)
         next_ids, topk = picker(logits, rec.finished)
@@ -266,6 +267,7 @@ class CausalLMStage(torch.nn.Module):
         return DynamicCache(config=self.model.config)
 
     def forward(self, x: torch.Tensor, seq: SeqState, cache) -> torch.Tensor:
+        """x: token ids [B, T]; returns fp32 logits of the last position [B, V]."""
         out = self.model(
             input_ids=x,
             attention_mask=seq.attention_mask,
@@ -339,13 +341,13 @@ def generate_pipeline(
         states = [new_state(mb) for mb in range(len(parts))]
         for mb, part in enumerate(parts):  # prefill every micro-batch: stages overlap from here on
             seq, cache = states[mb]
-            h = timer.timed("compute", stage, part.input_ids, seq, cache)
+            h = timer.timed("compute", stage, part.input_ids, seq, cache)  # [B_mb, T_prompt, H]
             sends.send(header(mb, 0, part.input_ids.shape[1], 0), 1)
             sends.send(h.contiguous(), 1)
         active, step = list(range(len(parts))), [0] * len(parts)
         while active:
             for mb in list(active):
-                msg = _recv((len(parts[mb].indices) + 1,), torch.long, device, last, timer)
+                msg = _recv((len(parts[mb].indices) + 1,), torch.long, device, last, timer)  # [B_mb + 1]
                 step[mb] += 1
                 if int(msg[-1]) == 1:
                     active.remove(mb)
@@ -354,7 +356,7 @@ def generate_pipeline(
                     continue
                 seq, cache = states[mb]
                 seq.advance()
-                h = timer.timed("compute", stage, msg[:-1, None], seq, cache)
+                h = timer.timed("compute", stage, msg[:-1, None], seq, cache)  # ids [B_mb, 1] -> [B_mb, 1, H]
                 sends.send(header(mb, step[mb], 1, 0), 1)
                 sends.send(h.contiguous(), 1)
         sends.drain()
@@ -377,7 +379,7 @@ def generate_pipeline(
         else:
             states[mb][0].advance()
         seq, cache = states[mb]
-        out = timer.timed("compute", stage, h, seq, cache)
+        out = timer.timed("compute", stage, h, seq, cache)  # hidden [B_mb, T, H], or logits [B_mb, V] last
         if stage_index < last:
             sends.send(header(mb, step, seq_len, 0), stage_index + 1)
             sends.send(out.contiguous(), stage_index + 1)

@@ -16,6 +16,7 @@ import platform
 import socket
 import statistics
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -167,8 +168,6 @@ def rank_environment(device: torch.device) -> dict:
 
 def environment(rank_envs: list[dict], backend: str | None) -> dict:
     import transformers
-
-    from importlib import metadata
 
     try:  # the installed version, without paying for `import deepspeed`
         ds_version = metadata.version("deepspeed")

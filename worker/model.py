@@ -159,10 +159,10 @@ class SeqState:
     def __init__(self, prompt_mask: torch.Tensor, use_mask: bool):
         # prompt_mask: [B, T] of 0/1, left padded.
         mask = prompt_mask.long()
-        self.attention_mask = mask if use_mask else None
-        positions = mask.cumsum(-1) - 1
-        self.position_ids = positions.masked_fill(mask == 0, 0) if use_mask else positions
-        if not use_mask:
+        self.attention_mask = mask if use_mask else None  # [B, T], one more column per step
+        if use_mask:  # padding positions are 0; real tokens count from 0
+            self.position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [B, T]
+        else:
             self.position_ids = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0).expand_as(mask)
 
     def advance(self) -> None:
@@ -174,4 +174,5 @@ class SeqState:
 
 
 def parameter_bytes(module: nn.Module) -> int:
+    """Bytes of the parameters this module holds (on this rank: its stage or its tp shard)."""
     return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -2,9 +2,13 @@
 
 Order of work (each step an event phase): start -> init (process group) -> load (only this rank's
 stage, then a barrier: the load time) -> per batch size: warmup (W untimed runs of the first batch)
-and measure (R timed passes over all requests) -> done. Rank 0 writes spec.json, result.json and completions.jsonl; every rank writes its own
-events and log. A bad spec (or a missing/mismatched checkpoint, a missing prompts file, ...) is
-reported field by field before anything is written, and every rank exits 2.
+and measure (R timed passes over all requests) -> done. Rank 0 writes spec.json, result.json and
+completions.jsonl; every rank writes its own events and log. A bad spec (or a missing/mismatched
+checkpoint, a missing prompts file, ...) is reported field by field before anything is written, and
+every rank exits 2.
+
+It orchestrates only: weights are built in checkpoint.py/model.py, tokens picked and timed in
+generate.py, and the numbers computed in metrics.py.
 
 Exit codes (worker.contract): 0 ok, 1 this rank failed, 2 bad spec, 3 a peer rank was lost.
 """
@@ -29,7 +33,7 @@ PROMPTS_FILE = Path(__file__).parent / "prompts" / "correctness.jsonl"
 
 
 class PromptsError(ValueError):
-    pass
+    """A prompts file that is missing, empty or not JSON lines of {"prompt": str}."""
 
 
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
@@ -263,6 +267,7 @@ class Job:
     def _pass(self, batches, batch_size: int, timed: bool, timer) -> dict:
         """One pass over this rank's batches: prefill-only runs, then the timed generation pass."""
         from worker import distributed
+        from worker.generate import StageTimer
 
         spec = self.spec
         lockstep = spec.mode != "dp"  # ranks that run the same batches meet at every timing boundary
@@ -271,7 +276,7 @@ class Job:
             if lockstep:
                 distributed.barrier(self.device)
             t0 = time.perf_counter_ns()
-            self._generate(batch, 1, _NoTimer)
+            self._generate(batch, 1, StageTimer())  # prefill runs are never profiled
             self._sync()
             prefill.append((time.perf_counter_ns() - t0) / 1e9)
         outputs = []
@@ -304,7 +309,7 @@ class Job:
         batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first)]
         self.events.phase("warmup", batch_size=batch_size)
         for _ in range(spec.warmup):  # one warm-up iteration = the first batch (kernels, allocator, NCCL pairs)
-            self._pass(batches[:1], batch_size, False, _NoTimer)
+            self._pass(batches[:1], batch_size, False, StageTimer())
         reset_peak_memory(self.device)
         self.events.phase("measure", batch_size=batch_size)
         timer = StageTimer(enabled=spec.profile, device=self.device)
@@ -407,16 +412,6 @@ class Job:
             self.out / contract.COMPLETIONS_FILE, "".join(json.dumps(c) + "\n" for c in completions)
         )
         _write_atomic(self.out / contract.RESULT_FILE, json.dumps(result, indent=2))
-
-
-class _NoTimerType:
-    enabled = False
-
-    def timed(self, kind, fn, *args):
-        return fn(*args)
-
-
-_NoTimer = _NoTimerType()
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
