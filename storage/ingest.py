@@ -122,15 +122,10 @@ def _imported_run(*, session: Session, result: dict, digest: str, bundle_dir: Pa
 
 
 def _store_measurements(*, session: Session, run: Run, result: dict, source: Path) -> int:
-    records = result.get("measurements")
-    if not isinstance(records, list):
-        raise IngestError(f"{source}: 'measurements' must be a list")
+    records = _objects(result.get("measurements"), "measurements", source, required=True)
     load_time = _number(result.get("load_time_s"), "load_time_s", source)
     num_gpus = result.get("num_gpus")
-    for i, record in enumerate(records):
-        where = f"measurements[{i}]"
-        if not isinstance(record, dict):
-            raise IngestError(f"{source}: {where} must be an object")
+    for where, record in records:
         values: dict[str, Any] = {
             "run_id": run.id,
             "batch_size": _int(record.get("batch_size"), f"{where}.batch_size", source, required=True),
@@ -163,13 +158,7 @@ def _store_measurements(*, session: Session, run: Run, result: dict, source: Pat
 
 
 def _store_rank_stats(*, session: Session, measurement_id: int, record: dict, where: str, source: Path) -> None:
-    per_rank = record.get("per_rank") or []
-    if not isinstance(per_rank, list):
-        raise IngestError(f"{source}: {where}.per_rank must be a list")
-    for j, stat in enumerate(per_rank):
-        at = f"{where}.per_rank[{j}]"
-        if not isinstance(stat, dict):
-            raise IngestError(f"{source}: {at} must be an object")
+    for at, stat in _objects(record.get("per_rank"), f"{where}.per_rank", source):
         values: dict[str, Any] = {
             "measurement_id": measurement_id,
             "rank": _int(stat.get("rank"), f"{at}.rank", source, required=True),
@@ -182,13 +171,7 @@ def _store_rank_stats(*, session: Session, measurement_id: int, record: dict, wh
 
 
 def _store_ranks(*, session: Session, run: Run, result: dict, source: Path) -> None:
-    ranks = result.get("ranks") or []
-    if not isinstance(ranks, list):
-        raise IngestError(f"{source}: 'ranks' must be a list")
-    for j, info in enumerate(ranks):
-        at = f"ranks[{j}]"
-        if not isinstance(info, dict):
-            raise IngestError(f"{source}: {at} must be an object")
+    for at, info in _objects(result.get("ranks"), "ranks", source):
         layers = info.get("layers")
         first, last = (layers if isinstance(layers, list) and len(layers) == 2 else (None, None))
         values = {
@@ -247,15 +230,10 @@ def _store_correctness(*, session: Session, run: Run, path: Path) -> int:
         raise IngestError(
             f"{path}: schema version {data.get('schema_version')!r}; this dinf reads {contract.SCHEMA_VERSION}"
         )
-    groups = data.get("by_batch_size")
-    if not isinstance(groups, list):
-        raise IngestError(f"{path}: by_batch_size must be a list")
+    groups = _objects(data.get("by_batch_size"), "by_batch_size", path, required=True)
     reference = _text(data.get("baseline"))
     rows = []
-    for i, group in enumerate(groups):
-        where = f"by_batch_size[{i}]"
-        if not isinstance(group, dict):
-            raise IngestError(f"{path}: {where} must be an object")
+    for where, group in groups:
         per_prompt = group.get("per_prompt") or []
         if not isinstance(per_prompt, list) or not all(isinstance(p, dict) for p in per_prompt):
             raise IngestError(f"{path}: {where}.per_prompt must be a list of objects")
@@ -288,6 +266,23 @@ def _store_correctness(*, session: Session, run: Run, path: Path) -> int:
 
 
 # --- field checks -----------------------------------------------------------------------------
+
+
+def _objects(value: Any, field: str, source: Path, *, required: bool = False) -> list[tuple[str, dict]]:
+    """The items of a list of objects, each with its path (`field[i]`) for later messages.
+
+    Missing (None) is an empty list unless `required`.
+    """
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise IngestError(f"{source}: {field} must be a list")
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise IngestError(f"{source}: {field}[{i}] must be an object")
+        items.append((f"{field}[{i}]", item))
+    return items
 
 
 def _where(source: Path, field: str, line: int | None) -> str:

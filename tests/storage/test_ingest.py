@@ -131,6 +131,27 @@ def test_bad_bundle_names_field_and_writes_nothing(engine, bundle_dir, tmp_path)
     assert all(count == 0 for count in row_counts(engine).values())
 
 
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda r: r.update(measurements={"batch_size": 1}), r"measurements must be a list"),
+        (lambda r: r["measurements"][0]["per_rank"].__setitem__(0, 7), r"measurements\[0\]\.per_rank\[0\] must be an object"),
+        (lambda r: r.update(ranks="0,1"), r"ranks must be a list"),
+        (lambda r: r["ranks"].append(None), r"ranks\[\d+\] must be an object"),
+    ],
+    ids=["measurements-not-list", "per-rank-item", "ranks-not-list", "ranks-item"],
+)
+def test_misshapen_lists_name_the_field_and_write_nothing(engine, bundle_dir, tmp_path, break_it, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    result = json.loads((broken / "result.json").read_text())
+    break_it(result)
+    (broken / "result.json").write_text(json.dumps(result))
+    with pytest.raises(IngestError, match=message):
+        ingest(engine, broken)
+    assert all(count == 0 for count in row_counts(engine).values())
+
+
 def test_other_schema_version_refused(engine, bundle_dir, tmp_path):
     newer = tmp_path / "newer"
     shutil.copytree(bundle_dir, newer)
