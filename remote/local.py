@@ -40,6 +40,7 @@ from remote.cluster import (
 from remote.local_launcher import PLAN_FILE, STATE_FILE, read_state, write_state
 from remote.logstream import MAX_READ, follow
 from remote.quoting import export_lines, join_argv
+from remote.results import copy_run_files
 from remote.slurm_cluster import JOB_ID_FILE, PROMPTS_FILE, check_run_id, expand_command, rewrite_spec
 
 SCRIPT_FILE = "job.sh"
@@ -278,23 +279,8 @@ class LocalCluster:
     ) -> Iterator[list[LogChunk]]:
         return follow(_read_local_from, paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep)
 
-    def log_paths(self, prepared: PreparedRun, job_id: str, ranks: int) -> list[str]:
-        from worker.contract import events_file, launcher_log_file
-
-        return [f"{prepared.logs_dir}/{launcher_log_file(job_id, r)}" for r in range(ranks)] + [
-            f"{prepared.output_dir}/{events_file(r)}" for r in range(ranks)
-        ]
-
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
-        fetched = []
-        for source_dir, sub in ((Path(prepared.output_dir), ""), (Path(prepared.logs_dir), "logs")):
-            target = Path(local_dir) / sub
-            target.mkdir(parents=True, exist_ok=True)
-            for source in sorted(source_dir.iterdir()):
-                if source.is_file():
-                    shutil.copyfile(source, target / source.name)
-                    fetched.append(str(target / source.name))
-        return fetched
+        return copy_run_files(prepared, local_dir, list_files=_regular_files, copy_file=shutil.copyfile)
 
     def accounting(self, job_id: str, *, wait_s: float = 0.0) -> dict[str, str]:
         """sacct-shaped fields from the launcher's record (MaxRSS and TotalCPU over all ranks)."""
@@ -325,6 +311,10 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _regular_files(directory: str) -> list[str]:
+    return sorted(entry.name for entry in Path(directory).iterdir() if entry.is_file())
 
 
 def _read_local_from(path: str, offset: int) -> bytes | None:

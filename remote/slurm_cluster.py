@@ -30,8 +30,9 @@ from remote.cluster import (
 )
 from remote.logstream import MAX_READ, follow
 from remote.quoting import join_sections, split_sections
+from remote.results import copy_run_files
 from remote.ssh import DEFAULT_SSH_CONFIG, CommandFailed, SshConnection, SshError, SshOptions, resolve_target
-from worker.contract import RunSpec, SpecError, events_file, launcher_log_file
+from worker.contract import RunSpec, SpecError
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SCRIPT_FILE = "job.sbatch"
@@ -260,23 +261,13 @@ class SlurmCluster:
             paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep,
         )
 
-    def log_paths(self, prepared: PreparedRun, job_id: str, ranks: int) -> list[str]:
-        """Launcher logs and worker event files of every rank (what a run view follows)."""
-        return [f"{prepared.logs_dir}/{launcher_log_file(job_id, r)}" for r in range(ranks)] + [
-            f"{prepared.output_dir}/{events_file(r)}" for r in range(ranks)
-        ]
-
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
-        """Every file of the output and logs directories (result.json, completions, events, logs)."""
-        fetched = []
-        for remote_dir, sub in ((prepared.output_dir, ""), (prepared.logs_dir, "logs")):
-            target = Path(local_dir) / sub
-            target.mkdir(parents=True, exist_ok=True)
-            for name in self.connection.list_files(remote_dir):
-                local_path = target / name
-                local_path.write_bytes(self.connection.get_bytes(f"{remote_dir}/{name}"))
-                fetched.append(str(local_path))
-        return fetched
+        """Every file of the output and logs directories (result.json, completions, events, logs), by SFTP."""
+
+        def download(path: str, local_path: Path) -> None:
+            local_path.write_bytes(self.connection.get_bytes(path))
+
+        return copy_run_files(prepared, local_dir, list_files=self.connection.list_files, copy_file=download)
 
     def accounting(self, job_id: str, *, wait_s: float = 0.0) -> dict[str, str]:
         """sacct fields of the job; `wait_s` polls until sacct has its terminal state (sacct lags)."""
