@@ -366,7 +366,17 @@ class SshConnection:
                 "Check User and IdentityFile in ~/.ssh/config, or load the key into ssh-agent."
             ) from exc
         except (paramiko.SSHException, OSError) as exc:
+            # Past the handshake but not logged in, the failure is about our keys (an unreadable or
+            # unsupported key file raises SSHException, not AuthenticationException): say so.
+            handshaken = client.get_transport() is not None and client.get_transport().is_active()
             client.close()
+            if handshaken:
+                tried = ", ".join(t.key_files) or "agent and default keys"
+                raise AuthenticationFailed(
+                    f"{t.display} could not be logged into as {t.user or '(default user)'}: {exc} "
+                    f"(keys tried: {tried}). Check IdentityFile in ~/.ssh/config; convert an old PEM key with "
+                    "`ssh-keygen -p -f KEY` or load it into ssh-agent."
+                ) from exc
             raise HostUnreachable(f"SSH handshake with {t.display} failed: {exc}") from exc
         transport = client.get_transport()
         transport.set_keepalive(self.options.keepalive_s)

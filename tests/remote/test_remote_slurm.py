@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -319,6 +320,17 @@ def test_failed_authentication_is_a_clear_error(minicluster, tmp_path):
     conn = SshConnection(minicluster.target(key_files=(str(wrong),)), SshOptions(allow_agent=False, look_for_keys=False))
     with pytest.raises(AuthenticationFailed, match="refused authentication as slurmtest"):
         conn.run(["true"])
+
+
+def test_unreadable_key_file_is_an_authentication_error_not_an_unreachable_host(minicluster, tmp_path):
+    from remote.ssh import SshConnection, SshOptions
+
+    pem = tmp_path / "old_pem_rsa_key"  # the pre-2018 PEM format, which paramiko 5 no longer reads
+    subprocess.run(["ssh-keygen", "-q", "-m", "PEM", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(pem)], check=True)
+    conn = SshConnection(minicluster.target(key_files=(str(pem),)), SshOptions(allow_agent=False, look_for_keys=False))
+    with pytest.raises(AuthenticationFailed, match="could not be logged into as slurmtest") as info:
+        conn.run(["true"])
+    assert str(pem) in str(info.value)
 
 
 def test_ssh_config_alias_is_resolved(minicluster, tmp_path):
