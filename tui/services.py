@@ -35,6 +35,7 @@ from remote.cluster import (
     RunBundle,
 )
 from remote.logstream import MAX_READ, follow
+from remote.results import LOGS_SUBDIR
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
@@ -570,7 +571,7 @@ class Dinf:
                 problems.append(f"sacct failed: {exc}")
         error = worker_error(local_dir, record.num_ranks)
         if error is None and record.state != JobState.COMPLETED.value and record.job_id is not None:
-            error = launcher_error(local_dir / "logs", record.job_id, record.num_ranks)
+            error = launcher_error(local_dir / LOGS_SUBDIR, record.job_id, record.num_ranks)
         if (local_dir / contract.RESULT_FILE).is_file():
             try:
                 self.ingest_dir(local_dir, run_id=record.id)
@@ -717,7 +718,7 @@ def fetched_copies(record: RunRecord, sources: list[LogSource]) -> dict[str, Pat
     for source in sources:
         name = source.path.rsplit("/", 1)[-1]
         # fetch_results puts the output directory's files at the top and the launcher's under logs/
-        path = local_dir / "logs" / name if source.kind == "launcher" else local_dir / name
+        path = local_dir / LOGS_SUBDIR / name if source.kind == "launcher" else local_dir / name
         if not path.is_file():
             return None
         copies[source.path] = path
