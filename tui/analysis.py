@@ -18,7 +18,7 @@ This module reads no database, draws nothing and formats no reports.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,10 +212,22 @@ def strong_scaling(baseline: Point, points: Iterable[Point]) -> list[ScalingRow]
 
     The baseline is included as the first row (N = 1, S = 1) when it is not among `points`.
     """
-    rows = []
+    return _scaling_rows(baseline, points, efficiency)
+
+
+def weak_scaling(baseline: Point, points: Iterable[Point]) -> list[ScalingRow]:
+    """Work proportional to N: E_w(N) = T(1)/T(N) (ideal 1), plus throughput scaling."""
+    return _scaling_rows(baseline, points, lambda s, _n: s)
+
+
+def _scaling_rows(
+    baseline: Point, points: Iterable[Point], efficiency_of: Callable[[float | None, float], float | None]
+) -> list[ScalingRow]:
+    """One row per GPU count, baseline first; the studies differ only in how S becomes efficiency."""
     series = list(points)
     if baseline not in series:
         series.insert(0, baseline)
+    rows = []
     for point in sorted(series, key=lambda p: p.num_gpus):
         n = _relative_gpus(baseline, point)
         s = speedup(baseline.wall_s, point.wall_s)
@@ -224,29 +236,7 @@ def strong_scaling(baseline: Point, points: Iterable[Point]) -> list[ScalingRow]
                 point=point,
                 n=n,
                 speedup=s,
-                efficiency=efficiency(s, n),
-                throughput_scaling=throughput_scaling(baseline.output_tok_s, point.output_tok_s, n),
-                memory_ratio=memory_ratio(baseline, point),
-            )
-        )
-    return rows
-
-
-def weak_scaling(baseline: Point, points: Iterable[Point]) -> list[ScalingRow]:
-    """Work proportional to N: E_w(N) = T(1)/T(N) (ideal 1), plus throughput scaling."""
-    rows = []
-    series = list(points)
-    if baseline not in series:
-        series.insert(0, baseline)
-    for point in sorted(series, key=lambda p: p.num_gpus):
-        n = _relative_gpus(baseline, point)
-        e_w = speedup(baseline.wall_s, point.wall_s)
-        rows.append(
-            ScalingRow(
-                point=point,
-                n=n,
-                speedup=e_w,
-                efficiency=e_w,
+                efficiency=efficiency_of(s, n),
                 throughput_scaling=throughput_scaling(baseline.output_tok_s, point.output_tok_s, n),
                 memory_ratio=memory_ratio(baseline, point),
             )

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_worker_table as table  # noqa: E402  (the shared launcher and checkpoint maker)
+import gpu_worker_table as table  # noqa: E402  (the shared launcher and checkpoint maker; puts the repo on sys.path)
+from tui.analysis import efficiency, speedup, throughput_scaling  # noqa: E402  (stdlib-only, METRICS.md)
 
 
 def parse_args(argv=None):
@@ -121,10 +122,10 @@ def main(argv=None) -> int:
                     cells = ["", "", ""]
                     if b:
                         t1 = sorted(b["wall_s"])[len(b["wall_s"]) // 2]
-                        x1 = b["output_throughput_tok_s"]
-                        s = t1 / wall
-                        eff = s / n if study == "strong" else s  # weak: E_w = T(1)/T(N)
-                        cells = [f"{s:.2f}", f"{eff:.2f}", f"{x / (n * x1):.2f}"]
+                        s = speedup(t1, wall)
+                        eff = efficiency(s, n) if study == "strong" else s  # weak: E_w = T(1)/T(N)
+                        x_scaling = throughput_scaling(b["output_throughput_tok_s"], x, n)
+                        cells = [f"{s:.2f}", f"{eff:.2f}", f"{x_scaling:.2f}"]
                     lines.append(f"| {mode} | {n} | {bs} | {x:.1f} | {wall:.2f} | " + " | ".join(cells)
                                  + f" | {rank_split(m)} |")
         lines.append("")
