@@ -2,7 +2,9 @@
 
 `make_engine(path)` checks the file's schema version *before* anything can write to it: a database
 written by a newer dinf is refused with `SchemaTooNew` and left byte-for-byte as it was. Then it
-turns on WAL (readers never block the writer), a generous busy timeout, and creates missing tables.
+turns on WAL (readers never block the writer) and a generous busy timeout, and in one write
+transaction either creates the tables of a new file or migrates an older one up to
+`DB_SCHEMA_VERSION` (`storage.migrations`).
 
 Write transactions start with `BEGIN IMMEDIATE` (`write_session`): the poller thread and the UI
 then queue for the write lock instead of failing with "database is locked" when a deferred
@@ -23,8 +25,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from storage import models
-from storage.models import SCHEMA_VERSION, SchemaVersion
+from storage import migrations, models
+from storage.migrations import DB_SCHEMA_VERSION
+from storage.models import SchemaVersion
 
 BUSY_TIMEOUT_MS = 30_000
 """How long a writer waits for another one before giving up (the poller's writes take milliseconds)."""
@@ -75,10 +78,10 @@ def _check_version(path: Path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     version = read_schema_version(path)
-    if version is not None and version > SCHEMA_VERSION:
+    if version is not None and version > DB_SCHEMA_VERSION:
         raise SchemaTooNew(
             f"database {path} has schema version {version}, but this dinf ({DINF_VERSION}) knows "
-            f"schema {SCHEMA_VERSION}. It was written by a newer dinf; upgrade dinf, or point "
+            f"schema {DB_SCHEMA_VERSION}. It was written by a newer dinf; upgrade dinf, or point "
             "DINF_DB at another file. The file was not modified."
         )
 
@@ -100,9 +103,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def make_engine(path: Path | str) -> Engine:
-    """An engine for the database at `path` (created with its parent directory if missing).
+    """An engine for the database at `path` (created with its parent directory if missing), its
+    schema brought up to date: a file from an older dinf is migrated before this returns.
 
-    Raises SchemaTooNew for a file from a newer dinf, DatabaseError for a file that isn't a database.
+    Raises SchemaTooNew for a file from a newer dinf, DatabaseError for a file that isn't a
+    database or whose migration failed (then rolled back: its tables and rows are as they were).
     """
     path = Path(path).expanduser()
     _check_version(path)
@@ -119,19 +124,40 @@ def make_engine(path: Path | str) -> Engine:
         if str(mode).lower() != "wal":
             raise DatabaseError(f"cannot turn on WAL mode for {path} (got {mode!r}); is it on a network disk?")
         raw.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a power cut loses at most the last commit
-    _create_schema(engine)
+    try:
+        _bring_schema_up_to_date(engine, path)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
-def _create_schema(engine: Engine) -> None:
+def _bring_schema_up_to_date(engine: Engine, path: Path) -> None:
+    """Create a new file's tables, or migrate an older file, in one write transaction.
+
+    The version is read again under the write lock: another process may have created or migrated
+    the file since `_check_version`, and then there is nothing left to do here.
+    """
     assert models.Run.__tablename__  # the import registers every table before create_all
     with write_session(engine) as session:
-        SQLModel.metadata.create_all(session.connection())
-        row = session.get(SchemaVersion, 1)
+        conn = session.connection()
+        versioned = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        ).first()
+        row = session.get(SchemaVersion, 1) if versioned else None
         if row is None:
-            session.add(SchemaVersion(id=1, version=SCHEMA_VERSION, written_by=DINF_VERSION))
-        elif row.version > SCHEMA_VERSION:  # another process upgraded it between our check and now
-            raise SchemaTooNew(f"database schema version {row.version} is newer than {SCHEMA_VERSION}")
+            SQLModel.metadata.create_all(conn)
+            session.add(SchemaVersion(id=1, version=DB_SCHEMA_VERSION, written_by=DINF_VERSION))
+        elif row.version > DB_SCHEMA_VERSION:  # a newer dinf upgraded it between our check and now
+            raise SchemaTooNew(f"database schema version {row.version} is newer than {DB_SCHEMA_VERSION}")
+        elif row.version < DB_SCHEMA_VERSION:
+            try:
+                migrations.migrate(conn, from_version=row.version, written_by=DINF_VERSION)
+            except Exception as exc:  # the transaction rolls back as the session closes
+                raise DatabaseError(
+                    f"cannot migrate database {path} from schema {row.version} to {DB_SCHEMA_VERSION}: {exc}. "
+                    f"It was left at schema {row.version}, unchanged."
+                ) from exc
         session.commit()
 
 

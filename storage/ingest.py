@@ -25,6 +25,7 @@ from sqlmodel import Session, select
 
 from storage import repo
 from storage.models import (
+    ENGINE_BEFORE_FAST_PATH,
     IMPORTED,
     STAT_COLUMNS,
     STAT_PARTS,
@@ -91,6 +92,7 @@ def ingest_bundle(*, session: Session, bundle_dir: Path, run: Run | None = None)
         num_gpus=_int(result.get("num_gpus"), "num_gpus", result_path, default=run.num_gpus),
         local_results_dir=str(bundle_dir.resolve()),
         ingested_at=time.time(),
+        **_engine(result.get("engine"), result_path),
     )
     return IngestReport(
         run_id=run.id, created_run=created, measurements=measurements, completions=completions,
@@ -119,6 +121,26 @@ def _imported_run(*, session: Session, result: dict, digest: str, bundle_dir: Pa
     )
     repo.update_run(session=session, run=run, finished_at=run.created_at)
     return run
+
+
+def _engine(engine: Any, source: Path) -> dict[str, Any]:
+    """result.json "engine" as the run's engine columns; a bundle without one ran the reference, eagerly.
+
+    `impl` is stored as the worker wrote it (a newer worker may name another implementation).
+    """
+    if engine is None:
+        return dict(ENGINE_BEFORE_FAST_PATH)
+    if not isinstance(engine, dict):
+        raise IngestError(f"{source}: engine must be an object (impl, compiled, cuda_graphs, capture_s)")
+    impl = engine.get("impl")
+    if not isinstance(impl, str) or not impl:
+        raise IngestError(f"{source}: engine.impl must be a non-empty string, got {impl!r}")
+    return {
+        "engine_impl": impl,
+        "engine_compiled": _bool(engine.get("compiled"), "engine.compiled", source),
+        "engine_cuda_graphs": _bool(engine.get("cuda_graphs"), "engine.cuda_graphs", source),
+        "engine_capture_s": _number(engine.get("capture_s"), "engine.capture_s", source),
+    }
 
 
 def _store_measurements(*, session: Session, run: Run, result: dict, source: Path) -> int:
@@ -307,6 +329,15 @@ def _number(value: Any, field: str, source: Path) -> float | None:
         raise IngestError(f"{source}: {field} must be a number, got {value!r}")
     value = float(value)
     return value if math.isfinite(value) else None  # SQLite has no NaN; "no value" is honest
+
+
+def _bool(value: Any, field: str, source: Path) -> bool:
+    """A JSON boolean; missing is false (a setting the worker did not report was not in use)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise IngestError(f"{source}: {field} must be true or false, got {value!r}")
+    return value
 
 
 def _text(value: Any) -> str | None:

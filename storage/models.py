@@ -14,10 +14,11 @@ no reading of result bundles (`storage.ingest`).
 from __future__ import annotations
 
 from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
-"""Bumped on any change to these tables. A database with a higher number is refused, untouched."""
+# A change to these tables needs a step in `storage.migrations`, which also holds the schema's
+# version number (DB_SCHEMA_VERSION): older files are migrated at open, newer ones refused untouched.
 
 # --- run states beyond the scheduler's (remote.cluster.JobState names are used as they are) -----
 
@@ -30,7 +31,7 @@ IMPORTED = "IMPORTED"
 
 
 class SchemaVersion(SQLModel, table=True):
-    """One row: the schema version that created (or last migrated) this file."""
+    """One row: the schema version that created (or last migrated) this file (`storage.migrations`)."""
 
     __tablename__ = "schema_version"
 
@@ -105,6 +106,23 @@ class Run(SQLModel, table=True):
     started_at: float | None = None
     finished_at: float | None = None
     ingested_at: float | None = None
+
+    # The worker's engine: what the spec asked for until the bundle is ingested, then what the worker
+    # reported (result.json "engine"). The server defaults are what runs and bundles from before the
+    # fast path were, and what schema step 2 fills in for them (see ENGINE_BEFORE_FAST_PATH).
+    engine_impl: str = Field(default="reference", sa_column_kwargs={"server_default": "reference"})
+    """'fast', 'reference' (the Hugging Face modules) or 'deepspeed' (tp's AutoTP)."""
+    engine_compiled: bool = Field(default=False, sa_column_kwargs={"server_default": sql_text("0")})
+    engine_cuda_graphs: bool = Field(default=False, sa_column_kwargs={"server_default": sql_text("0")})
+    engine_capture_s: float | None = None
+    """Seconds spent compiling and capturing graphs at warm-up, before timing; None if none or unknown."""
+
+
+ENGINE_BEFORE_FAST_PATH: dict[str, object] = {
+    "engine_impl": "reference", "engine_compiled": False, "engine_cuda_graphs": False, "engine_capture_s": None,
+}
+"""The engine columns of a run whose spec has no `impl` or whose bundle has no `engine`: the worker
+then had only the reference implementation, run eagerly."""
 
 
 class StateChange(SQLModel, table=True):

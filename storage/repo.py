@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from storage.models import (
     DRAFT,
+    ENGINE_BEFORE_FAST_PATH,
     FINISHED_STATES,
     Accounting,
     ClusterRow,
@@ -106,18 +107,39 @@ def create_run(
     state: str = DRAFT,
     at: float | None = None,
 ) -> Run:
-    """A new run row and the first entry of its state history."""
+    """A new run row (its engine columns as the spec asks) and the first entry of its state history."""
     now = time.time() if at is None else at
     run = Run(
         uid=uid, name=name, mode=mode, spec_json=json.dumps(spec, sort_keys=True),
         resources_json=json.dumps(resources or {}, sort_keys=True), num_ranks=num_ranks, num_gpus=num_gpus,
         cluster_id=cluster_id, experiment_id=experiment_id, state=state, created_at=now,
+        **requested_engine(spec),
     )
     session.add(run)
     session.flush()
     session.add(StateChange(run_id=run.id, state=state, at=now))
     session.flush()
     return run
+
+
+def requested_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    """The engine columns a run spec (`RunSpec.to_dict()`) asks for, before the worker says what ran.
+
+    A spec without `impl` comes from before the fast path: the reference, eager. In tp mode the
+    reference is DeepSpeed AutoTP, recorded as 'deepspeed' as the worker's result names it.
+    Compiling and graph capture are settings of the fast path only.
+    """
+    impl = spec.get("impl")
+    if impl is None:
+        return dict(ENGINE_BEFORE_FAST_PATH)
+    impl = str(impl)
+    fast = impl == "fast"
+    return {
+        "engine_impl": "deepspeed" if impl == "reference" and spec.get("mode") == "tp" else impl,
+        "engine_compiled": fast and bool(spec.get("compile", True)),
+        "engine_cuda_graphs": fast and bool(spec.get("cuda_graphs", True)),
+        "engine_capture_s": None,
+    }
 
 
 def get_run(*, session: Session, run_id: int) -> Run | None:

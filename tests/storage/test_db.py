@@ -12,11 +12,12 @@ from sqlmodel import func, select
 
 from storage import repo
 from storage.db import DatabaseError, SchemaTooNew, make_engine, read_session, schema_version, write_session
-from storage.models import SCHEMA_VERSION, Run
+from storage.migrations import DB_SCHEMA_VERSION
+from storage.models import Run
 
 
 def test_new_file_is_wal_and_versioned(engine, db_path):
-    assert schema_version(engine) == SCHEMA_VERSION
+    assert schema_version(engine) == DB_SCHEMA_VERSION
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -37,12 +38,12 @@ def test_newer_schema_refused_and_file_untouched(db_path):
     engine = make_engine(db_path)
     engine.dispose()
     with sqlite3.connect(db_path) as conn:  # what a future dinf would leave behind
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+        conn.execute("UPDATE schema_version SET version = ?", (DB_SCHEMA_VERSION + 1,))
         conn.execute("CREATE TABLE future_thing (x INTEGER)")
     conn.close()
     before = db_path.read_bytes()
     siblings_before = sorted(p.name for p in db_path.parent.iterdir())
-    with pytest.raises(SchemaTooNew, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade dinf.*not modified"):
+    with pytest.raises(SchemaTooNew, match=rf"schema version {DB_SCHEMA_VERSION + 1}.*upgrade dinf.*not modified"):
         make_engine(db_path)
     assert db_path.read_bytes() == before
     assert sorted(p.name for p in db_path.parent.iterdir()) == siblings_before

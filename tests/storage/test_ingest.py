@@ -173,3 +173,59 @@ def test_foreign_comparison_refused(engine, bundle_dir, tmp_path):
 def test_missing_result_file(engine, tmp_path):
     with pytest.raises(IngestError, match="no result.json"):
         ingest(engine, tmp_path)
+
+
+def _engine_columns(engine, run_id: int) -> tuple:
+    with read_session(engine) as session:
+        run = repo.get_run(session=session, run_id=run_id)
+        return run.engine_impl, run.engine_compiled, run.engine_cuda_graphs, run.engine_capture_s
+
+
+def _with_result(bundle_dir: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "changed"
+    shutil.copytree(bundle_dir, copy)
+    result = json.loads((copy / "result.json").read_text())
+    change(result)
+    (copy / "result.json").write_text(json.dumps(result))
+    return copy
+
+
+def test_bundle_without_engine_ran_the_reference_eagerly(engine, bundle_dir):
+    assert "engine" not in json.loads((bundle_dir / "result.json").read_text())
+    report = ingest(engine, bundle_dir)
+    assert _engine_columns(engine, report.run_id) == ("reference", False, False, None)
+
+
+def test_bundle_engine_replaces_what_the_spec_asked(engine, bundle_dir, tmp_path):
+    with write_session(engine) as session:  # asked for the fast path, compiled, with CUDA graphs
+        run = repo.create_run(session=session, uid="r-1", name="r", mode="pp", num_ranks=2,
+                              spec={"mode": "pp", "impl": "fast", "compile": True, "cuda_graphs": True})
+        session.commit()
+    assert _engine_columns(engine, run.id) == ("fast", True, True, None)
+    # ... and the worker reports what ran: here eagerly, graphs captured in 41.25 s
+    engine_json = {"impl": "fast", "compiled": False, "cuda_graphs": True, "capture_s": 41.25}
+    ingest(engine, _with_result(bundle_dir, tmp_path, lambda r: r.update(engine=engine_json)), run.id)
+    assert _engine_columns(engine, run.id) == ("fast", False, True, 41.25)
+
+
+def test_bundle_engine_of_deepspeed_with_no_capture(engine, bundle_dir, tmp_path):
+    engine_json = {"impl": "deepspeed", "compiled": False, "cuda_graphs": False, "capture_s": None}
+    report = ingest(engine, _with_result(bundle_dir, tmp_path, lambda r: r.update(engine=engine_json)))
+    assert _engine_columns(engine, report.run_id) == ("deepspeed", False, False, None)
+
+
+@pytest.mark.parametrize(
+    ("engine_json", "message"),
+    [
+        ("fast", r"engine must be an object"),
+        ({"compiled": True}, r"engine\.impl must be a non-empty string"),
+        ({"impl": "fast", "compiled": "yes"}, r"engine\.compiled must be true or false"),
+        ({"impl": "fast", "cuda_graphs": 1}, r"engine\.cuda_graphs must be true or false"),
+        ({"impl": "fast", "capture_s": "41 s"}, r"engine\.capture_s must be a number"),
+    ],
+    ids=["not-object", "no-impl", "compiled-text", "graphs-int", "capture-text"],
+)
+def test_misshapen_engine_names_the_field_and_writes_nothing(engine, bundle_dir, tmp_path, engine_json, message):
+    with pytest.raises(IngestError, match=message):
+        ingest(engine, _with_result(bundle_dir, tmp_path, lambda r: r.update(engine=engine_json)))
+    assert all(count == 0 for count in row_counts(engine).values())

@@ -114,3 +114,25 @@ def test_state_histories_of_many_runs(engine):
         assert [(c.run_id, c.state, c.at) for c in changes] == [
             (a.id, "DRAFT", 1.0), (a.id, "PENDING", 3.0), (b.id, "DRAFT", 2.0), (b.id, "FAILED", 4.0)]
         assert repo.state_histories(session=session, run_ids=[]) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"mode": "single"}, ("reference", False, False)),  # a spec from before the fast path
+        ({"mode": "single", "impl": "fast", "compile": True, "cuda_graphs": True}, ("fast", True, True)),
+        ({"mode": "dp", "impl": "fast", "compile": False, "cuda_graphs": True}, ("fast", False, True)),
+        ({"mode": "pp", "impl": "reference", "compile": True, "cuda_graphs": True}, ("reference", False, False)),
+        ({"mode": "tp", "impl": "reference", "compile": True, "cuda_graphs": True}, ("deepspeed", False, False)),
+        ({"mode": "tp", "impl": "fast"}, ("fast", True, True)),  # RunSpec's defaults
+    ],
+    ids=["no-impl", "fast", "fast-eager", "reference", "tp-reference-is-deepspeed", "fast-defaults"],
+)
+def test_new_run_records_the_engine_its_spec_asks_for(engine, spec, expected):
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="r", name="r", mode=spec["mode"], spec=spec)
+        session.commit()
+    with read_session(engine) as session:
+        stored = repo.get_run(session=session, run_id=run.id)
+        assert (stored.engine_impl, stored.engine_compiled, stored.engine_cuda_graphs) == expected
+        assert stored.engine_capture_s is None
