@@ -53,8 +53,14 @@ def _run_engine(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+def _run_failure(conn: Connection) -> None:
+    # Runs that failed before this step keep only their error text.
+    conn.exec_driver_sql("ALTER TABLE run ADD COLUMN failure_json VARCHAR")
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "runs record the worker's engine: implementation, compiled, CUDA graphs, capture time", _run_engine),
+    Step(3, "runs record how a failed job ended (first rank to die, node, signal or exit code)", _run_failure),
 )
 
 DB_SCHEMA_VERSION = STEPS[-1].version if STEPS else FIRST_VERSION

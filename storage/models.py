@@ -117,6 +117,11 @@ class Run(SQLModel, table=True):
     engine_capture_s: float | None = None
     """Seconds spent compiling and capturing graphs at warm-up, before timing; None if none or unknown."""
 
+    failure_json: str | None = None
+    """How a failed job ended (remote.cluster.FailureSummary.to_dict()): the first rank to die, its
+    node, its signal or exit code, then what followed. None for runs that did not fail (or from
+    before schema step 3)."""
+
 
 ENGINE_BEFORE_FAST_PATH: dict[str, object] = {
     "engine_impl": "reference", "engine_compiled": False, "engine_cuda_graphs": False, "engine_capture_s": None,

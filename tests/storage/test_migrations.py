@@ -64,7 +64,7 @@ def _shape(path: Path) -> dict[str, dict]:
 
 def test_steps_are_numbered_one_after_another():
     assert [s.version for s in migrations.STEPS] == list(range(FIRST_VERSION + 1, DB_SCHEMA_VERSION + 1))
-    assert DB_SCHEMA_VERSION == 2
+    assert DB_SCHEMA_VERSION == 3
 
 
 def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
@@ -84,9 +84,9 @@ def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
             assert new_columns[: len(columns)] == columns, table  # old columns kept, new ones appended
             assert [row[: len(columns)] for row in new_rows] == rows, table
         assert after["run"][0][len(before["run"][0]):] == [
-            "engine_impl", "engine_compiled", "engine_cuda_graphs", "engine_capture_s"]
-        # runs from before the fast path ran the reference, eagerly
-        assert [row[len(before["run"][0]):] for row in after["run"][1]] == [("reference", 0, 0, None)] * 3
+            "engine_impl", "engine_compiled", "engine_cuda_graphs", "engine_capture_s", "failure_json"]
+        # runs from before the fast path ran the reference, eagerly; runs from before step 3 have no failure record
+        assert [row[len(before["run"][0]):] for row in after["run"][1]] == [("reference", 0, 0, None, None)] * 3
 
         with read_session(engine) as session:  # and the repository reads them as before
             runs = repo.list_runs(session=session)
@@ -155,7 +155,7 @@ def test_failing_step_rolls_back_every_step(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(migrations, "STEPS", (Step(2, "fails halfway", add_columns_then_fail),))
-    with pytest.raises(DatabaseError, match=r"cannot migrate .* from schema 1 to 2: disk on fire.*left at schema 1"):
+    with pytest.raises(DatabaseError, match=r"cannot migrate .* from schema 1 to \d+: disk on fire.*left at schema 1"):
         make_engine(path)
     assert (_rows(path), _shape(path)) == before
 
