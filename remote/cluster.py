@@ -68,6 +68,40 @@ class JobStatus:
     nodelist: str | None = None
 
 
+@dataclass(frozen=True)
+class FailureSummary:
+    """Who died first and how, then what that did to the others (srun's log first, sacct second).
+
+    Built by `remote.slurm.summarize_failure` for both backends (the local launcher writes srun's lines).
+    """
+
+    rank: int | None
+    """The first rank to die (None when only sacct's step records were available)."""
+    node: str | None
+    signal: int | None
+    exit_code: int | None
+    cause: str
+    """'rank 1 on node2 died first: killed by signal 9 (SIGKILL)'."""
+    consequences: tuple[str, ...] = ()
+    """What followed, in order: the peers srun ended, the steps sacct recorded, the job's notes."""
+    source: str = "srun"
+    """'srun' (the batch log named the task) or 'sacct' (only step records)."""
+
+    def text(self) -> str:
+        return "; then ".join([self.cause, *self.consequences])
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "node": self.node, "signal": self.signal, "exit_code": self.exit_code,
+                "cause": self.cause, "consequences": list(self.consequences), "source": self.source,
+                "text": self.text()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FailureSummary:
+        return cls(rank=data.get("rank"), node=data.get("node"), signal=data.get("signal"),
+                   exit_code=data.get("exit_code"), cause=data.get("cause", ""),
+                   consequences=tuple(data.get("consequences", ())), source=data.get("source", "srun"))
+
+
 @dataclass
 class Resources:
     """What the job asks the scheduler for. tasks_per_node is one rank per GPU."""

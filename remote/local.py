@@ -194,7 +194,7 @@ class LocalCluster:
         env = dict(os.environ)
         repo_root = str(Path(remote.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
-        with open(run_dir / "logs" / f"{job_id}-launcher.out", "ab") as out:
+        with open(run_dir / "logs" / slurm.batch_log_file(job_id), "ab") as out:
             launcher = subprocess.Popen(
                 [sys.executable, "-m", "remote.local_launcher", str(run_dir), job_id],
                 cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

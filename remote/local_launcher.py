@@ -9,7 +9,12 @@ RUNNING, then COMPLETED / FAILED (first bad exit code; the other ranks are kille
 `srun --kill-on-bad-exit=1`) / CANCELLED (SIGTERM) / TIMEOUT (time limit). Because the state lives in
 the run directory, a later dinf process can report on jobs an earlier one started.
 
-Standard library only; it imports nothing from dinf but the contract's file names.
+Like srun, it writes one line per rank that ended badly to its own output (`logs/<job>-batch.out`),
+first the rank that failed first, in srun's words (`srun: error: localhost: task 1: Killed`), so
+`remote.slurm.summarize_failure` tells both backends' failures the same way.
+
+Standard library only; it imports nothing from dinf but the contract's file names and
+`remote.slurm`'s table of signal descriptions (itself stdlib-only).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from remote.slurm import SIGNAL_DESCRIPTIONS
 from worker.contract import launcher_log_file
 
 STATE_FILE = "job_state.json"
@@ -95,6 +101,18 @@ def exit_fields(returncode: int) -> tuple[int, int]:
     return (0, -returncode) if returncode < 0 else (returncode, 0)
 
 
+_DESCRIPTIONS = {number: text for text, number in SIGNAL_DESCRIPTIONS.items()}
+
+
+def task_end_line(rank: int, returncode: int) -> str:
+    """srun's line for a task that ended badly (glibc's signal words, whatever this machine's libc says)."""
+    if returncode > 0:
+        how = f"Exited with exit code {returncode}"
+    else:
+        how = _DESCRIPTIONS.get(-returncode, f"Signal {-returncode}")
+    return f"srun: error: localhost: task {rank}: {how}"
+
+
 def run(run_dir: Path, job_id: str) -> int:
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     state = read_state(run_dir)
@@ -123,7 +141,7 @@ def run(run_dir: Path, job_id: str) -> int:
     write_state(run_dir, state)
 
     time_limit = plan.get("time_limit_s")
-    final, reason, first_bad = None, None, 0
+    final, reason, first_bad, first_ranks = None, None, 0, []
     while final is None:
         codes = [p.poll() for p in procs]
         bad = [c for c in codes if c not in (None, 0)]
@@ -131,6 +149,7 @@ def run(run_dir: Path, job_id: str) -> int:
             final = "CANCELLED"
         elif bad:
             final, reason, first_bad = "FAILED", "NonZeroExitCode", bad[0]
+            first_ranks = [rank for rank, c in enumerate(codes) if c not in (None, 0)]
         elif all(c == 0 for c in codes):
             final = "COMPLETED"
         elif time_limit is not None and time.time() - start > time_limit:
@@ -139,6 +158,11 @@ def run(run_dir: Path, job_id: str) -> int:
             time.sleep(0.05)
     terminate(procs)
     codes = [p.returncode for p in procs]
+    if final == "FAILED":  # the first to fail, then the ranks terminate() ended
+        order = first_ranks + [rank for rank in range(ntasks) if rank not in first_ranks]
+        for rank in order:
+            if codes[rank] != 0:
+                print(task_end_line(rank, codes[rank]), flush=True)
     # Slurm reports the first failing task's code; a cancelled or timed-out job has 0:0.
     code, sig = exit_fields(first_bad) if final == "FAILED" else (0, 0)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

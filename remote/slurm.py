@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from remote.cluster import JobState, JobStatus, PythonEnvironment, Resources
+from remote.cluster import FailureSummary, JobState, JobStatus, PythonEnvironment, Resources
 from remote.quoting import export_lines, quote
 
 SACCT_ACCOUNTING_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "AllocTRES", "MaxRSS", "TotalCPU")
@@ -190,16 +190,26 @@ def merge_statuses(job_ids: list[str], squeue: dict[str, JobStatus], sacct: dict
     return merged
 
 
-def accounting_from_sacct(text: str, job_id: str) -> dict[str, str]:
-    """The allocation's fields, with MaxRSS the largest over its steps (the allocation line has none)."""
+STEPS_KEY = "Steps"
+"""Where `accounting_from_sacct` keeps the step rows (a list of dicts beside the allocation's strings)."""
+
+
+def accounting_from_sacct(text: str, job_id: str) -> dict:
+    """The allocation's fields, with MaxRSS the largest over its steps (the allocation line has none).
+
+    The step rows themselves ride along under STEPS_KEY: they tell how each step ended, which
+    `summarize_failure` reads, and they are kept with the accounting record.
+    """
     rows = parse_table(text)
     allocation = next((r for r in rows if r["JobID"] == job_id), None)
     if allocation is None:
         return {}
-    result = {name: allocation.get(name, "") for name in SACCT_ACCOUNTING_FIELDS}
-    step_rss = [(parse_memory(r.get("MaxRSS", "")) or 0, r.get("MaxRSS", "")) for r in rows if r["JobID"].startswith(job_id + ".")]
+    result: dict = {name: allocation.get(name, "") for name in SACCT_ACCOUNTING_FIELDS}
+    steps = [r for r in rows if r["JobID"].startswith(job_id + ".")]
+    step_rss = [(parse_memory(r.get("MaxRSS", "")) or 0, r.get("MaxRSS", "")) for r in steps]
     if not result["MaxRSS"] and step_rss:
         result["MaxRSS"] = max(step_rss)[1]
+    result[STEPS_KEY] = steps
     return result
 
 
@@ -229,10 +239,15 @@ def scancel_argv(job_id: str) -> list[str]:
     return ["scancel", job_id]
 
 
+def batch_log_file(job_id: str) -> str:
+    """The batch script's own output in the logs directory: srun's and slurmstepd's messages."""
+    return f"{job_id}-batch.out"
+
+
 def sbatch_argv(script_path: str, *, job_name: str, run_dir: str, test_only: bool = False) -> list[str]:
     """sbatch with the free-text and path flags that must not live in #SBATCH lines."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={run_dir}",
-            f"--output={escape_filename_pattern(run_dir)}/logs/%j-batch.out"]
+            f"--output={escape_filename_pattern(run_dir)}/logs/{batch_log_file('%j')}"]
     if test_only:
         argv.append("--test-only")
     return argv + [script_path]
@@ -368,3 +383,168 @@ def format_duration(seconds: float, *, fraction: bool = False) -> str:
     minutes, secs = divmod(total, 60)
     text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}-{text}" if days else text
+
+
+# --- why a job failed ----------------------------------------------------------------------------
+#
+# sacct knows each step's end (state, exit code, signal) but not which task of a step died: with
+# `srun --kill-on-bad-exit=1` the step of a rank killed by SIGKILL reads "CANCELLED 0:15", the
+# signal srun then sent its peers. srun itself names the task, its node and how it ended, in the
+# batch log, in the order it learnt of them, so its first line is the rank that died first:
+#
+#   srun: error: node2: task 1: Killed
+#   srun: launch/slurm: _step_signal: Terminating StepId=1.0
+#   srun: error: node1: task 0: Terminated
+#   srun: error: node2: tasks 2-3: Exited with exit code 3
+#
+# The descriptions are glibc's strsignal() texts on the cluster, so they are read with a fixed
+# table rather than this machine's libc (a macOS laptop words them differently).
+
+SIGNAL_DESCRIPTIONS = {
+    "Hangup": 1, "Interrupt": 2, "Quit": 3, "Illegal instruction": 4, "Trace/breakpoint trap": 5,
+    "Aborted": 6, "Bus error": 7, "Floating point exception": 8, "Killed": 9, "User defined signal 1": 10,
+    "Segmentation fault": 11, "User defined signal 2": 12, "Broken pipe": 13, "Alarm clock": 14,
+    "Terminated": 15, "CPU time limit exceeded": 24, "File size limit exceeded": 25,
+}
+SIGNAL_NAMES = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+    9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM",
+    24: "SIGXCPU", 25: "SIGXFSZ",
+}
+_SRUN_TASK_END = re.compile(r"^srun: error: (?P<node>[^\s:]+): tasks? (?P<tasks>[\d,\-]+): (?P<how>.+?)\s*$")
+_EXITED = re.compile(r"^Exited with exit code (\d+)$")
+_JOB_END = re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON (?P<node>\S+) CANCELLED AT \S+(?: DUE TO (?P<why>[A-Z ]+?))?(?: \(|\s*\*\*\*)")
+_NODE_FAILURE = re.compile(r"^srun: error: Node failure on (?P<node>\S+)")
+_OOM = re.compile(r"error: Detected (\d+) oom-kill event\(s\) in (?:StepId=)?(?P<step>[^\s.]+(?:\.[^\s.]+)?)")
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """One of srun's lines about tasks that ended badly, in the batch log's order."""
+
+    ranks: tuple[int, ...]
+    node: str
+    how: str
+    """srun's words: 'Killed', 'Segmentation fault (core dumped)', 'Exited with exit code 3'."""
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def cause(self) -> str:
+        if self.exit_code is not None:
+            return f"exited with code {self.exit_code}"
+        if self.how == "Out Of Memory":
+            return "killed for running out of memory"
+        if self.signal is not None:
+            core = " (core dumped)" if "core dumped" in self.how else ""
+            return f"killed by signal {self.signal} ({SIGNAL_NAMES.get(self.signal, self.how)}){core}"
+        return self.how
+
+    @property
+    def who(self) -> str:
+        ranks = ", ".join(str(r) for r in self.ranks)
+        return f"rank{'s' if len(self.ranks) > 1 else ''} {ranks} on {self.node}"
+
+
+def parse_task_ranges(text: str) -> tuple[int, ...]:
+    """srun's task lists: '1', '2-3', '0,2-3' → (0, 2, 3)."""
+    ranks: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise SlurmOutputError(f"cannot read the task list {text!r}")
+        ranks += range(int(first), int(last or first) + 1)
+    return tuple(ranks)
+
+
+def parse_srun_task_ends(log_text: str) -> list[TaskEnd]:
+    """Every `srun: error: NODE: task(s) N: HOW` line of a batch log, in order."""
+    ends = []
+    for line in log_text.splitlines():
+        match = _SRUN_TASK_END.match(line.strip())
+        if not match:
+            continue
+        how = match["how"]
+        exited = _EXITED.match(how)
+        signal = SIGNAL_DESCRIPTIONS.get(how.removesuffix(" (core dumped)"))
+        ends.append(TaskEnd(
+            ranks=parse_task_ranges(match["tasks"]), node=match["node"], how=how,
+            exit_code=int(exited.group(1)) if exited else None, signal=None if exited else signal,
+        ))
+    return ends
+
+
+def job_end_notes(log_text: str) -> list[str]:
+    """What slurmstepd and srun say about the whole job: time limit, node failure, OOM kills."""
+    notes = []
+    for line in log_text.splitlines():
+        line = line.strip()
+        if match := _JOB_END.search(line):
+            why = (match["why"] or "").lower()
+            notes.append(f"Slurm cancelled the job on {match['node']}" + (f" due to {why}" if why else ""))
+        elif match := _NODE_FAILURE.match(line):
+            notes.append(f"node {match['node']} failed")
+        elif match := _OOM.search(line):
+            notes.append(f"the kernel killed a process of step {match['step']} for memory (oom-kill)")
+    return notes
+
+
+def steps_from_sacct(rows: list[dict[str, str]], job_id: str) -> list[JobStatus]:
+    """The steps of one job ('12.batch', '12.0', ...) from `sacct --parsable2` rows (`parse_table`)."""
+    steps = []
+    for row in rows:
+        step_id = row.get("JobID", "")
+        if not step_id.startswith(f"{job_id}."):
+            continue
+        state, detail = parse_state(row.get("State", ""))
+        code, signal = parse_exit_code(row.get("ExitCode", ""))
+        nodelist = row.get("NodeList") or None
+        steps.append(JobStatus(job_id=step_id, state=state, reason=detail, exit_code=code, signal=signal,
+                               elapsed_s=parse_duration(row.get("Elapsed", "")),
+                               nodelist=None if nodelist == "None assigned" else nodelist))
+    return steps
+
+
+def _step_end(step: JobStatus) -> str:
+    how = step.state.value
+    if step.reason and step.state == JobState.CANCELLED:
+        how += f" {step.reason}"
+    if step.signal:
+        how += f" by signal {step.signal} ({SIGNAL_NAMES.get(step.signal, '?')})"
+    elif step.exit_code:
+        how += f" with exit code {step.exit_code}"
+    return f"step {step.job_id} {how}" + (f" on {step.nodelist}" if step.nodelist else "")
+
+
+def summarize_failure(
+    *, job_id: str, sacct_rows: list[dict[str, str]] | None = None, batch_log: str | None = None
+) -> FailureSummary | None:
+    """The failure of job `job_id`, told straight; None if neither source shows one.
+
+    `sacct_rows` are `sacct --parsable2 -j JOB` rows with the steps (`accounting_from_sacct` keeps them
+    under STEPS_KEY); `batch_log` is the job's `--output` file (`batch_log_file`), where srun and
+    slurmstepd write. Either may be missing.
+    """
+    steps = steps_from_sacct(sacct_rows, job_id) if sacct_rows else []
+    failed_steps = [s for s in steps if s.state.is_terminal and s.state != JobState.COMPLETED
+                    and not s.job_id.endswith((".batch", ".extern"))]
+    ends = parse_srun_task_ends(batch_log) if batch_log else []
+    notes = job_end_notes(batch_log) if batch_log else []
+    if ends:
+        first, rest = ends[0], ends[1:]
+        consequences = [f"{end.who}: {end.cause}" + (" when srun ended the step" if end.signal == 15 else "")
+                        for end in rest]
+        # A step srun ended with SIGTERM says nothing the task lines did not; an exit code may.
+        consequences += [_step_end(s) for s in failed_steps if s.signal != 15] + notes
+        return FailureSummary(rank=first.ranks[0], node=first.node, signal=first.signal, exit_code=first.exit_code,
+                              cause=f"{first.who} died first: {first.cause}", consequences=tuple(consequences),
+                              source="srun")
+    if failed_steps:
+        first_step = failed_steps[0]
+        return FailureSummary(rank=None, node=first_step.nodelist, signal=first_step.signal or None,
+                              exit_code=first_step.exit_code or None, cause=_step_end(first_step),
+                              consequences=tuple([_step_end(s) for s in failed_steps[1:]] + notes), source="sacct")
+    if notes:
+        return FailureSummary(rank=None, node=None, signal=None, exit_code=None, cause=notes[0],
+                              consequences=tuple(notes[1:]), source="srun")
+    return None

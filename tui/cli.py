@@ -48,6 +48,7 @@ from storage.db import DatabaseError
 from storage.ingest import IngestError
 from tui import study_cli
 from tui.config import ConfigError
+from tui.results import describe_engine
 from tui.services import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
 
@@ -304,10 +305,17 @@ def cmd_show(dinf, args) -> int:
                      "accounting": accounting})
         return EXIT_OK
     print(f"run {record.id}  {record.name}  ({record.uid})")
+    error = record.error
+    if record.failure is not None and error:
+        # error starts with the failure; show the rest (the peers' own reports) under "then"
+        error = error.removeprefix(record.failure.text()).removeprefix("; then ") or None
     fields = [
         ("cluster", record.cluster), ("mode", record.mode), ("ranks", record.num_ranks),
+        ("engine", describe_engine(record)),
         ("state", record.state + (f" ({record.state_reason})" if record.state_reason else "")),
-        ("job", ", ".join(record.job_ids) or "-"), ("run dir", record.run_dir), ("error", record.error),
+        ("failure", record.failure.text() if record.failure else None),
+        ("job", ", ".join(record.job_ids) or "-"), ("run dir", record.run_dir),
+        ("then" if record.failure else "error", error),
         ("load time", f"{record.load_time_s:.3f} s" if record.load_time_s is not None else None),
     ]
     for label, value in fields:

@@ -28,6 +28,7 @@ from sqlmodel import Session
 from remote.cluster import (
     Cluster,
     ClusterError,
+    FailureSummary,
     JobState,
     LogChunk,
     PreparedRun,
@@ -36,6 +37,7 @@ from remote.cluster import (
 )
 from remote.logstream import MAX_READ, follow
 from remote.results import LOGS_SUBDIR
+from remote.slurm import STEPS_KEY, batch_log_file, summarize_failure
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
@@ -99,6 +101,14 @@ class RunRecord:
     finished_at: float | None
     ingested_at: float | None
     history: tuple[StateEntry, ...] = ()
+    engine_impl: str = "reference"
+    """The worker's engine, as the spec asked until results are ingested (`tui.results.describe_engine`)."""
+    engine_compiled: bool = False
+    engine_cuda_graphs: bool = False
+    engine_capture_s: float | None = None
+    failure: FailureSummary | None = None
+    """How a failed job ended, told straight: the first rank to die, its node, its signal or exit
+    code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
 
     @property
     def finished(self) -> bool:
@@ -112,6 +122,7 @@ class RunRecord:
         data = dataclasses.asdict(self)
         data["job_ids"] = list(self.job_ids)
         data["history"] = [dataclasses.asdict(h) for h in self.history]
+        data["failure"] = None if self.failure is None else self.failure.to_dict()
         return data
 
 
@@ -264,6 +275,8 @@ class Dinf:
                     "run_id": run.id, "run_uid": run.uid, "run_name": run.name,
                     "cluster": clusters.get(run.cluster_id), "experiment_id": run.experiment_id,
                     "mode": run.mode, "num_ranks": run.num_ranks, "state": run.state,
+                    "engine_impl": run.engine_impl, "engine_compiled": run.engine_compiled,
+                    "engine_cuda_graphs": run.engine_cuda_graphs, "engine_capture_s": run.engine_capture_s,
                     **{k: v for k, v in values.items() if k != "run_id"},
                 })
             return rows
@@ -564,14 +577,21 @@ class Dinf:
             cluster.fetch_results(self._prepared(record), str(local_dir))
         except (ClusterError, OSError) as exc:
             problems.append(f"fetching results failed: {exc}")
+        sacct_fields: dict[str, Any] = {}
         if record.job_id is not None:
             try:
-                self._record_accounting(record)
+                sacct_fields = self._record_accounting(record)[1]
             except (ClusterError, OSError) as exc:
                 problems.append(f"sacct failed: {exc}")
         error = worker_error(local_dir, record.num_ranks)
-        if error is None and record.state != JobState.COMPLETED.value and record.job_id is not None:
-            error = launcher_error(local_dir / LOGS_SUBDIR, record.job_id, record.num_ranks)
+        failure = None
+        if record.state not in (JobState.COMPLETED.value, JobState.CANCELLED.value) and record.job_id is not None:
+            failure = job_failure(local_dir / LOGS_SUBDIR, record.job_id, sacct_fields)
+            if error is None and failure is None:
+                error = launcher_error(local_dir / LOGS_SUBDIR, record.job_id, record.num_ranks)
+            if failure is not None:
+                # The cause first, then what the peers made of it (the worker's own error event).
+                error = failure.text() + (f"; then {error}" if error else "")
         if (local_dir / contract.RESULT_FILE).is_file():
             try:
                 self.ingest_dir(local_dir, run_id=record.id)
@@ -580,17 +600,20 @@ class Dinf:
         elif record.state == JobState.COMPLETED.value:
             problems.append(f"the job completed but left no {contract.RESULT_FILE}")
         message = "; ".join([e for e in (error, *problems) if e]) or None
-        self._update(record.id, local_results_dir=str(local_dir), **({"error": message} if message else {}))
+        extra: dict[str, Any] = {"error": message} if message else {}
+        if failure is not None:
+            extra["failure_json"] = json.dumps(failure.to_dict(), sort_keys=True)
+        self._update(record.id, local_results_dir=str(local_dir), **extra)
 
-    def _record_accounting(self, record: RunRecord) -> bool:
-        """Store sacct's fields for the run's job; True once sacct reports a terminal state."""
+    def _record_accounting(self, record: RunRecord) -> tuple[bool, dict[str, Any]]:
+        """Store sacct's fields for the run's job: (whether sacct reports a terminal state, the fields)."""
         fields = self.cluster(record.cluster).accounting(record.job_id)
         if not fields:
-            return False
+            return False, {}
         with write_session(self.engine) as session:
             repo.record_accounting(session=session, run_id=record.id, job_id=record.job_id, fields=fields)
             session.commit()
-        return _terminal_sacct_state(fields.get("State"))
+        return _terminal_sacct_state(fields.get("State")), fields
 
     def _set_state(self, run_id: int, state: str, *, reason: str | None = None, error: str | None = None) -> RunRecord:
         with write_session(self.engine) as session:
@@ -643,8 +666,15 @@ def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRec
         local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
         load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
         started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
-        history=history,
+        engine_impl=run.engine_impl, engine_compiled=run.engine_compiled,
+        engine_cuda_graphs=run.engine_cuda_graphs, engine_capture_s=run.engine_capture_s,
+        history=history, failure=_failure(run),
     )
+
+
+def _failure(run: Run) -> FailureSummary | None:
+    text = run.failure_json
+    return None if not text else FailureSummary.from_dict(json.loads(text))
 
 
 # --- small pure helpers, used by the CLI and the app too -----------------------------------------
@@ -695,6 +725,13 @@ def worker_error(results_dir: Path, num_ranks: int) -> str | None:
                 if first is None or at < first[0]:
                     first = (at, f"rank {event['rank']}: {event.get('message', 'error')}")
     return None if first is None else first[1]
+
+
+def job_failure(logs_dir: Path, job_id: str, sacct_fields: dict[str, Any]) -> FailureSummary | None:
+    """Which rank died first and how, from the fetched batch log and sacct's step rows."""
+    path = logs_dir / batch_log_file(job_id)
+    batch_log = path.read_text(errors="replace") if path.is_file() else None
+    return summarize_failure(job_id=job_id, sacct_rows=sacct_fields.get(STEPS_KEY), batch_log=batch_log)
 
 
 def launcher_error(logs_dir: Path, job_id: str, num_ranks: int, *, max_lines: int = 6) -> str | None:

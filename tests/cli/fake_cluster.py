@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 from remote.cluster import ClusterError, JobState, JobStatus, LogChunk, PreparedRun, RunBundle
+from remote.results import LOGS_SUBDIR
+from remote.slurm import STEPS_KEY, batch_log_file
 
 
 class FakeCluster:
@@ -25,6 +27,11 @@ class FakeCluster:
         self.closed = False
         self.sacct_lag: dict[str, list[str]] = {}
         """States sacct reports before it catches up with the scheduler, per job."""
+        self.batch_logs: dict[str, str] = {}
+        """Per job: the batch log (srun's lines) that fetch_results leaves under logs/."""
+        self.sacct_steps: dict[str, list[dict[str, str]]] = {}
+        """Per job: the sacct step rows that accounting() returns under remote.slurm.STEPS_KEY."""
+        self._job_of_run: dict[str, str] = {}
 
     def preview(self, bundle: RunBundle) -> str:
         return f"#!/bin/bash\n#SBATCH --job-name={bundle.job_name}\n#SBATCH --ntasks-per-node={bundle.resources.tasks_per_node}\n"
@@ -42,6 +49,7 @@ class FakeCluster:
         self.submitted.append(bundle)
         job_id = str(100 + len(self.submitted))
         self.states[job_id] = [JobState.PENDING, JobState.RUNNING, JobState.COMPLETED]
+        self._job_of_run[prepared.run_id] = job_id
         return job_id
 
     def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
@@ -64,6 +72,10 @@ class FakeCluster:
         yield [LogChunk(path, 0, 10, [f"line of {path}"]) for path in paths]
 
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
+        job_id = self._job_of_run.get(prepared.run_id)
+        if job_id in self.batch_logs:
+            (Path(local_dir) / LOGS_SUBDIR).mkdir(parents=True, exist_ok=True)
+            (Path(local_dir) / LOGS_SUBDIR / batch_log_file(job_id)).write_text(self.batch_logs[job_id])
         if self.bundle is None:
             return []
         copied = []
@@ -85,7 +97,7 @@ class FakeCluster:
         lagging = self.sacct_lag.get(job_id)
         state = lagging.pop(0) if lagging else self.states[job_id][-1].value
         return {"State": state, "ExitCode": "0:0", "Elapsed": "00:00:05",
-                "NodeList": "node1", "MaxRSS": "300M"}
+                "NodeList": "node1", "MaxRSS": "300M", STEPS_KEY: self.sacct_steps.get(job_id, [])}
 
     def close(self) -> None:
         self.closed = True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remote.cluster import Resources
+from remote.cluster import JobState, Resources
 from tests.cli.fake_cluster import FakeCluster
 from tui.services import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
@@ -53,6 +53,24 @@ def test_submit_poll_finish_ingest(dinf, fake, tmp_path):
     # reconcile after the fact (as a restarted app would) ingests nothing twice
     dinf.reconcile()
     assert len(dinf.export_rows()) == 2
+
+
+def test_a_failed_run_names_the_rank_that_died_first_then_its_peers(dinf, tmp_path):
+    fake = FakeCluster("local")  # no result bundle: the job died
+    dinf._cluster_factory = lambda cfg: fake
+    run = dinf.submit(dinf.new_run(cluster="local", spec=pp2_spec(), resources=Resources(nodes=2)).id)
+    fake.states[run.job_id] = [JobState.RUNNING, JobState.FAILED]
+    fake.batch_logs[run.job_id] = ("srun: error: node2: task 1: Killed\n"
+                                   "srun: launch/slurm: _step_signal: Terminating StepId=101.0\n"
+                                   "srun: error: node1: task 0: Terminated\n")
+    fake.sacct_steps[run.job_id] = [{"JobID": "101.0", "State": "CANCELLED", "ExitCode": "0:15", "NodeList": "node[1-2]"}]
+    while not dinf.run(run.id).finished:
+        dinf.refresh()
+    failed = dinf.run(run.id)
+    assert (failed.failure.rank, failed.failure.node, failed.failure.signal) == (1, "node2", 9)
+    assert failed.error.startswith("rank 1 on node2 died first: killed by signal 9 (SIGKILL); then rank 0 on node1")
+    assert failed.to_dict()["failure"]["rank"] == 1
+    assert dinf.runs()[0].failure == failed.failure  # the list's snapshots carry it too
 
 
 def test_lagging_sacct_is_completed_by_reconcile(dinf, fake):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from remote import slurm
 from remote.cluster import ClusterError, JobState, PythonEnvironment, Resources, RunBundle
 from remote.local import LocalCluster
 from worker.contract import launcher_log_file, read_result
@@ -145,6 +146,19 @@ def test_task_exiting_3_is_failed_with_exit_code_3_and_the_other_rank_is_killed(
     assert (status.state, status.exit_code, status.signal) == (JobState.FAILED, 3, 0)
     assert live_processes_named(marker) == []  # like srun --kill-on-bad-exit=1
     assert cluster.accounting(job_id)["ExitCode"] == "3:0"
+
+
+def test_a_rank_killed_by_sigkill_is_named_first_like_srun_names_it(tmp_path):
+    command = ["bash", "-c", 'if [ "$SLURM_PROCID" = 1 ]; then kill -9 $$; fi; exec sleep 600']
+    cluster = make_cluster(tmp_path, command)
+    b = bundle()
+    prepared = cluster.prepare(b)
+    job_id = cluster.submit(prepared, b)
+    assert wait_terminal(cluster, job_id).state == JobState.FAILED
+    log = (Path(prepared.logs_dir) / slurm.batch_log_file(job_id)).read_text()
+    assert log.splitlines() == ["srun: error: localhost: task 1: Killed", "srun: error: localhost: task 0: Terminated"]
+    summary = slurm.summarize_failure(job_id=job_id, batch_log=log)
+    assert (summary.rank, summary.node, summary.signal) == (1, "localhost", 9)
 
 
 def test_job_past_its_time_limit_times_out(tmp_path):

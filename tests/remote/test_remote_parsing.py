@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from remote import slurm
-from remote.cluster import JobState
+from remote.cluster import FailureSummary, JobState
 
 SQUEUE = """JOBID|STATE|REASON|TIME|NODELIST
 5|PENDING|Resources|0:00|
@@ -122,6 +122,7 @@ def test_accounting_takes_max_rss_from_the_steps():
     assert fields == {
         "JobID": "2", "State": "COMPLETED", "ExitCode": "0:0", "Elapsed": "00:00:12", "NodeList": "node[1-2]",
         "AllocTRES": "billing=2,cpu=2,gres/gpu=2,node=2", "MaxRSS": "38784K", "TotalCPU": "00:01.023",
+        slurm.STEPS_KEY: slurm.parse_table(ACCOUNTING)[1:],
     }
 
 
@@ -167,3 +168,72 @@ def test_time_limits(text, seconds):
 
 def test_percent_in_paths_is_escaped_for_slurm_filename_patterns():
     assert slurm.escape_filename_pattern("/a/100%/b") == "/a/100%%/b"
+
+
+# --- why a job failed (batch logs and sacct steps recorded on the minicluster) -------------------
+
+KILLED_LOG = """srun: error: node2: task 1: Killed
+srun: launch/slurm: _step_signal: Terminating StepId=1.0
+srun: error: node1: task 0: Terminated
+srun: Force Terminated StepId=1.0
+"""
+KILLED_SACCT = """JobID|State|ExitCode|Elapsed|NodeList|AllocTRES|MaxRSS|TotalCPU
+1|FAILED|15:0|00:00:03|node[1-2]|billing=2,cpu=2,node=2||00:00.020
+1.batch|FAILED|15:0|00:00:03|node1|cpu=1,mem=0,node=1|3104K|00:00.010
+1.0|CANCELLED|0:15|00:00:03|node[1-2]|cpu=2,mem=0,node=2|2008K|00:00.010
+"""
+EXIT3_LOG = """srun: error: node2: tasks 2-3: Exited with exit code 3
+srun: launch/slurm: _step_signal: Terminating StepId=4.0
+srun: error: node1: tasks 0-1: Terminated
+srun: Force Terminated StepId=4.0
+"""
+EXIT3_SACCT = """JobID|State|ExitCode|Elapsed|NodeList|AllocTRES|MaxRSS|TotalCPU
+4|FAILED|15:0|00:00:03|node[1-2]|cpu=4,node=2||
+4.batch|FAILED|15:0|00:00:03|node1|cpu=2,node=1||
+4.0|FAILED|3:0|00:00:03|node[1-2]|cpu=4,node=2||
+"""
+
+
+def test_srun_task_lines_name_ranks_nodes_and_signals_in_order():
+    ends = slurm.parse_srun_task_ends(KILLED_LOG + "srun: error: node1: task 3: Segmentation fault (core dumped)\n")
+    assert [(e.ranks, e.node, e.signal, e.exit_code) for e in ends] == [
+        ((1,), "node2", 9, None), ((0,), "node1", 15, None), ((3,), "node1", 11, None)]
+    assert ends[2].cause == "killed by signal 11 (SIGSEGV) (core dumped)"
+    assert [(e.ranks, e.exit_code) for e in slurm.parse_srun_task_ends(EXIT3_LOG)] == [((2, 3), 3), ((0, 1), None)]
+    assert slurm.parse_task_ranges("0,2-4") == (0, 2, 3, 4)
+
+
+def test_a_killed_rank_is_named_first_with_its_node_and_signal_then_its_peers():
+    summary = slurm.summarize_failure(job_id="1", sacct_rows=slurm.parse_table(KILLED_SACCT), batch_log=KILLED_LOG)
+    assert (summary.rank, summary.node, summary.signal, summary.exit_code) == (1, "node2", 9, None)
+    assert summary.text() == ("rank 1 on node2 died first: killed by signal 9 (SIGKILL); "
+                              "then rank 0 on node1: killed by signal 15 (SIGTERM) when srun ended the step")
+    assert FailureSummary.from_dict(summary.to_dict()) == summary
+
+
+def test_an_exit_code_is_named_and_sacct_steps_with_codes_follow():
+    summary = slurm.summarize_failure(job_id="4", sacct_rows=slurm.parse_table(EXIT3_SACCT), batch_log=EXIT3_LOG)
+    assert (summary.rank, summary.node, summary.exit_code) == (2, "node2", 3)
+    assert summary.cause == "ranks 2, 3 on node2 died first: exited with code 3"
+    assert "step 4.0 FAILED with exit code 3 on node[1-2]" in summary.consequences
+
+
+def test_without_the_batch_log_sacct_steps_still_tell_something():
+    summary = slurm.summarize_failure(job_id="1", sacct_rows=slurm.parse_table(KILLED_SACCT))
+    assert summary.rank is None and summary.source == "sacct" and summary.signal == 15
+    assert summary.text() == "step 1.0 CANCELLED by signal 15 (SIGTERM) on node[1-2]"
+
+
+def test_slurm_job_notes_time_limit_node_failure_and_oom():
+    log = ("slurmstepd-node1: error: *** JOB 2 ON node1 CANCELLED AT 2026-11-26T19:08:12 DUE TO TIME LIMIT ***\n"
+           "srun: error: Node failure on node2\n"
+           "slurmstepd-node1: error: Detected 1 oom-kill event(s) in StepId=3.batch. Some of your processes may have been killed\n")
+    assert slurm.job_end_notes(log) == [
+        "Slurm cancelled the job on node1 due to time limit", "node node2 failed",
+        "the kernel killed a process of step 3.batch for memory (oom-kill)"]
+    summary = slurm.summarize_failure(job_id="2", batch_log=log)
+    assert summary.cause == "Slurm cancelled the job on node1 due to time limit" and summary.rank is None
+
+
+def test_a_completed_job_has_no_failure():
+    assert slurm.summarize_failure(job_id="2", sacct_rows=slurm.parse_table(ACCOUNTING), batch_log="") is None
