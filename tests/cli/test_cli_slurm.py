@@ -7,9 +7,12 @@ Configured the way a user configures dinf: a Host alias in ~/.ssh/config (a priv
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +124,40 @@ def test_unknown_host_key_refused_until_trusted(slurm_dinf, minicluster, tmp_pat
     assert empty_known_hosts.read_text().strip()
     assert dinf("trust", "mini").code == EXIT_OK  # already trusted now
     assert dinf("submit", "--cluster", "mini", *TINY_PP2, "--dry-run").code == EXIT_OK
+
+
+def worker_pid(job_id: str, rank: int) -> int | None:
+    """The pid of a rank's worker process (the minicluster's nodes share this machine's pid namespace)."""
+    wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode()}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted <= environ and b"worker" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def test_a_rank_killed_with_sigkill_is_named_by_show(slurm_dinf):
+    dinf = slurm_dinf
+    submitted = dinf("submit", "--cluster", "mini", *TINY_PP2, "--max-new-tokens", "512", "--set", "repeats=50",
+                     "--name", "killed-rank", "--json")
+    assert submitted.code == EXIT_OK, submitted.err
+    run_id, job_id = str(submitted.json()["id"]), submitted.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (pid := worker_pid(job_id, 1)) is None:
+        assert time.monotonic() < deadline, "rank 1 never started"
+        time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    while not (shown := dinf("show", run_id, "--json").json())["state"] in ("FAILED", "CANCELLED", "COMPLETED"):
+        assert time.monotonic() < deadline + 120, f"the job never ended: {shown['state']}"
+        time.sleep(1)
+    failure = shown["failure"]
+    assert shown["state"] == "FAILED" and failure is not None, shown
+    assert (failure["rank"], failure["node"], failure["signal"]) == (1, "node2", 9), failure
+    text = dinf("show", run_id, "--no-refresh").out
+    assert "failure    rank 1 on node2 died first: killed by signal 9 (SIGKILL)" in text, text
