@@ -23,7 +23,7 @@ from tui import analysis, charts
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
 from tui.experiments import PRESET_DESCRIPTIONS, quantization_available
-from tui.results import CellState, ExperimentResult, RunResult
+from tui.results import CellState, ExperimentResult, RunResult, describe_engine
 from worker.contract import MODEL_CONFIGS
 
 SCALES_WELL = 0.8
@@ -529,11 +529,13 @@ def setup_blocks(experiments: Sequence[ExperimentResult]) -> list[str]:
         for cell in exp.cells:
             r = cell.cell.resources
             cluster = cell.run.cluster if cell.run else "–"
+            engine = describe_engine(cell.run) if cell.run else "–"
             cluster_rows.append((exp.name, cell.cell.key, cluster or "–", r.nodes, r.tasks_per_node,
-                                 r.gpus_per_node, r.partition or "–"))
+                                 r.gpus_per_node, r.partition or "–", engine))
     if cluster_rows:
-        blocks.append("### Cluster and resources\n\n" + md_table(
-            ("experiment", "cell", "cluster", "nodes", "ranks per node", "GPUs per node", "partition"), cluster_rows))
+        blocks.append("### Cluster, resources and engine\n\n" + md_table(
+            ("experiment", "cell", "cluster", "nodes", "ranks per node", "GPUs per node", "partition", "engine"),
+            cluster_rows))
     return blocks
 
 

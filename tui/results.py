@@ -5,7 +5,8 @@ frozen dataclasses holding `tui.analysis.Point`s, completions and the cell grid,
 any session so the report, `dinf compare` and the compare screen (from a worker thread) share them.
 Everything is ordered by id or key, so the same database always yields the same snapshot.
 
-It only reads; it computes no metric (that is `tui.analysis`) and formats nothing.
+It only reads; it computes no metric (that is `tui.analysis`). The one formatter here,
+`describe_engine`, says which worker engine a run used, the same way wherever a run is shown.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
@@ -62,6 +63,11 @@ class RunResult:
     completions: Mapping[int, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
     """batch size -> completion lines (contract layout: index, prompt, output_ids, topk_ids, text)."""
     accounting: tuple[Mapping[str, Any], ...] = ()
+    engine_impl: str = "reference"
+    """The worker's implementation ('fast', 'reference', 'deepspeed'); see `storage.models.Run`."""
+    engine_compiled: bool = False
+    engine_cuda_graphs: bool = False
+    engine_capture_s: float | None = None
 
     @property
     def devices(self) -> int:
@@ -86,8 +92,34 @@ class RunResult:
             "spec": {k: v for k, v in self.spec.items() if k not in ("run_name", "output_dir")},
             "resources": dict(self.resources),
             "environment": {k: v for k, v in self.environment.items() if k != "hosts"},
+            # what ran (the spec says what was asked); capture time is measured, like the numbers
+            "engine": {"impl": self.engine_impl, "compiled": self.engine_compiled,
+                       "cuda_graphs": self.engine_cuda_graphs},
         }
         return record
+
+
+class EngineFacts(Protocol):
+    """A run as any layer holds it (`RunResult`, `tui.services.RunRecord`, `storage.models.Run`)."""
+
+    engine_impl: str
+    engine_compiled: bool
+    engine_cuda_graphs: bool
+    engine_capture_s: float | None
+
+
+def describe_engine(run: EngineFacts) -> str:
+    """The worker engine of a run in one line, e.g. 'impl fast (compiled, CUDA graphs; capture 41.2 s)'.
+
+    Before its results are ingested a run shows what its spec asked for (no capture time yet).
+    """
+    settings = ["compiled" if run.engine_compiled else "eager"]
+    if run.engine_cuda_graphs:
+        settings.append("CUDA graphs")
+    text = ", ".join(settings)
+    if run.engine_capture_s is not None:
+        text += f"; capture {run.engine_capture_s:.1f} s"
+    return f"impl {run.engine_impl} ({text})"
 
 
 @dataclass(frozen=True)
@@ -211,6 +243,8 @@ def _run_result(session: Session, run: Run, clusters: Mapping[int, str]) -> RunR
         spec=_json(run.spec_json, {}), resources=_json(run.resources_json, {}), environment=environment,
         load_time_s=run.load_time_s, error=run.error, points=points, ranks=ranks,
         completions={b: tuple(lines) for b, lines in sorted(completions.items())}, accounting=accounting,
+        engine_impl=run.engine_impl, engine_compiled=run.engine_compiled, engine_cuda_graphs=run.engine_cuda_graphs,
+        engine_capture_s=run.engine_capture_s,
     )
 
 
