@@ -127,13 +127,13 @@ def requested_engine(spec: dict[str, Any]) -> dict[str, Any]:
 
     A spec without `impl` comes from before the fast path: the reference, eager. In tp mode the
     reference is DeepSpeed AutoTP, recorded as 'deepspeed' as the worker's result names it.
-    Compiling and graph capture are settings of the fast path only.
+    Compiling and graph capture are settings of the fast path on CUDA only (ignored on CPU).
     """
     impl = spec.get("impl")
     if impl is None:
         return dict(ENGINE_BEFORE_FAST_PATH)
     impl = str(impl)
-    fast = impl == "fast"
+    fast = impl == "fast" and spec.get("device") != "cpu"
     return {
         "engine_impl": "deepspeed" if impl == "reference" and spec.get("mode") == "tp" else impl,
         "engine_compiled": fast and bool(spec.get("compile", True)),

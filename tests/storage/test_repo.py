@@ -125,8 +125,10 @@ def test_state_histories_of_many_runs(engine):
         ({"mode": "pp", "impl": "reference", "compile": True, "cuda_graphs": True}, ("reference", False, False)),
         ({"mode": "tp", "impl": "reference", "compile": True, "cuda_graphs": True}, ("deepspeed", False, False)),
         ({"mode": "tp", "impl": "fast"}, ("fast", True, True)),  # RunSpec's defaults
+        ({"mode": "single", "impl": "fast", "compile": True, "cuda_graphs": True, "device": "cpu"},
+         ("fast", False, False)),  # the fast path runs eagerly on CPU
     ],
-    ids=["no-impl", "fast", "fast-eager", "reference", "tp-reference-is-deepspeed", "fast-defaults"],
+    ids=["no-impl", "fast", "fast-eager", "reference", "tp-reference-is-deepspeed", "fast-defaults", "fast-on-cpu"],
 )
 def test_new_run_records_the_engine_its_spec_asks_for(engine, spec, expected):
     with write_session(engine) as session:
