@@ -51,6 +51,11 @@ def test_real_worker_bundle_ingests_once(engine, tmp_path):
             (-1, 4, 1.0), (1, 2, 1.0), (2, 2, 1.0)]
         run = repo.get_run(session=session, run_id=report.run_id)
         assert run.name == "real-bundle" and run.mode == "single"
+        # the engine as the worker reported it (a worker from before the fast path reports none: reference)
+        reported = result.get("engine") or {"impl": "reference", "compiled": False, "cuda_graphs": False,
+                                            "capture_s": None}
+        assert (run.engine_impl, run.engine_compiled, run.engine_cuda_graphs, run.engine_capture_s) == (
+            reported["impl"], reported["compiled"], reported["cuda_graphs"], reported["capture_s"])
         rows = repo.measurements_for_runs(session=session, run_ids=[run.id])
         for row, record in zip(rows, result["measurements"]):
             assert row.batch_size == record["batch_size"]
