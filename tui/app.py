@@ -29,6 +29,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
+from textual.content import Content
 from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
@@ -47,7 +48,7 @@ from tui.messages import (
     SshTroubleMet,
 )
 from tui.rank_streams import route_chunks
-from tui.run_display import is_finished, is_live, state_of
+from tui.run_display import is_finished, is_live, printable, state_of
 from tui.run_logs import DEFAULT_MAX_LINES, RunLogs
 from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
 from tui.screens.runs import RunsScreen
@@ -83,10 +84,14 @@ class RunCommands(Provider):
         app = self.app
         matcher = self.matcher(query)
         for record in list(getattr(app, "runs", {}).values()):
-            title = f"Open run #{record.id} {getattr(record, 'name', '')} ({state_of(record)})"
-            score = matcher.match(title)
+            title = printable(f"Open run #{record.id} {getattr(record, 'name', '')} ({state_of(record)})")
+            score, offsets = matcher.fuzzy_search.match(matcher.query, title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), lambda rid=record.id: app.open_run(rid))
+                # Not matcher.highlight(): it parses the title as markup, and run names are data.
+                shown = Content(title)
+                for offset in offsets:
+                    shown = shown.stylize(matcher.match_style, offset, offset + 1)
+                yield Hit(score, shown, lambda rid=record.id: app.open_run(rid), text=title)
 
 
 class DinfApp(App):
@@ -328,7 +333,8 @@ class DinfApp(App):
             for screen in self.screen_stack:
                 if hasattr(screen, "submit_failed"):
                     screen.submit_failed(message.error)
-        self.notify(f"{message.what} failed: {message.error}", severity="error", timeout=8)
+        self.notify(printable(f"{message.what} failed: {message.error}", multiline=True), severity="error",
+                    timeout=8, markup=False)
 
     # --- opening and watching a run -------------------------------------------------------------
 
@@ -394,7 +400,8 @@ class DinfApp(App):
     def on_log_tail_ended(self, message: LogTailEnded) -> None:
         self._tailing.discard(message.run_id)
         if message.error and not self._stopping.is_set():
-            self.notify(f"log stream of run {message.run_id} stopped: {message.error}", severity="warning")
+            self.notify(printable(f"log stream of run {message.run_id} stopped: {message.error}", multiline=True),
+                        severity="warning", markup=False)
             record = self.runs.get(message.run_id)
             if record is not None and not is_finished(record):
                 cluster = str(getattr(record, "cluster", ""))
@@ -543,10 +550,8 @@ class DinfApp(App):
 
         name = getattr(record, "name", "")
         job = getattr(record, "job_id", None) or "not submitted"
-        self.push_screen(
-            ConfirmDialog(f"Cancel run #{run_id} {name} (job {job})?\nIts ranks will be stopped.", yes_label="Cancel run", no_label="Keep running"),
-            answered,
-        )
+        question = f"Cancel run #{run_id} {printable(name)} (job {printable(job)})?\nIts ranks will be stopped."
+        self.push_screen(ConfirmDialog(question, yes_label="Cancel run", no_label="Keep running"), answered)
 
     @work(thread=True, exit_on_error=False, group="cancel", description="cancelling a run")
     def _cancel(self, run_id: int) -> None:
@@ -563,7 +568,7 @@ class DinfApp(App):
         if is_finished(record):
             self._finished_runs.add(record.id)
         self.runs_version += 1
-        self.notify(f"Run {record.id} is {state_of(record)}.")
+        self.notify(printable(f"Run {record.id} is {state_of(record)}."), markup=False)
         self._wake_refresh.set()
 
     # --- command palette -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from remote.cluster import LogChunk
+from tui.run_display import printable
 from worker.contract import parse_event
 
 _EVENTS_NAME = re.compile(r"rank(\d+)\.events\.jsonl$")
@@ -27,10 +28,6 @@ _LEADING_TIME = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\
 _LEADING_EPOCH = re.compile(r"^\[?(1\d{9}(?:\.\d+)?)\b")
 # The worker's own format: "20:11:47 rank 0 ..." (time of day only).
 _LEADING_CLOCK = re.compile(r"^\[?(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?\b")
-# Control characters would corrupt the terminal; tabs become spaces so widths stay exact.
-_CONTROL = {c: "\ufffd" for c in range(32) if c not in (9,)}
-_CONTROL[9] = "    "
-_CONTROL[127] = "\ufffd"
 
 
 def classify_path(path: str) -> tuple[int, str] | None:
@@ -81,7 +78,7 @@ def _today_at(hours: str, minutes: str, seconds: str, fraction: str | None) -> f
 
 def clean_line(line: str) -> str:
     """The line without its end-of-line and with control characters made visible."""
-    return line.rstrip("\r\n").translate(_CONTROL)
+    return printable(line.rstrip("\r\n"))
 
 
 def format_event(event: dict[str, Any]) -> str | None:
@@ -90,7 +87,7 @@ def format_event(event: dict[str, Any]) -> str | None:
     if event.get("kind") != "error":
         return None
     stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts", 0))))
-    return f"{stamp} ERROR (event) {event.get('message', '')}"
+    return f"{stamp} ERROR (event) {printable(event.get('message', ''))}"
 
 
 @dataclass

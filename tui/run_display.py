@@ -1,13 +1,20 @@
-"""How a run record reads on screen: its state (with colour), times, elapsed time and timeline.
+"""How a run record reads on screen: its state (with colour), times, elapsed time and timeline,
+and how any text from outside dinf is shown.
 
 Pure functions over the service's `RunRecord` snapshots (attribute access only, tolerant of
 fields a record does not carry), so every screen formats runs the same way. No Textual here.
+
+Text from outside dinf (run names, errors, log lines, host names, paths, cluster names, job ids,
+reasons) is data: `plain()` makes it a `rich.text.Text`, never parsed as markup, with control
+characters made visible so a string can neither restyle the screen nor move the cursor.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from rich.text import Text
 
 from remote.cluster import TERMINAL_STATES
 
@@ -40,9 +47,35 @@ def is_live(record: Any) -> bool:
     return state_of(record) in LIVE_STATES
 
 
-def state_markup(state: str) -> str:
-    style = STATE_STYLES.get(state, "bold red" if state in FINISHED_STATES else "")
-    return f"[{style}]{state}[/]" if style else state
+CONTROL_SHOWN = "\ufffd"
+"""What a control character looks like on screen (the log views use the same)."""
+# C0 and C1 controls, DEL, and the bidi overrides that would reorder what the user reads. A tab
+# becomes spaces so cell widths stay exact; in one-line text a newline shows as a return sign.
+_CONTROLS = {c: CONTROL_SHOWN for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                        *range(0x2066, 0x206A))}
+_CONTROLS[0x09] = "    "
+_CONTROLS_KEEP_NEWLINES = {c: shown for c, shown in _CONTROLS.items() if c != 0x0A}
+_CONTROLS[0x0A] = "\u23ce"  # ⏎
+
+
+def printable(text: object, *, multiline: bool = False) -> str:
+    """`text` as a string whose every character stands for itself on a terminal."""
+    text = str(text)
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return text.translate(_CONTROLS_KEEP_NEWLINES if multiline else _CONTROLS)
+
+
+def plain(text: object, style: str = "", *, multiline: bool = False) -> Text:
+    """Outside text for a widget: shown literally, never parsed as markup."""
+    # The style as a span, as markup would make it: Textual resolves a Text's base style through
+    # CSS colour names (green = #008000), spans through the theme's palette.
+    return Text.assemble((printable(text, multiline=multiline), style))
+
+
+def state_text(state: str) -> Text:
+    """A run state in its colour (the state may come from the scheduler: it is never markup)."""
+    return plain(state, STATE_STYLES.get(state, "bold red" if state in FINISHED_STATES else ""))
 
 
 def clock(ts: float | None) -> str:

@@ -257,7 +257,7 @@ async def test_runs_sort_and_filter(make_app, scripted):
         await wait_for(pilot, lambda: len(app.runs) == 3)
         screen = app.screen
         table = screen.query_one(DataTable)
-        names = lambda: [table.get_row_at(i)[1] for i in range(table.row_count)]  # noqa: E731
+        names = lambda: [table.get_row_at(i)[1].plain for i in range(table.row_count)]  # noqa: E731
         await wait_for(pilot, lambda: table.row_count == 3)
         assert names() == ["gamma", "beta", "alpha"]  # newest first
         screen.sort_column, screen.sort_reverse = "id", True

@@ -25,6 +25,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
+from tui.run_display import plain, printable
+
 CHART_WIDTH = 76
 DONE_STATES = ("COMPLETED", "IMPORTED")
 
@@ -143,13 +145,14 @@ class CompareScreen(Screen):
         table = self.query_one("#compare-runs", DataTable)
         table.clear()
         for record in message.runs:
-            table.add_row(self._mark(record.id), str(record.id), record.name, record.mode, str(record.num_ranks),
-                          key=str(record.id))
+            # Names, modes, keys and values below come from runs and specs: plain Text, never markup.
+            table.add_row(self._mark(record.id), str(record.id), plain(record.name), plain(record.mode),
+                          str(record.num_ranks), key=str(record.id))
         experiments = self.query_one("#compare-experiments", DataTable)
         experiments.clear()
         self.experiment_rows = {row[0]: row for row in message.experiments}
         for exp_id, name, kind, count in message.experiments:
-            experiments.add_row(str(exp_id), name, kind, str(count), key=str(exp_id))
+            experiments.add_row(str(exp_id), plain(name), plain(kind), str(count), key=str(exp_id))
         self._rebuild()
 
     def _mark(self, run_id: int) -> str:
@@ -239,11 +242,11 @@ class CompareScreen(Screen):
         for label in ("Cell", "Role", "Mode", "Ranks", "State", "Run", "Attempts"):
             grid.add_column(label)
         for cell in exp.cells:
-            state = Text(cell.state, style="green" if cell.done else "red" if cell.failed else "yellow")
-            grid.add_row(cell.cell.key, cell.cell.role, cell.cell.spec.mode, str(cell.cell.num_ranks), state,
-                         str(cell.run.id) if cell.run else "-", str(cell.attempts))
+            state = plain(cell.state, "green" if cell.done else "red" if cell.failed else "yellow")
+            grid.add_row(plain(cell.cell.key), plain(cell.cell.role), plain(cell.cell.spec.mode),
+                         str(cell.cell.num_ranks), state, str(cell.run.id) if cell.run else "-", str(cell.attempts))
         for key, why in (exp.plan.skipped if exp.plan else ()):
-            grid.add_row(key, "not run", "", "", Text("SKIPPED", style="dim"), "-", why[:40])
+            grid.add_row(plain(key), "not run", "", "", Text("SKIPPED", style="dim"), "-", plain(why[:40]))
 
     def action_resubmit_failed(self) -> None:
         if self.grid is None:
@@ -260,7 +263,7 @@ class CompareScreen(Screen):
         except Exception as exc:  # noqa: BLE001
             self.post_message(CompareFailed(f"resubmit failed: {exc}"))
             return
-        self.app.call_from_thread(self.notify, f"Resubmitted {len(launches)} failed cell(s).")
+        self.app.call_from_thread(self.notify, f"Resubmitted {len(launches)} failed cell(s).", markup=False)
         self._load_experiment(exp_id)
 
     # --- comparing ---------------------------------------------------------------------------------
@@ -315,17 +318,17 @@ class CompareScreen(Screen):
         holder.remove_children()
         if comparison is None:
             return
-        diff.add_columns("field", *(run_label(r) + (" ★" if r.id == comparison.baseline.id else "")
+        diff.add_columns("field", *(plain(run_label(r) + (" ★" if r.id == comparison.baseline.id else ""))
                                     for r in comparison.runs))
         rows = diff_rows(comparison)
         for row in rows:
-            diff.add_row(*row)
+            diff.add_row(*map(plain, row))
         if not rows:
             diff.add_row("(no field differs)", *("" for _ in comparison.runs))
         derived.add_columns(*DERIVED_HEADERS)
         for row in derived_rows(comparison):
-            derived.add_row(*row)
+            derived.add_row(*map(plain, row))
         holder.mount_all([Static(text) for text in drawn] or [Static("No chart applies to these runs.")])
 
     def on_compare_failed(self, message: CompareFailed) -> None:
-        self.notify(message.error, severity="error", timeout=8)
+        self.notify(printable(message.error, multiline=True), severity="error", timeout=8, markup=False)

@@ -2,15 +2,24 @@
 
 Each returns its answer through `dismiss()`; none of them does I/O. The host-key dialog only
 asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call.
+Questions, titles and details carry run names, hosts and error text: shown as plain text (a
+`str` is never parsed as markup; a caller wanting style passes a `rich.text.Text`).
 """
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
+
+from tui.run_display import plain
+
+
+def _shown(text: str | Text) -> Text:
+    return text if isinstance(text, Text) else plain(text, multiline=True)
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -21,7 +30,7 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: str, *, yes_label: str = "Yes", no_label: str = "No") -> None:
+    def __init__(self, question: str | Text, *, yes_label: str = "Yes", no_label: str = "No") -> None:
         super().__init__()
         self.question = question
         self.yes_label = yes_label
@@ -29,7 +38,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.question, classes="dialog-question")
+            yield Static(_shown(self.question), classes="dialog-question")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.yes_label, variant="error", id="yes")
                 yield Button(self.no_label, variant="primary", id="no")
@@ -58,17 +67,18 @@ class HostKeyDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         if self.changed:
-            title = f"[b red]The host key of {self.host} has CHANGED[/]"
+            title = Text.assemble("The host key of ", plain(self.host), " has CHANGED", style="bold red")
             advice = (
                 "Someone may be intercepting the connection, or the host was reinstalled.\n"
                 "Trust the new key only if its administrator confirms this fingerprint."
             )
         else:
-            title = f"[b]Unknown host key for {self.host}[/] (cluster {self.cluster})"
+            title = Text.assemble(Text.assemble("Unknown host key for ", plain(self.host), style="bold"),
+                                  " (cluster ", plain(self.cluster), ")")
             advice = "Compare it with the fingerprint the cluster's administrators publish."
         with Vertical(classes="dialog"):
             yield Static(title, classes="dialog-question")
-            yield Label(self.fingerprint, id="fingerprint")
+            yield Label(plain(self.fingerprint), id="fingerprint")
             yield Static(advice)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Trust and connect", variant="warning", id="trust")
@@ -89,15 +99,15 @@ class ProblemDialog(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,enter", "close", "Close")]
 
-    def __init__(self, title: str, detail: str) -> None:
+    def __init__(self, title: str | Text, detail: str) -> None:
         super().__init__()
         self.title_text = title
         self.detail = detail
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(f"[b]{self.title_text}[/]", classes="dialog-question")
-            yield Static(self.detail, id="problem-detail", markup=False)
+            yield Static(Text.assemble(_shown(self.title_text), style="bold"), classes="dialog-question")
+            yield Static(plain(self.detail, multiline=True), id="problem-detail")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
 

@@ -17,6 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
+from tui.run_display import plain
 from tui.run_form import CheckedForm, RunForm, check_form
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
@@ -91,7 +92,7 @@ class NewRunScreen(Screen):
                                 yield Label(LABELS[name], classes="form-label")
                                 value = getattr(initial, name)
                                 if name == "cluster":
-                                    options = [(c, c) for c in self.clusters]
+                                    options = [(plain(c), c) for c in self.clusters]  # names are data
                                     yield Select(options, value=value, allow_blank=False, id=name, compact=True)
                                 elif name in SELECTS:
                                     options = [(o, o) for o in SELECTS[name]]

@@ -14,6 +14,7 @@ import re
 import time
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,9 +29,10 @@ from tui.run_display import (
     history_of,
     is_finished,
     is_live,
+    plain,
     ranks_of,
-    state_markup,
     state_of,
+    state_text,
 )
 from tui.run_logs import RunLogs
 from tui.widgets.connection_bar import ConnectionBar
@@ -121,25 +123,28 @@ class RunScreen(Screen):
             self.app.load_results(self.run_id)  # type: ignore[attr-defined]
 
     def _draw_header(self, record: Any) -> None:
+        # Every field but the numbers comes from outside dinf (the user, Slurm, the ranks): each is
+        # a plain Text, so a `[/x]` in a name or error shows as written instead of crashing.
         state = state_of(record)
+        reason = getattr(record, "state_reason", None)
         lines = [
-            f"[b]{getattr(record, 'name', '')}[/]  #{self.run_id}",
-            f"cluster [b]{getattr(record, 'cluster', '')}[/] · mode [b]{getattr(record, 'mode', '')}[/]"
-            f" · {ranks_of(record)} ranks",
-            f"state {state_markup(state)}"
-            + (f" ({record.state_reason})" if getattr(record, "state_reason", None) else ""),
-            f"job id [b]{getattr(record, 'job_id', None) or '-'}[/] · elapsed [b]{duration(elapsed_s(record))}[/]",
+            Text.assemble(plain(getattr(record, "name", ""), "bold"), f"  #{self.run_id}"),
+            Text.assemble("cluster ", plain(getattr(record, "cluster", ""), "bold"),
+                          " · mode ", plain(getattr(record, "mode", ""), "bold"), f" · {ranks_of(record)} ranks"),
+            Text.assemble("state ", state_text(state), plain(f" ({reason})") if reason else ""),
+            Text.assemble("job id ", plain(getattr(record, "job_id", None) or "-", "bold"),
+                          " · elapsed ", (duration(elapsed_s(record)), "bold")),
         ]
         error = getattr(record, "error", None)
         if error:
-            lines.append(f"[red]{_escape(str(error))}[/]")
-        self.query_one("#run-summary", FixedText).update("\n".join(lines))
-        timeline = history_of(record)
-        rows = ["[b]timeline[/]"] + [
-            f"{clock(at)}  {state_markup(entry_state)}" + (f" [dim]{_escape(reason)}[/]" if reason else "")
-            for entry_state, at, reason in timeline[-5:]
+            lines.append(plain(error, "red"))
+        self.query_one("#run-summary", FixedText).update(Text("\n").join(lines))
+        rows = [Text("timeline", style="bold")] + [
+            Text.assemble(f"{clock(at)}  ", state_text(entry_state), " " if reason else "",
+                          plain(reason, "dim") if reason else "")
+            for entry_state, at, reason in history_of(record)[-5:]
         ]
-        self.query_one("#run-timeline", FixedText).update("\n".join(rows))
+        self.query_one("#run-timeline", FixedText).update(Text("\n").join(rows))
 
     def _draw_progress(self) -> None:
         record = self.record
@@ -210,7 +215,10 @@ class RunScreen(Screen):
         self._show_follow()
 
     def _show_follow(self) -> None:
-        text = "[b green]following[/]" if self.follow else "[b yellow]paused[/] (f to follow)"
+        if self.follow:
+            text = Text.assemble(("following", "bold green"))
+        else:
+            text = Text.assemble(("paused", "bold yellow"), " (f to follow)")
         self.query_one("#follow-state", FixedText).update(text)
 
     def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
@@ -290,9 +298,3 @@ class RunScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

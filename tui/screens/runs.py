@@ -10,13 +10,14 @@ import re
 import time
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui.run_display import clock, duration, elapsed_s, is_live, ranks_of, state_markup, state_of
+from tui.run_display import clock, duration, elapsed_s, is_live, plain, ranks_of, state_of, state_text
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
 
@@ -107,22 +108,21 @@ class RunsScreen(Screen):
         rows.sort(key=lambda item: item[1][self.sort_column], reverse=self.sort_reverse)
         return rows
 
-    def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
+    def _cells(self, values: dict[str, Any], record: Any) -> list[Text]:
+        # A str cell would be parsed as markup by DataTable: every cell is a Text.
         return [
-            str(values["id"]),
-            values["name"],
-            values["cluster"],
-            values["mode"],
-            str(values["ranks"]),
-            state_markup(values["state"]),
-            values["job"] or "-",
-            clock(values["created"] or None),
-            duration(elapsed_s(record)),
+            Text(str(values["id"])),
+            plain(values["name"]),
+            plain(values["cluster"]),
+            plain(values["mode"]),
+            Text(str(values["ranks"])),
+            state_text(values["state"]),
+            plain(values["job"] or "-"),
+            Text(clock(values["created"] or None)),
+            Text(duration(elapsed_s(record))),
         ]
 
     def _redraw(self, _version: int = 0) -> None:
-        from rich.text import Text
-
         table = self.query_one(DataTable)
         selected = self.selected_run_id()
         table.clear()
@@ -133,8 +133,7 @@ class RunsScreen(Screen):
                 column.label = Text(label + arrow)
         rows = self._visible_runs()
         for record, values in rows:
-            cells = [Text.from_markup(c) if i == 5 else c for i, c in enumerate(self._cells(values, record))]
-            table.add_row(*cells, key=str(values["id"]))
+            table.add_row(*self._cells(values, record), key=str(values["id"]))
         has_runs = bool(getattr(self.app, "runs", {}))
         self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
         if selected is not None and str(selected) in table.rows:
@@ -145,7 +144,7 @@ class RunsScreen(Screen):
         for record in getattr(self.app, "runs", {}).values():
             key = str(getattr(record, "id", ""))
             if is_live(record) and key in table.rows:
-                table.update_cell(key, "elapsed", duration(elapsed_s(record)))
+                table.update_cell(key, "elapsed", Text(duration(elapsed_s(record))))
 
     # --- actions -----------------------------------------------------------------------------
 

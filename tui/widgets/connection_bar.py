@@ -6,16 +6,19 @@ changes, so it is always current on whichever screen is showing.
 
 from __future__ import annotations
 
+from textual.content import Content
 from textual.widgets import Static
 
-STATE_MARKS = {
-    "local": "[green]●[/] local",
-    "connected": "[green]●[/] connected",
-    "idle": "[dim]○[/] not connected yet",
-    "connecting": "[yellow]◌[/] connecting",
-    "reconnecting": "[yellow]◌[/] reconnecting",
-    "failed": "[red]✖[/] failed",
-    "refused": "[red]✖[/] host key refused",
+from tui.run_display import printable
+
+STATE_MARKS = {  # state -> (mark, its style, words)
+    "local": ("●", "green", "local"),
+    "connected": ("●", "green", "connected"),
+    "idle": ("○", "dim", "not connected yet"),
+    "connecting": ("◌", "yellow", "connecting"),
+    "reconnecting": ("◌", "yellow", "reconnecting"),
+    "failed": ("✖", "red", "failed"),
+    "refused": ("✖", "red", "host key refused"),
 }
 
 
@@ -34,13 +37,16 @@ class ConnectionBar(Static):
         self.watch(self.app, "connections_version", self._redraw, init=True)
 
     def _redraw(self, _version: int = 0) -> None:
+        # Cluster names and details (error text) come from outside: Content(...) is plain text, so
+        # they are assembled around the marks, never parsed as markup.
         connections = getattr(self.app, "connections", {})
-        parts = [f"[b]dinf[/] · {self.title_text}"]
+        parts = [Content.assemble(("dinf", "bold"), " · ", printable(self.title_text))]
         if not connections:
-            parts.append("[dim]opening the database…[/]")
+            parts.append(Content.assemble(("opening the database…", "dim")))
         for cluster, (state, detail) in sorted(connections.items()):
-            text = f"{cluster} {STATE_MARKS.get(state, state)}"
+            mark, style, words = STATE_MARKS.get(state, ("", "", state))
+            text = Content.assemble(printable(cluster), " ", (mark, style), " " if mark else "", printable(words))
             if detail and state not in ("connected", "local"):
-                text += f" [dim]({detail})[/]"
+                text = Content.assemble(text, " ", (printable(f"({detail})"), "dim"))
             parts.append(text)
-        self.update("  ·  ".join(parts))
+        self.update(Content("  ·  ").join(parts))

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
+from tui.run_display import plain
 from tui.run_logs import RankState
 from tui.widgets.fixed_text import FixedText
 
@@ -44,7 +45,7 @@ class RankProgressRow(Horizontal):
                 bar.update(total=state.tokens_expected, progress=state.tokens_done)
         elif state.phase == "done" and bar.progress != bar.total:
             bar.update(total=1, progress=1)
-        parts = [state.phase]
+        parts = [state.phase]  # phase and error come from the rank's events: shown as plain text
         if state.batch_size is not None:
             parts.append(f"bs={state.batch_size}")
         if state.tokens_expected:
@@ -65,4 +66,4 @@ class RankProgressRow(Horizontal):
         text = " · ".join(parts)
         if text != self._shown:  # an update costs a layout pass; skip when nothing changed
             self._shown = text
-            self.query_one(".rank-detail", FixedText).update(text)
+            self.query_one(".rank-detail", FixedText).update(plain(text))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
+
+from tui.run_display import plain
 
 # (attribute, header, format)
 MEASUREMENT_COLUMNS: list[tuple[str, str, str]] = [
@@ -44,12 +47,12 @@ def format_value(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def correctness_text(correctness: Any) -> str:
+def correctness_text(correctness: Any) -> Text:
     """One line per compared batch size, or why there is nothing to show."""
     if not correctness:
-        return "[dim]No correctness comparison for this run (it needs a single-GPU reference run).[/]"
+        return Text("No correctness comparison for this run (it needs a single-GPU reference run).", style="dim")
     items = correctness if isinstance(correctness, list) else [correctness]
-    lines = ["[b]correctness[/] (greedy token ids vs the reference)"]
+    lines = [Text.assemble(("correctness", "bold"), " (greedy token ids vs the reference)")]
     for item in items:
         batch = _field(item, "batch_size")
         rate = _field(item, "exact_match_rate")
@@ -62,10 +65,9 @@ def correctness_text(correctness: Any) -> str:
             text += f" ({exact}/{total} prompts)"
         if topk is not None:
             text += f", diverging tokens within top-k {format_value(topk, '{:.1%}')}"
-        if reference:
-            text += f" [dim]vs {reference}[/]"
-        lines.append(text)
-    return "\n".join(lines)
+        # The reference is a run's name: plain text.
+        lines.append(Text.assemble(plain(text), " " if reference else "", plain(f"vs {reference}", "dim") if reference else ""))
+    return Text("\n").join(lines)
 
 
 class ResultsPanel(VerticalScroll):
@@ -91,7 +93,7 @@ class ResultsPanel(VerticalScroll):
         table = self.query_one(DataTable)
         table.clear()
         for record in sorted(measurements, key=lambda m: _field(m, "batch_size") or 0):
-            table.add_row(*(format_value(_field(record, name), fmt) for name, _, fmt in MEASUREMENT_COLUMNS))
+            table.add_row(*(plain(format_value(_field(record, name), fmt)) for name, _, fmt in MEASUREMENT_COLUMNS))
         table.display = bool(measurements)
         status = self.query_one("#results-status", Static)
         if measurements:
