@@ -17,17 +17,12 @@ from sqlalchemy import Index, UniqueConstraint
 from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
 
+# The run states live in `storage.states` (no sqlmodel there); re-exported for callers that import
+# them with the tables.
+from storage.states import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED  # noqa: F401
+
 # A change to these tables needs a step in `storage.migrations`, which also holds the schema's
 # version number (DB_SCHEMA_VERSION): older files are migrated at open, newer ones refused untouched.
-
-# --- run states beyond the scheduler's (remote.cluster.JobState names are used as they are) -----
-
-DRAFT = "DRAFT"
-"""Recorded and validated, not submitted yet."""
-SUBMIT_FAILED = "SUBMIT_FAILED"
-"""Preparing or submitting failed; nothing is left running on the cluster."""
-IMPORTED = "IMPORTED"
-"""A result bundle ingested from disk without a submission behind it."""
 
 
 class SchemaVersion(SQLModel, table=True):
@@ -304,14 +299,3 @@ class Accounting(SQLModel, table=True):
     total_cpu: str | None = None
     raw_json: str = "{}"
     recorded_at: float
-
-
-FINISHED_STATES = frozenset(
-    {
-        # remote.cluster.TERMINAL_STATES by name (storage does not import remote; a test keeps them equal)
-        "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-        "BOOT_FAIL", "DEADLINE",
-        SUBMIT_FAILED, IMPORTED,
-    }
-)
-"""States a run never leaves; every other state (DRAFT included) is unfinished."""

@@ -20,15 +20,9 @@ from sqlmodel import Session, col, select
 
 from storage import repo
 from storage.models import ClusterRow, Completion, Experiment, Run
+from storage.states import DONE_STATES, FAILED_STATES
 from tui.analysis import Point, RankStat
 from tui.experiments import Cell, ExperimentPlan, plan_from_parameters
-
-FAILED_STATES = frozenset(
-    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
-     "SUBMIT_FAILED"}
-)
-"""Terminal states that leave a cell without results: resubmitting it is worthwhile."""
-DONE_STATES = frozenset({"COMPLETED", "IMPORTED"})
 
 
 def _json(text: str | None, default: Any) -> Any:

@@ -6,14 +6,8 @@ import json
 
 import pytest
 
-from remote.cluster import TERMINAL_STATES
 from storage import repo
 from storage.db import read_session, write_session
-from storage.models import FINISHED_STATES, IMPORTED, SUBMIT_FAILED
-
-
-def test_finished_states_match_the_scheduler_terminal_states():
-    assert FINISHED_STATES - {SUBMIT_FAILED, IMPORTED} == {s.value for s in TERMINAL_STATES}
 
 
 def test_state_history_and_timestamps(engine):
