@@ -14,6 +14,7 @@ import pytest
 
 from storage import repo
 from storage.db import read_session, write_session
+from tests.storage.conftest import write_schema1_file
 from tui import cli, comparison, report, results
 from tui.results import describe_engine
 
@@ -90,6 +91,16 @@ def test_show_and_export_say_which_engine_ran(dinf, tmp_path):
     }
     exported = json.loads(dinf("export", "--format", "json", "--run", str(fast))[1])
     assert [{k: r[k] for k in FAST_COLUMNS} for r in exported] == [FAST_COLUMNS, FAST_COLUMNS]
+
+
+def test_a_schema1_database_opens_migrated_in_the_cli(dinf, tmp_path):
+    write_schema1_file(tmp_path / "dinf.db")  # the file the `dinf` fixture opens
+    runs = {r["name"]: r for r in json.loads(dinf("runs", "--no-refresh", "--json")[1])}
+    assert {name: (r["state"], r["engine_impl"]) for name, r in runs.items()} == {
+        "pp2-v1": ("COMPLETED", "reference"), "draft": ("DRAFT", "reference"),
+        "failed": ("SUBMIT_FAILED", "reference")}
+    shown = dinf("show", "pp2-v1", "--no-refresh")[1]
+    assert "  engine     impl reference (eager)\n" in shown and "COMPLETED" in shown
 
 
 # --- report and compare ---------------------------------------------------------------------------

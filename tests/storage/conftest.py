@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,14 @@ import pytest
 from storage.db import make_engine
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write_schema1_file(path: Path) -> Path:
+    """The database dinf wrote at schema 1 (fixtures/schema1.sql, see fixtures/README.md) at `path`."""
+    conn = sqlite3.connect(path)
+    conn.executescript((FIXTURES / "schema1.sql").read_text())
+    conn.close()
+    return path
 
 
 @pytest.fixture

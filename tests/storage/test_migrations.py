@@ -13,17 +13,7 @@ from storage import migrations, repo
 from storage.db import DatabaseError, make_engine, read_session, schema_version, write_session
 from storage.ingest import ingest_bundle
 from storage.migrations import DB_SCHEMA_VERSION, FIRST_VERSION, Step
-from tests.storage.conftest import FIXTURES
-
-SCHEMA1_SQL = FIXTURES / "schema1.sql"
-
-
-def write_schema1_file(path: Path) -> Path:
-    """The database dinf wrote at schema 1 (see fixtures/README.md), as a file at `path`."""
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA1_SQL.read_text())
-    conn.close()
-    return path
+from tests.storage.conftest import write_schema1_file
 
 
 def _tables(conn: sqlite3.Connection) -> list[str]:
