@@ -1,14 +1,20 @@
 """`JobPoller`: when to ask the scheduler, for which jobs, and what to remember.
 
 One batched `status()` call covers every tracked job that is not finished. While jobs are active
-it polls every `active_s`; each poll that changes nothing doubles the wait up to `idle_max_s`; any
-change (or a newly tracked job) resets it. Terminal states are cached and never asked for again
-(a terminal state reported without an exit code — squeue's, before sacct catches up — is asked
-once more). A failed poll keeps the previous states and backs off too. The clock is injected so
-tests can fast-forward without sleeping.
+it polls every `active_s` (5 s); each poll that changes nothing doubles the wait up to `idle_max_s`
+(30 s); any change (or a newly tracked job) resets it. A change is a change of what the user acts
+on: state, reason, exit code, signal or node list (`status_key`). The elapsed time is not one: it
+grows on every poll, and comparing whole records once kept a poller at full speed for good.
 
-What it doesn't: run threads. The caller (a TUI worker, a CLI loop) calls `poll_if_due()` or
-`wait_s()`; the poller only decides.
+Someone watching closely (an open run screen, `dinf submit --wait`) may `watch` for a shorter
+cap on the wait, never below `WATCH_FLOOR_S`; the cap lasts until `unwatch`. Terminal states are
+cached and never asked for again (a terminal state reported without an exit code — squeue's,
+before sacct catches up — is asked once more). A failed poll keeps the previous states and backs
+off too; `wake()` makes the next poll due now (after the user fixed what failed). The clock is
+injected so tests can fast-forward without sleeping.
+
+What it doesn't: run threads. The caller (`tui.services.Dinf.refresh`, which the app's refresh
+loop and the CLI call) calls `poll_if_due()` or `wait_s()`; the poller only decides.
 """
 
 from __future__ import annotations
@@ -20,14 +26,28 @@ from remote.cluster import JobState, JobStatus
 
 StatusFn = Callable[[list[str]], dict[str, JobStatus]]
 
+ACTIVE_S = 5.0
+"""The wait between polls after a change, and while someone watches."""
+IDLE_MAX_S = 30.0
+"""The longest wait while nothing changes."""
+WATCH_FLOOR_S = 1.0
+"""The shortest wait anyone may ask for."""
+
+
+def status_key(status: JobStatus | None) -> tuple | None:
+    """What makes a poll news: everything but the elapsed time."""
+    if status is None:
+        return None
+    return (status.state, status.reason, status.exit_code, status.signal, status.nodelist)
+
 
 class JobPoller:
     def __init__(
         self,
         status: StatusFn,
         *,
-        active_s: float = 2.0,
-        idle_max_s: float = 30.0,
+        active_s: float = ACTIVE_S,
+        idle_max_s: float = IDLE_MAX_S,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._status = status
@@ -40,6 +60,7 @@ class JobPoller:
         self._next_at = clock()
         self.calls = 0
         self.last_error: Exception | None = None
+        self._watchers: dict[object, float] = {}
 
     # --- what is tracked -------------------------------------------------------------------------
 
@@ -52,6 +73,15 @@ class JobPoller:
         self._tracked.pop(job_id, None)
         self._finished.pop(job_id, None)
 
+    def retain(self, job_ids: list[str]) -> None:
+        """Track exactly these jobs: new ones are added (and make a poll due), others forgotten."""
+        wanted = set(job_ids)
+        for job_id in [*self._tracked, *self._finished]:
+            if job_id not in wanted:
+                self.untrack(job_id)
+        for job_id in sorted(wanted):
+            self.track(job_id)
+
     @property
     def active_ids(self) -> list[str]:
         return sorted(self._tracked)
@@ -62,6 +92,23 @@ class JobPoller:
         return {**known, **self._finished}
 
     # --- cadence ---------------------------------------------------------------------------------
+
+    def watch(self, who: object, every_s: float = ACTIVE_S) -> None:
+        """Poll at least every `every_s` (no less than WATCH_FLOOR_S) until `unwatch(who)`."""
+        self._watchers[who] = max(WATCH_FLOOR_S, float(every_s))
+        cap = self._cap()
+        if cap is not None and self._next_at - self._clock() > cap:
+            self._next_at = self._clock() + cap
+
+    def unwatch(self, who: object) -> None:
+        self._watchers.pop(who, None)
+
+    def _cap(self) -> float | None:
+        return min(self._watchers.values()) if self._watchers else None
+
+    def wake(self) -> None:
+        """The next poll is due now (the caller knows something changed, or was fixed)."""
+        self._next_at = min(self._next_at, self._clock())
 
     def _reset(self) -> None:
         self._interval = self.active_s
@@ -101,7 +148,7 @@ class JobPoller:
             previous = self._tracked.get(job_id)
             if previous is not None and previous.state.is_terminal and status.state == JobState.UNKNOWN:
                 status = previous  # it aged out of squeue; keep what we saw last
-            if status != previous:
+            if status_key(status) != status_key(previous):
                 changed[job_id] = status
             if status.state.is_terminal and (status.exit_code is not None or status.state == JobState.CANCELLED):
                 self._finished[job_id] = status
@@ -112,10 +159,14 @@ class JobPoller:
             self._interval = self.active_s
         else:
             self._back_off(schedule=False)
-        self._next_at = self._clock() + self._interval
+        self._next_at = self._clock() + self._wait()
         return changed
+
+    def _wait(self) -> float:
+        cap = self._cap()
+        return self._interval if cap is None else min(self._interval, cap)
 
     def _back_off(self, schedule: bool = True) -> None:
         self._interval = min(self.idle_max_s, self._interval * 2)
         if schedule:
-            self._next_at = self._clock() + self._interval
+            self._next_at = self._clock() + self._wait()

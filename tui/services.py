@@ -30,12 +30,14 @@ from remote.cluster import (
     ClusterError,
     FailureSummary,
     JobState,
+    JobStatus,
     LogChunk,
     PreparedRun,
     Resources,
     RunBundle,
 )
 from remote.logstream import MAX_READ, follow
+from remote.poller import ACTIVE_S, JobPoller
 from remote.results import LOGS_SUBDIR
 from remote.slurm import STEPS_KEY, batch_log_file, summarize_failure
 from storage import repo
@@ -184,6 +186,9 @@ class Dinf:
         """One finishing (fetch + ingest) at a time: the poller and a cancel may both see a run end."""
         self.cluster_errors: dict[str, str] = {}
         """The last error talking to each cluster (cleared by the next success): the connection state."""
+        self._pollers: dict[str, JobPoller] = {}
+        """Per cluster: when its next status call is due (the one owner of polling cadence)."""
+        self._poll_lock = threading.Lock()
 
     # --- clusters ---------------------------------------------------------------------------
 
@@ -408,12 +413,17 @@ class Dinf:
 
     # --- following runs -------------------------------------------------------------------------
 
-    def refresh(self) -> list[RunRecord]:
-        """Poll every submitted, unfinished run (one status call per cluster) and record changes.
+    def refresh(self, *, force: bool = False) -> list[RunRecord]:
+        """Poll the submitted, unfinished runs whose poll is due (one status call per cluster) and
+        record changes.
 
+        When a cluster's poll is due is decided by its `remote.poller.JobPoller`: every 5 s after a
+        change, backing off to 30 s while nothing changes (`watch_run` asks for more, bounded), so
+        callers may call this as often as they like. `force` polls every cluster now (start-up).
         A run that turns terminal gets its results fetched and ingested, and its sacct record kept.
-        A cluster that can't be reached is noted in `cluster_errors`; its runs keep their state.
-        Returns the runs that were polled, as they are now.
+        A cluster that can't be reached is noted in `cluster_errors`; its runs keep their state, and
+        its next refresh asks again (the caller paces retries). Returns the unfinished runs, as
+        they are now.
         """
         with read_session(self.engine) as session:
             pending = [
@@ -424,31 +434,81 @@ class Dinf:
         by_cluster: dict[str, list[RunRecord]] = {}
         for record in pending:
             by_cluster.setdefault(record.cluster, []).append(record)
-        for cluster_name, records in by_cluster.items():
-            try:
-                statuses = self.cluster(cluster_name).status([r.job_id for r in records])
-            except (ClusterError, OSError, ConfigError) as exc:  # ConfigError: removed from the TOML
-                self.cluster_errors[cluster_name] = str(exc)
-                continue
-            self.cluster_errors.pop(cluster_name, None)
-            for record in records:
-                status = statuses.get(record.job_id)
-                if status is None:
+        with self._poll_lock:
+            for name in set(self._pollers) - set(by_cluster):
+                self._pollers[name].retain([])
+            due = {}
+            for cluster_name, records in by_cluster.items():
+                poller = self._poller(cluster_name)
+                poller.retain([r.job_id for r in records])
+                if force:
+                    poller.wake()
+                if poller.wait_s() == 0:
+                    due[cluster_name] = poller
+            for cluster_name, poller in due.items():
+                poller.poll()
+                exc = poller.last_error
+                if exc is not None:
+                    if not isinstance(exc, (ClusterError, OSError, ConfigError)):  # ConfigError: gone from the TOML
+                        raise exc
+                    self.cluster_errors[cluster_name] = str(exc)
+                    poller.wake()
                     continue
-                state = status.state.value if isinstance(status.state, JobState) else str(status.state)
-                with write_session(self.engine) as session:
-                    run = repo.get_run(session=session, run_id=record.id)
-                    repo.record_state(session=session, run=run, state=state, reason=status.reason)
-                    if status.exit_code is not None and state in FINISHED_STATES:
-                        repo.update_run(session=session, run=run, exit_code=status.exit_code)
-                    session.commit()
-                if state in FINISHED_STATES:
-                    self._finish(record.id)
+                self.cluster_errors.pop(cluster_name, None)
+                self._record_statuses(by_cluster[cluster_name], poller.statuses())
         return [self.run(r.id) for r in pending]
+
+    def _record_statuses(self, records: list[RunRecord], statuses: dict[str, JobStatus]) -> None:
+        for record in records:
+            status = statuses.get(record.job_id)
+            if status is None:
+                continue
+            state = status.state.value if isinstance(status.state, JobState) else str(status.state)
+            with write_session(self.engine) as session:
+                run = repo.get_run(session=session, run_id=record.id)
+                changed = repo.record_state(session=session, run=run, state=state, reason=status.reason)
+                if status.exit_code is not None and state in FINISHED_STATES:
+                    repo.update_run(session=session, run=run, exit_code=status.exit_code)
+                    changed = True
+                if changed:
+                    session.commit()
+            if state in FINISHED_STATES:
+                self._finish(record.id)
+
+    def _poller(self, cluster_name: str) -> JobPoller:
+        if cluster_name not in self._pollers:
+            try:
+                local = self.config.cluster(cluster_name).backend == LOCAL
+            except ConfigError:  # gone from the TOML: the status call reports it
+                local = True
+            # A local "poll" reads files in the run directories, and no scheduler is asked: no backoff.
+            cadence = {"active_s": 0.0, "idle_max_s": 0.0} if local else {}
+            self._pollers[cluster_name] = JobPoller(lambda ids: self.cluster(cluster_name).status(ids), **cadence)
+        return self._pollers[cluster_name]
+
+    def watch_run(self, run_id: int | str, *, every_s: float = ACTIVE_S) -> None:
+        """Someone is looking at this run (a run screen, `--wait`): poll its cluster at least every
+        `every_s` seconds (never faster than once a second) until `unwatch_run`."""
+        record = self.run(run_id)
+        if record.cluster is not None:
+            with self._poll_lock:
+                self._poller(record.cluster).watch(("run", record.id), every_s)
+
+    def unwatch_run(self, run_id: int | str) -> None:
+        record = self.run(run_id)
+        with self._poll_lock:
+            for poller in self._pollers.values():
+                poller.unwatch(("run", record.id))
+
+    def poll_soon(self) -> None:
+        """Make every cluster's next poll due now (the user asked, or fixed what was failing)."""
+        with self._poll_lock:
+            for poller in self._pollers.values():
+                poller.wake()
 
     def reconcile(self) -> list[RunRecord]:
         """On start: poll every unfinished run, and ingest finished ones whose results are missing."""
-        polled = self.refresh()
+        polled = self.refresh(force=True)
         with read_session(self.engine) as session:
             missing = [
                 run.id for run in repo.list_runs(session=session, states=["COMPLETED"])
@@ -587,7 +647,7 @@ class Dinf:
         failure = None
         if record.state not in (JobState.COMPLETED.value, JobState.CANCELLED.value) and record.job_id is not None:
             failure = job_failure(local_dir / LOGS_SUBDIR, record.job_id, sacct_fields)
-            if error is None and failure is None:
+            if error is None:
                 error = launcher_error(local_dir / LOGS_SUBDIR, record.job_id, record.num_ranks)
             if failure is not None:
                 # The cause first, then what the peers made of it (the worker's own error event).

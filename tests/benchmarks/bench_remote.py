@@ -7,14 +7,23 @@ Rows: squeue and sacct round trips over one open connection (baseline: `true` on
 connection, a fresh connection per call, and Nagle left on); latency from a line written on the
 remote to its delivery by the log streamer (p50, p90; baseline: `tail -F` on an exec channel);
 the streamer's ingest rate (lines/s; baseline: one SFTP download of the same file); scheduler calls
-per minute with 1, 10 and 100 tracked (held, pending) jobs (baseline: one squeue per job per poll).
+per minute with 1, 10 and 100 tracked (held, pending) jobs (baseline: one squeue per job per poll);
+and scheduler commands per minute with the real app's refresh loop driving `Dinf.refresh` over 3
+running jobs, then idle (goal <= 12 and <= 1; baseline: one poll per loop tick, as before the
+poller's backoff keyed on state changes). Commands are counted by a wrapper around the SSH
+connection's `run`: every squeue, sacct, sbatch, scancel and sinfo that reaches the login node.
 Every baseline is measured in the same run. No thresholds: this reports, it does not judge.
+
+    .venv/bin/python tests/benchmarks/bench_remote.py --only app   # just the app's polling rows
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
 import socket
+import tempfile
 import statistics
 import sys
 import threading
@@ -174,20 +183,98 @@ def scheduler_calls(mc, table, window_s):
         cluster.close()
 
 
+_SCHEDULER_COMMAND = re.compile(r"\b(squeue|sacct|sbatch|scancel|sinfo|sstat|scontrol)\b")
+
+
+class CountingConnection:
+    """Counts the scheduler commands (and round trips) that go through an SshConnection's `run`."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.commands = 0
+        self.round_trips = 0
+        self._run = connection.run
+        connection.run = self.run
+
+    def run(self, argv, *args, command=None, **kwargs):
+        line = command if command is not None else join_argv(argv)
+        found = len(_SCHEDULER_COMMAND.findall(line))
+        if found:
+            self.commands += found
+            self.round_trips += 1
+        return self._run(argv, *args, command=command, **kwargs)
+
+
+def app_polling(mc, table, running_s: float, idle_s: float, *, baseline: bool = False):
+    """The real DinfApp (headless) over a Dinf with 3 running `sleep` jobs on the minicluster."""
+    from remote.cluster import Resources
+    from tui.app import DinfApp
+    from tui.services import Dinf
+    from worker.contract import RunSpec
+
+    home = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    (home / "config.toml").write_text('[clusters.mini]\nhost = "mini"\n')
+    cluster = mc.cluster(job_command=["sleep", "600"])
+    counter = CountingConnection(cluster.connection)
+    dinf = Dinf(data_dir=home, config_path=home / "config.toml", cluster_factory=lambda cfg: cluster)
+    if baseline:  # as before: every refresh polls (whole-record comparison never backed off)
+        dinf._pollers["mini"] = JobPoller(cluster.status, active_s=0.0, idle_max_s=0.0)
+    runs = [dinf.submit(dinf.new_run(cluster="mini", spec=RunSpec(), resources=Resources(), name=f"bench-{i}").id)
+            for i in range(3)]
+    deadline = time.monotonic() + 60
+    while any(dinf.run(r.id).state != "RUNNING" for r in runs):
+        dinf.refresh(force=True)
+        if time.monotonic() > deadline:
+            sys.exit("bench: the 3 sleep jobs never all ran")
+        time.sleep(0.5)
+    rows = []
+
+    async def drive():
+        app = DinfApp(service_factory=lambda: dinf)
+        async with app.run_test(size=(120, 40)) as pilot:
+            while app.service is None or not app.runs:
+                await pilot.pause(0.1)
+            for label, window in (("3 running jobs", running_s), ("idle", idle_s)):
+                if label == "idle":
+                    for r in runs:
+                        dinf.cancel(r.id)
+                    await pilot.pause(3)  # the app sees them end
+                before_c, before_r = counter.commands, counter.round_trips
+                await asyncio.sleep(window)
+                rows.append((label, (counter.commands - before_c) * 60 / window,
+                             (counter.round_trips - before_r) * 60 / window))
+
+    try:
+        asyncio.run(drive())
+    finally:
+        for r in runs:
+            if not dinf.run(r.id).finished:
+                dinf.cancel(r.id)
+        dinf.close()
+    name = "app refresh loop, every tick polls (baseline)" if baseline else "app refresh loop, Dinf.refresh"
+    for label, commands, trips in rows:
+        table.append((f"{name}: {label}", f"{commands:.1f}", f"{trips:.1f} trips", "cmds/min",
+                      f"over {running_s if label != 'idle' else idle_s:.0f} s; squeue+sacct per trip"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--only", choices=("app",), help="only these rows")
     args = parser.parse_args()
     mc = _load_minicluster()
     if isinstance(mc, str):
         sys.exit(mc)
     n = 10 if args.quick else 40
     table: list[tuple[str, str, str, str, str]] = []
-    round_trips(mc, table, n)
-    line_latency(mc, table, 50 if args.quick else 200, 0.2)
-    line_latency(mc, table, 50 if args.quick else 200, 0.05)
-    ingest_rate(mc, table, 20_000 if args.quick else 200_000)
-    scheduler_calls(mc, table, 10 if args.quick else 30)
+    if args.only is None:
+        round_trips(mc, table, n)
+        line_latency(mc, table, 50 if args.quick else 200, 0.2)
+        line_latency(mc, table, 50 if args.quick else 200, 0.05)
+        ingest_rate(mc, table, 20_000 if args.quick else 200_000)
+        scheduler_calls(mc, table, 10 if args.quick else 30)
+    app_polling(mc, table, 30 if args.quick else 120, 20 if args.quick else 60)
+    app_polling(mc, table, 15 if args.quick else 30, 10 if args.quick else 20, baseline=True)
     header = ("measurement", "p50 / value", "p90 / other", "unit", "note")
     widths = [max(len(r[i]) for r in table + [header]) for i in range(5)]
     print(f"minicluster {mc.user}@{mc.host}:{mc.port}, {mc.nodes} nodes; {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -260,3 +260,22 @@ def test_clone_run_for_resubmission(dinf, fake):
     imported = dinf.ingest_dir(FIXTURE_BUNDLE)
     with pytest.raises(ServiceError, match="imported, not submitted"):
         dinf.clone_run(imported.run_id)
+
+
+def test_a_slurm_cluster_is_asked_only_when_its_poll_is_due(tmp_path):
+    (tmp_path / "config.toml").write_text('[clusters.mini]\nhost = "mini"\n')
+    fake = FakeCluster("mini", bundle=FIXTURE_BUNDLE)
+    with Dinf(data_dir=tmp_path, config_path=tmp_path / "config.toml", cluster_factory=lambda cfg: fake) as dinf:
+        run = dinf.submit(dinf.new_run(cluster="mini", spec=RunSpec(), resources=Resources()).id)
+        fake.states[run.job_id] = [JobState.RUNNING]
+        for _ in range(5):  # the app's loop calls refresh every couple of seconds; the poller decides
+            dinf.refresh()
+        assert len(fake.status_calls) == 1
+        dinf.poll_soon()  # the user asked
+        dinf.refresh()
+        assert len(fake.status_calls) == 2
+        dinf.watch_run(run.id, every_s=0)  # bounded: at most once a second
+        dinf.refresh()
+        assert len(fake.status_calls) == 2
+        dinf.refresh(force=True)
+        assert len(fake.status_calls) == 3

@@ -112,3 +112,65 @@ def test_failed_poll_keeps_states_and_backs_off():
     assert isinstance(poller.last_error, RuntimeError)
     assert poller.statuses()["1"].state == JobState.RUNNING
     assert poller.wait_s() == 4
+
+
+def test_elapsed_time_alone_is_not_a_change_so_running_jobs_back_off_to_30_s():
+    clock, scheduler = FakeClock(), FakeScheduler()
+    poller = JobPoller(scheduler, clock=clock)  # the defaults: 5 s rising to 30 s
+    waits = []
+    for tick in range(7):
+        scheduler.states["1"] = JobStatus("1", JobState.RUNNING, elapsed_s=10.0 * tick, nodelist="node[1-2]")
+        poller.track("1")
+        poller.poll()
+        waits.append(poller.wait_s())
+        clock.now += poller.wait_s()
+    assert waits == [5, 10, 20, 30, 30, 30, 30]
+
+
+def test_a_new_reason_exit_code_or_node_list_is_a_change():
+    clock, scheduler, poller = make()
+    scheduler.states["1"] = JobStatus("1", JobState.PENDING, reason="Priority")
+    poller.track("1")
+    poller.poll()
+    for status in (JobStatus("1", JobState.PENDING, reason="Resources"),
+                   JobStatus("1", JobState.RUNNING, nodelist="node1"),
+                   JobStatus("1", JobState.RUNNING, nodelist="node[1-2]")):
+        clock.now += 100
+        poller.poll()  # nothing new: backs off
+        assert poller.wait_s() > 2
+        scheduler.states["1"] = status
+        assert poller.poll() == {"1": status}
+        assert poller.wait_s() == 2
+
+
+def test_a_watcher_caps_the_wait_no_lower_than_the_floor():
+    clock, scheduler = FakeClock(), FakeScheduler()
+    poller = JobPoller(scheduler, clock=clock)
+    scheduler.set("1", JobState.RUNNING)
+    poller.track("1")
+    for _ in range(5):
+        poller.poll()
+        clock.now += poller.wait_s()
+    assert poller.wait_s() == 0 and poller._interval == 30
+    poller.poll()
+    poller.watch("run screen")
+    assert poller.wait_s() == 5  # brought forward at once
+    poller.watch("impatient", every_s=0.01)
+    clock.now += 5
+    poller.poll()
+    assert poller.wait_s() == 1  # WATCH_FLOOR_S
+    poller.unwatch("impatient")
+    poller.unwatch("run screen")
+    clock.now += 1
+    poller.poll()
+    assert poller.wait_s() == 30
+
+
+def test_wake_makes_the_next_poll_due_now():
+    clock, scheduler, poller = make()
+    scheduler.set("1", JobState.RUNNING)
+    poller.track("1")
+    poller.poll()
+    assert poller.poll_if_due() is None
+    poller.wake()
+    assert poller.poll_if_due() == {}
