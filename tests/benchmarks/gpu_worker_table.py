@@ -81,9 +81,9 @@ class Cell:
 
 CELLS = {c.name: c for c in [
     Cell("copy-bw", "copy", "copy bandwidth"),
-    Cell("hf-eager", "hf", "HF generate, eager", speed="slow", engine="eager"),
+    Cell("hf-eager", "hf", "HF generate, eager", speed="eager", engine="eager"),
     Cell("hf-static", "hf", 'HF generate, static cache (compiled)', speed="static", engine="static"),
-    Cell("ds-inject", "hf", "DeepSpeed-Inference, kernel inject", speed="slow", engine="ds-inject"),
+    Cell("ds-inject", "hf", "DeepSpeed-Inference, kernel inject", speed="eager", engine="ds-inject"),
     Cell("single-ref", "worker", "dinf single, reference", speed="slow", impl="reference"),
     Cell("single-fast", "worker", "dinf single, fast", impl="fast"),
     Cell("pp2-m2", "worker", "dinf pp 2, fast, 2 micro-batches", mode="pp", world=2, impl="fast", micro_batches=2),
@@ -110,6 +110,7 @@ GROUPS["all"] = list(dict.fromkeys(GROUPS["call1"] + GROUPS["call2"]))
 ASSUMED_TOK_S = {
     "fast": {1: 250, 8: 1800, 64: 8000, 128: 11000},
     "slow": {1: 35, 8: 280, 64: 1400, 128: 2000},
+    "eager": {1: 45, 8: 400, 64: 2700, 128: 3400},
     "static": {1: 180, 8: 1200, 64: 3500, 128: 4500},
 }
 ASSUMED_START_S = {1: 20, 2: 30}  # process start + checkpoint load, per invocation, by world size
@@ -133,11 +134,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default="1,8,64,128")
     p.add_argument("--prompt-tokens", type=int, default=128, help="every prompt is exactly this many tokens (with <s>)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--requests-fast", default="1:4,8:128,64:128,128:128",
+    p.add_argument("--requests-fast", default="1:16,8:16,64:128,128:128",
                    help="batch:requests per pass for the fast engine (dp2 doubles them)")
     p.add_argument("--requests-slow", default="1:1,8:8,64:128,128:128",
                    help="batch:requests for HF eager, DeepSpeed and dinf reference (~20-30 ms per step)")
     p.add_argument("--requests-static", default="1:2,8:16,64:64,128:128", help="batch:requests for HF static")
+    p.add_argument("--requests-eager", default="1:1,8:8,64:64,128:128",
+                   help="batch:requests for HF eager and DeepSpeed kernel inject (one process: any count is free)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--worker-args", default="", help="extra flags for every fast-engine worker run (e.g. --no-cuda-graphs)")
@@ -148,8 +151,13 @@ def parse_args(argv=None):
     p.add_argument("--deadline-s", type=float, default=0,
                    help="stop starting work this many seconds after the script starts (0: none); each cell's "
                         "timeout is cut to what is left")
-    p.add_argument("--est-capture-s", type=float, default=25,
-                   help="planning: the fast engine's compile + capture per batch size and invocation")
+    p.add_argument("--est-compile-s", type=float, default=20,
+                   help="planning: the fast engine's first compile in each worker run (its layer; FX graph cache on)")
+    p.add_argument("--est-capture-s", type=float, default=5,
+                   help="planning: the fast engine's recompile + capture per batch size")
+    p.add_argument("--copy-to", type=Path, default=None,
+                   help="after every cell, copy --out here (e.g. $OUT on the device machine, while --out stays in "
+                        "/tmp so a second call on the same warm machine can --reuse it)")
     p.add_argument("--dry-plan", action="store_true", help="print the plan and its time estimate, run nothing")
     args = p.parse_args(argv)
     args.batch_size_list = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -181,8 +189,8 @@ def parse_requests(text: str) -> dict[int, int]:
 
 def requests_for(args, cell: Cell, bs: int) -> int:
     """Requests per pass at this batch size: from the cell's table, at least one full batch, whole batches."""
-    table = parse_requests({"fast": args.requests_fast, "slow": args.requests_slow,
-                            "static": args.requests_static}[cell.speed])
+    table = parse_requests({"fast": args.requests_fast, "slow": args.requests_slow, "static": args.requests_static,
+                            "eager": args.requests_eager}[cell.speed])
     n = max(table.get(bs, bs), bs)
     n = math.ceil(n / bs) * bs
     return n * cell.requests_factor
@@ -235,7 +243,7 @@ def estimate_s(args, cell: Cell) -> float:
     for inv in invocations(args, cell):
         total += ASSUMED_START_S[min(cell.world, 2)]
         if cell.impl == "fast":
-            total += args.est_capture_s * len(inv["batch_sizes"])
+            total += args.est_compile_s + args.est_capture_s * len(inv["batch_sizes"])
         total += sum(passes(bs, requests_for(args, cell, bs)) for bs in inv["batch_sizes"])
     return total
 
@@ -532,6 +540,8 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
         meta["status"] = "failed" if all(s in ("failed", "not run") for s in inv_status) else "partial"
         meta["reason"] = next(i["reason"] for i in meta["invocations"] if i["status"] != "ok")
     meta["wall_s"] = time.time() - t_cell
+    if meta["invocations"] and all(i.get("reused") for i in meta["invocations"]):
+        meta["wall_s"], meta["started"] = old.get("wall_s", meta["wall_s"]), old.get("started", meta["started"])
     write_json(cdir / "cell.json", meta)
     print(f"== cell {cell.name}: {meta['status']}{' (' + meta['reason'] + ')' if meta['reason'] else ''} "
           f"in {meta['wall_s']:.0f} s", flush=True)
@@ -1036,8 +1046,9 @@ def write_table(args, batch_sizes: list[int] | None = None) -> str:
 
 def print_plan(args, cells: list[Cell]) -> float:
     total = 0.0
-    print(f"== plan (estimates assume H200 rates: ASSUMED_TOK_S; fast capture {args.est_capture_s:.0f} s per batch "
-          "size and run):", flush=True)
+    print(f"== plan (estimates assume H200 rates, ASSUMED_TOK_S; fast engine: {args.est_compile_s:.0f} s compile per run "
+          f"+ {args.est_capture_s:.0f} s capture per batch size; HF static {ASSUMED_HF_COMPILE_S} s compile per shape):",
+          flush=True)
     for cell in cells:
         est = estimate_s(args, cell)
         total += est
@@ -1087,6 +1098,7 @@ def main(argv=None) -> int:
         print(f"== note: this worker has no {', '.join(missing)}; fast / reference cells run its default engine "
               "and the table says so", flush=True)
     run_copy_bw(args, cards, clock)
+    copy_out(args)
     failures = []
     for cell in cells:
         try:
@@ -1107,9 +1119,22 @@ def main(argv=None) -> int:
             import traceback
 
             traceback.print_exc()
+        copy_out(args)
     print("\n" + write_table(args), flush=True)
     print(f"\nTotal wall time of this call: {time.time() - clock.t0:.0f} s.", flush=True)
+    copy_out(args)
     return 1 if failures else 0
+
+
+def copy_out(args) -> None:
+    if args.copy_to is None:
+        return
+    import shutil
+
+    try:
+        shutil.copytree(args.out, args.copy_to, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.partial"))
+    except (OSError, shutil.Error) as exc:
+        print(f"== copying {args.out} to {args.copy_to} failed: {exc}", flush=True)
 
 
 if __name__ == "__main__":
