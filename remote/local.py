@@ -87,9 +87,11 @@ class LocalCluster:
     def _rank_command(self, run_dir: Path) -> list[str]:
         """The per-rank argv; through bash only when the environment has shell set-up to run first."""
         env = self.environment
-        setup = [f"module load {m}" for m in env.modules]
+        # Config strings are words, quoted by join_argv like every other command; only setup_lines
+        # are shell by design (as in the Slurm script).
+        setup = [join_argv(["module", "load", m]) for m in env.modules]
         if env.venv:
-            setup.append(f"source {join_argv([str(Path(env.venv) / 'bin' / 'activate')])}")
+            setup.append(join_argv(["source", str(Path(env.venv) / "bin" / "activate")]))
         setup += list(env.setup_lines)
         command = self._command(run_dir)
         if not setup:

@@ -164,3 +164,42 @@ def test_restarting_from_delivered_offsets_loses_and_repeats_nothing(lines, cuts
             offsets["f"] = chunk.end_offset
         stream.close()
     assert received == lines
+
+
+# --- the local backend: the same property --------------------------------------------------------
+
+FAKE_MODULE = """#!/bin/bash
+# Stand-in for `module`: print what it was given, one NUL-terminated word each, to a file.
+printf '%s\\0' "$@" >> "$MODULE_ARGS"
+"""
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(module=hostile_text, arg=hostile_text, venv=hostile_text)
+def test_local_rank_command_passes_hostile_config_strings_literally(tmp_path, module, arg, venv):
+    """`[clusters.local.python] modules = ["$(touch MARKER)"]` and friends: words, never shell."""
+    import json as json_
+
+    from remote.cluster import RunBundle
+    from remote.local import LocalCluster
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "module").write_text(FAKE_MODULE)
+    (bin_dir / "module").chmod(0o755)
+    module_args = tmp_path / "module-args"
+    module_args.write_bytes(b"")
+    cluster = LocalCluster(
+        workdir=tmp_path / "work",
+        python=PythonEnvironment(modules=[module], venv=f"/nonexistent/{venv}", env={"V": arg}),
+        job_command=["bash", "-c", 'printf "%s\\0%s" "$1" "$V"', "task", arg],
+    )
+    bundle = RunBundle(run_id=f"r{abs(hash((module, arg, venv)))}", job_name=arg, spec_json=json_.dumps({}),
+                       prompts_jsonl=None)
+    prepared = cluster.prepare(bundle)
+    plan = json_.loads((Path(prepared.run_dir) / "launch.json").read_text())
+    env = {**os.environ, **plan["env"], "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODULE_ARGS": str(module_args)}
+    out = subprocess.run(plan["command"], cwd=tmp_path, env=env, capture_output=True).stdout
+    assert out.split(b"\x00") == [arg.encode(), arg.encode()]
+    assert module_args.read_bytes().split(b"\x00")[:-1] == [b"load", module.encode()]
+    assert not (tmp_path / "CANARY").exists() and not (Path(prepared.run_dir) / "CANARY").exists()
