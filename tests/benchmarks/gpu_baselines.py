@@ -67,8 +67,12 @@ def card_ids(device_type: str) -> list[dict]:
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
         uuid = str(getattr(props, "uuid", "") or f"{socket.gethostname()}-cuda{i}")
-        cards.append({"index": i, "uuid": uuid.removeprefix("GPU-"), "name": props.name})
+        cards.append({"index": i, "uuid": norm_uuid(uuid), "name": props.name})
     return cards
+
+
+def norm_uuid(text: str) -> str:
+    return text.strip().lower().removeprefix("gpu-")
 
 
 def copy_bw(args) -> int:
@@ -221,6 +225,8 @@ def generate(args) -> int:
             sync()
             walls.append(time.perf_counter() - t0)
             tps.append(requests * n / walls[-1])
+        if args.engine == "static":  # did transformers really compile the forward? (it does only on CUDA)
+            engine["compiled"] = engine["cuda_graphs"] = getattr(model, "_compiled_call", None) is not None
         capture = first_call_s if args.engine == "static" else None
         captures.append(first_call_s)
         measurements.append({

@@ -372,9 +372,9 @@ def machine_cards(device: str) -> list[str]:
     if device != "cuda":
         return [f"cpu-{socket.gethostname()}"]
     try:
-        text = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
+        text = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, check=False,
                               text=True, timeout=30).stdout
-        cards = [ln.strip().removeprefix("GPU-") for ln in text.splitlines() if ln.strip()]
+        cards = [ln.strip().lower().removeprefix("gpu-") for ln in text.splitlines() if ln.strip()]
     except (OSError, subprocess.TimeoutExpired):
         cards = []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -386,14 +386,14 @@ def machine_cards(device: str) -> list[str]:
 def worker_takes_per_batch_requests() -> bool:
     """Does `--num-requests` take one count per batch size (e.g. 4,128 with --batch-sizes 1,64)? argparse
     rejects the list before it reaches --help when it does not."""
-    r = subprocess.run([sys.executable, "-m", "worker", "run", "--batch-sizes", "1,2", "--num-requests", "1,2", "--help"],
-                       cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    probe = [sys.executable, "-m", "worker", "run", "--batch-sizes", "1,2", "--num-requests", "1,2", "--help"]
+    r = subprocess.run(probe, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120, check=False)
     return r.returncode == 0
 
 
 def worker_flags() -> str:
     """`python -m worker run --help` (to see which of --impl / --no-compile / --no-cuda-graphs exist)."""
-    r = subprocess.run([sys.executable, "-m", "worker", "run", "--help"], cwd=REPO, env=child_env(),
+    r = subprocess.run([sys.executable, "-m", "worker", "run", "--help"], cwd=REPO, env=child_env(), check=False,
                        capture_output=True, text=True, timeout=120)
     return r.stdout + r.stderr
 
@@ -444,7 +444,7 @@ def make_prompts(ckpt: Path, target: int, out: Path, n: int = FIRST_N) -> Path:
     from worker.tokenizer import encode_prompt, load_tokenizer
 
     tok = load_tokenizer(ckpt)
-    count = lambda text: len(encode_prompt(tok, text))  # noqa: E731
+    count = lambda text: len(encode_prompt(tok, text))
     shipped = read_prompts(None)
     prompts = []
     for i in range(n):
@@ -491,19 +491,17 @@ class Clock:
         return min(limit, self.left())
 
 
-def run_copy_bw(args, cards: list[str], clock: Clock) -> None:
-    measured = set()
-    for f in (args.out / "copy-bw").glob("*/copy_bw.json"):
-        for c in (read_json(f) or {}).get("cards", []):
-            measured.add(c["uuid"])
-    if args.reuse and all(c in measured for c in cards):
-        print("== copy-bw: every card of this machine already measured under --out", flush=True)
-        return
-    d = args.out / "copy-bw" / cards[0][:13]
+def run_copy_bw(args, clock: Clock) -> list[str]:
+    """Copy bandwidth of every visible card, every call (~10 s); returns the cards' UUIDs in CUDA order (the
+    order the ranks' LOCAL_RANK picks), or nvidia-smi's list if the measurement failed."""
+    d = args.out / "copy-bw" / f"{socket.gethostname()}-{time.strftime('%H%M%S')}"
     code = run_script([sys.executable, str(HERE / "gpu_baselines.py"), "copy-bw", "--out", str(d), "--device",
-                       args.device], d / "log.out", clock.timeout(120))
-    if code != 0:
+                       args.device], d / "log.out", clock.timeout(180))
+    cards = [c["uuid"] for c in (read_json(d / "copy_bw.json") or {}).get("cards", [])]
+    if code != 0 or not cards:
         print(f"== copy-bw failed: {failure_reason(tail(d / 'log.out'), code)}", flush=True)
+        return machine_cards(args.device)
+    return cards
 
 
 def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flags: str, clock: Clock) -> dict:
@@ -577,7 +575,7 @@ def run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, cloc
     try:
         code = run_worker(args, ckpt, cell.mode, cell.world, run_dir, inv["batch_sizes"], inv["requests"],
                           inv["micro_batches"], prompts=prompts, extra=extra, timeout=timeout)
-    except Exception as exc:  # a launcher error is this cell's failure, not the table's
+    except Exception as exc:  # noqa: BLE001 — a launcher error is this cell's failure, not the table's
         code, rec["reason"] = 1, f"launcher: {exc!r}"
     rec.update(code=code, wall_s=time.time() - t0, timeout_s=timeout)
     if code != 0 or not (run_dir / "result.json").is_file():
@@ -629,7 +627,7 @@ def run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock) -> dict:
 
 
 def deepspeed_imports() -> bool:
-    r = subprocess.run([sys.executable, "-c", "import deepspeed"], env=child_env(), capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", "import deepspeed"], env=child_env(), capture_output=True, timeout=300, check=False)
     return r.returncode == 0
 
 
@@ -911,9 +909,9 @@ def build_table(data: dict, batch_sizes: list[int], header: str = "") -> str:
         lines.append(f"| {meta.get('label', name)} | {meta.get('world', 1)} | " + " | ".join(vals) + " |")
 
     # Detail: one row per (cell, batch).
-    lines += ["", "| config | GPUs | bs | requests × passes | output tok/s median (min–max) | TPOT ms median (spread) "
-              "| TTFT ms median (spread) | % of roofline | exact vs single fast (first 20) "
-              "| top-5 agree at divergence | capture s | engine |",
+    lines += ["", ("| config | GPUs | bs | requests × passes | output tok/s median (min–max) | TPOT ms median (spread) "
+                   "| TTFT ms median (spread) | % of roofline | exact vs single fast (first 20) "
+                   "| top-5 agree at divergence | capture s | engine |"),
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in CELLS:
         if name not in cells:
@@ -1077,8 +1075,6 @@ def main(argv=None) -> int:
     print_plan(args, cells)
     if args.dry_plan:
         return 0
-    cards = machine_cards(args.device)
-    print(f"== cards: {', '.join(c[:13] for c in cards)}", flush=True)
     ckpt = make_checkpoint(args)
     prompts = make_prompts(ckpt, args.prompt_tokens, args.out / f"prompts-{args.prompt_tokens}.jsonl")
     from worker.contract import MODEL_CONFIGS
@@ -1097,7 +1093,8 @@ def main(argv=None) -> int:
     if missing:
         print(f"== note: this worker has no {', '.join(missing)}; fast / reference cells run its default engine "
               "and the table says so", flush=True)
-    run_copy_bw(args, cards, clock)
+    cards = run_copy_bw(args, clock)
+    print(f"== cards: {', '.join(c[:13] for c in cards)}", flush=True)
     copy_out(args)
     failures = []
     for cell in cells:
@@ -1105,7 +1102,7 @@ def main(argv=None) -> int:
             meta = run_cell(args, cell, ckpt, prompts, cards, flags, clock)
             if meta["status"] in ("failed", "partial") and cell.name != "ds-inject":
                 failures.append(cell.name)
-        except Exception as exc:  # never let one cell stop the others
+        except Exception as exc:  # noqa: BLE001 — never let one cell stop the others
             import traceback
 
             traceback.print_exc()
@@ -1115,7 +1112,7 @@ def main(argv=None) -> int:
             failures.append(cell.name)
         try:
             write_table(args)
-        except Exception:
+        except Exception:  # noqa: BLE001 — a table bug must not cost the remaining cells
             import traceback
 
             traceback.print_exc()

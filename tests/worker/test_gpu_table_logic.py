@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_worker_table as table  # noqa: E402
+import gpu_worker_table as table
 
 GB = 1e9
 A, B, C = "card-a", "card-b", "card-c"
@@ -195,7 +195,7 @@ python3: /tmp/apply_rotary_pos_emb.cu:105: Assertion `padded_head_size <= hw_war
 
 
 def test_exact_length_prompts():
-    count = lambda text: 1 + len(text.split())  # noqa: E731 — <s> + one token per word
+    count = lambda text: 1 + len(text.split())  # <s> + one token per word
     text = table.exact_length_text(count, "Hello", 12, offset=3)
     assert count(text) == 12 and text.startswith("Hello ")
     long_base = " ".join(["word"] * 40)
