@@ -235,6 +235,20 @@ def sacct_accounting_argv(job_id: str) -> list[str]:
     return ["sacct", "--parsable2", "-j", job_id, f"--format={','.join(SACCT_ACCOUNTING_FIELDS)}"]
 
 
+def sinfo_partitions_argv() -> list[str]:
+    return ["sinfo", "-h", "-o", "%P"]
+
+
+def partitions_from_sinfo(text: str) -> list[str]:
+    """`sinfo -h -o %P` lines ('debug*' marks the default) → partition names, in order, once each."""
+    names: list[str] = []
+    for line in text.splitlines():
+        name = line.strip().rstrip("*")
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
 def scancel_argv(job_id: str) -> list[str]:
     return ["scancel", job_id]
 
@@ -253,6 +267,24 @@ def sbatch_argv(script_path: str, *, job_name: str, run_dir: str, test_only: boo
     return argv + [script_path]
 
 
+SLURM_REWRITTEN = {"'": "a quote", '"': "a quote", "\\": "a backslash", "%": "a %"}
+
+
+def slurm_path_problem(path: str) -> str | None:
+    """Why Slurm would not write logs where `path` says, or None.
+
+    sbatch strips backslashes (and trips on quotes) in `--output`, and srun expands `%` patterns a
+    second time even when escaped as `%%`: the job then fails with no reason, or writes its logs
+    somewhere else. Such paths are refused up front; a control character (newline, tab) too.
+    """
+    for char, what in SLURM_REWRITTEN.items():
+        if char in path:
+            return f"holds {what} ({char!r}), which Slurm rewrites in log paths"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "holds a control character (newline, tab, ...)"
+    return None
+
+
 def escape_filename_pattern(path: str) -> str:
     """Slurm expands %j, %t, ... in --output; a literal % in a path must be %%."""
     return path.replace("%", "%%")
@@ -265,11 +297,13 @@ def resource_flags(resources: Resources) -> dict[str, str]:
     """The #SBATCH flags for `resources`; every value checked so it cannot break the directive line."""
     r = resources
     problems = {}
-    for name in ("nodes", "tasks_per_node"):
+    for name in ("nodes", "tasks_per_node", "cpus_per_task"):
         value = getattr(r, name)
+        if name == "cpus_per_task" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems[name] = f"must be a positive integer, got {value!r}"
-    for name in ("gpus_per_node", "cpus_per_task"):
+    for name in ("gpus_per_node",):
         value = getattr(r, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             problems[name] = f"must be a non-negative integer, got {value!r}"

@@ -48,6 +48,13 @@ def check_run_id(run_id: str) -> None:
         )
 
 
+def check_workdir(workdir: str, *, what: str = "workdir") -> None:
+    """ClusterError naming the field if Slurm would rewrite the path of the run's logs."""
+    problem = slurm.slurm_path_problem(workdir)
+    if problem:
+        raise ClusterError(f"{what} {workdir!r} {problem}; choose a directory without ' \" \\ or %")
+
+
 def expand_command(template: list[str], *, python: str, spec: str, run_dir: str, output_dir: str) -> list[str]:
     """Fill {python} {spec} {run_dir} {output_dir} in a job command template (tests use stand-ins)."""
     values = {"python": python, "spec": spec, "run_dir": run_dir, "output_dir": output_dir}
@@ -101,12 +108,14 @@ class SlurmCluster:
         self.connection = connection
         self.environment = python or PythonEnvironment()
         self.job_command = job_command
+        check_workdir(workdir)
         workdir = workdir.removeprefix("~/") if workdir != "~" else "."
         self._workdir = workdir
         self._resolved_workdir: str | None = workdir.rstrip("/") if workdir.startswith("/") else None
         self._sleep = sleep
         self.scheduler_calls = 0
         """Round trips made to the scheduler (the benchmark reads it)."""
+        self._partitions: list[str] | None = None
 
     # --- paths and rendering -----------------------------------------------------------------
 
@@ -115,7 +124,9 @@ class SlurmCluster:
         if self._resolved_workdir is None:
             home = self.connection.home().rstrip("/")
             relative = self._workdir.strip("/")
-            self._resolved_workdir = home if relative in ("", ".") else f"{home}/{relative}"
+            resolved = home if relative in ("", ".") else f"{home}/{relative}"
+            check_workdir(resolved, what=f"the work directory {resolved!r} (under the remote home)")
+            self._resolved_workdir = resolved
         return self._resolved_workdir
 
     def run_dir(self, run_id: str) -> str:
@@ -151,6 +162,14 @@ class SlurmCluster:
         if not result.ok:
             raise ClusterError(f"Slurm would reject this job: {result.tail()}\n(command: {result.command})")
         return (result.stderr.strip() or result.stdout.strip()).removeprefix("sbatch: ")
+
+    def partitions(self) -> list[str]:
+        """The cluster's partitions (`sinfo`), asked once per connection's life and remembered."""
+        if self._partitions is None:
+            self.scheduler_calls += 1
+            result = self.connection.run(slurm.sinfo_partitions_argv())
+            self._partitions = slurm.partitions_from_sinfo(result.stdout)
+        return self._partitions
 
     # --- prepare / submit --------------------------------------------------------------------
 

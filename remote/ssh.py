@@ -31,6 +31,7 @@ from pathlib import Path
 import paramiko
 
 from remote.cluster import ClusterError
+from remote.hostnames import host_name_problem
 from remote.quoting import join_argv
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -191,6 +192,10 @@ def resolve_target(
     if config_path and config_path.is_file():
         options = paramiko.SSHConfig.from_path(str(config_path)).lookup(host)
     hostname = options.get("hostname", host)
+    problem = host_name_problem(hostname)
+    if problem:
+        source = f" (HostName of {host!r} in {config_path})" if hostname != host else ""
+        raise SshError(f"SSH host {hostname!r}{source} {problem}; give a host name or a Host alias from ~/.ssh/config")
     identity = tuple(os.path.expanduser(p) for p in options.get("identityfile", []))
     return SshTarget(
         alias=host,
@@ -311,6 +316,11 @@ class SshConnection:
         except socket.gaierror as exc:
             raise HostUnreachable(
                 f"cannot resolve SSH host {t.hostname!r} (alias {t.alias!r}): {exc.strerror}. "
+                "Check the name, or add a Host entry to ~/.ssh/config."
+            ) from exc
+        except UnicodeError as exc:  # the idna codec: an empty or over-long label ('a..b', '../x')
+            raise HostUnreachable(
+                f"SSH host {t.hostname!r} (alias {t.alias!r}) is not a valid host name. "
                 "Check the name, or add a Host entry to ~/.ssh/config."
             ) from exc
         except OSError as exc:

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with Dinf(db_path=args.db, config_path=args.config) as dinf:
+        with Dinf(db_path=args.db, config_path=args.config, config_required=args.config is not None) as dinf:
             return args.handler(dinf, args)
     except (SpecError, ConfigError, UsageError, IngestError) as exc:
         return _fail(exc, EXIT_BAD_INPUT)

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from remote.cluster import PythonEnvironment, Resources
+from remote.hostnames import host_name_problem, split_host_spec
+from remote.slurm import slurm_path_problem
 from tui import locations
 
 LOCAL = "local"
@@ -92,16 +94,22 @@ def local_cluster(data_dir: Path | None = None) -> ClusterConfig:
     )
 
 
-def load_config(path: Path | None = None, *, data_dir: Path | None = None) -> DinfConfig:
+def load_config(path: Path | None = None, *, data_dir: Path | None = None, required: bool = False) -> DinfConfig:
+    """The configuration at `path` (default: $DINF_CONFIG or XDG's). A missing file is an empty
+    configuration, unless `required` (the user named the file, `dinf --config FILE`)."""
     path = Path(path) if path is not None else locations.config_path()
     raw: dict[str, Any] = {}
+    if required and not path.exists():
+        raise ConfigError(f"{path}: no such configuration file (given with --config)")
     if path.exists():
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); dinf reads TOML") from exc
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return parse_config(raw, path=path, data_dir=data_dir)
 
 
@@ -139,7 +147,13 @@ def _cluster(reader: _Reader, name: str, section: dict[str, Any]) -> ClusterConf
     host = reader.string(section, "host", f"{key}.host")
     if not host:
         raise reader.error(f"{key}.host", "is required: a Host alias from ~/.ssh/config, or user@hostname")
+    problem = host_name_problem(split_host_spec(host)[1])
+    if problem:
+        raise reader.error(f"{key}.host", f"{host!r} {problem}; give a Host alias from ~/.ssh/config, or user@hostname")
     workdir = reader.string(section, "workdir", f"{key}.workdir") or "~/dinf-runs"
+    problem = slurm_path_problem(workdir)
+    if problem:
+        raise reader.error(f"{key}.workdir", f"{workdir!r} {problem}; choose a directory without ' \" \\ or %")
     ssh_config = reader.string(section, "ssh_config", f"{key}.ssh_config") or "~/.ssh/config"
     return ClusterConfig(
         name=name,

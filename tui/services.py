@@ -39,7 +39,7 @@ from remote.cluster import (
 from remote.logstream import MAX_READ, follow
 from remote.poller import ACTIVE_S, JobPoller
 from remote.results import LOGS_SUBDIR
-from remote.slurm import STEPS_KEY, batch_log_file, summarize_failure
+from remote.slurm import STEPS_KEY, batch_log_file, resource_flags, summarize_failure
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
@@ -170,12 +170,14 @@ class Dinf:
         config_path: Path | None = None,
         data_dir: Path | None = None,
         cluster_factory: ClusterFactory = make_cluster,
+        config_required: bool = False,
     ):
+        """`config_required`: the user named `config_path` (`dinf --config`), so it must exist."""
         self.data_dir = Path(data_dir) if data_dir is not None else locations.data_dir()
         self.db_path = Path(db_path) if db_path is not None else (
             locations.db_path() if data_dir is None else self.data_dir / locations.DB_FILE_NAME
         )
-        self.config: DinfConfig = load_config(config_path, data_dir=self.data_dir)
+        self.config: DinfConfig = load_config(config_path, data_dir=self.data_dir, required=config_required)
         self.engine = make_engine(self.db_path)
         self._cluster_factory = cluster_factory
         self._clusters: dict[str, Cluster] = {}
@@ -299,8 +301,8 @@ class Dinf:
     ) -> RunRecord:
         """Validate and record a run (state DRAFT). Raises SpecError / ValueError naming the fields."""
         cluster_config = self.config.cluster(cluster)
-        num_ranks = check_resources(resources)
-        spec.validate(world_size=num_ranks)
+        num_ranks = check_run(spec, resources)
+        self._check_partition(cluster, resources)
         name = (name or spec.run_name or "run").strip() or "run"
         num_gpus = resources.nodes * resources.gpus_per_node if resources.gpus_per_node else 0
         with write_session(self.engine) as session:
@@ -317,6 +319,28 @@ class Dinf:
             )
             session.commit()
             return self._record(session, run)
+
+    def _check_partition(self, cluster_name: str, resources: Resources) -> None:
+        """ValueError naming resources.partition if the cluster answers and has no such partition.
+
+        A cluster that can't be asked (unreachable, host key not trusted yet) is not an input
+        error: submitting then reports what is wrong with the connection.
+        """
+        if not resources.partition:
+            return
+        partitions = getattr(self.cluster(cluster_name), "partitions", None)
+        if partitions is None:  # the local backend has none
+            return
+        try:
+            known = partitions()
+        except (ClusterError, OSError):
+            return
+        missing = [p for p in resources.partition.split(",") if p and p not in known]
+        if known and missing:
+            raise ValueError(
+                f"resources.partition: {cluster_name} has no partition {', '.join(map(repr, missing))}; "
+                f"sinfo lists {', '.join(known)}"
+            )
 
     def clone_run(self, run_id: int | str, *, name: str | None = None) -> RunRecord:
         """A new DRAFT with the same cluster, spec, resources and experiment (to resubmit a run)."""
@@ -346,7 +370,8 @@ class Dinf:
         self, *, cluster: str, spec: RunSpec, resources: Resources, name: str | None = None
     ) -> str:
         """The batch script a run would get, validated, without recording anything (`--dry-run`)."""
-        spec.validate(world_size=check_resources(resources))
+        check_run(spec, resources)
+        self._check_partition(cluster, resources)
         name = name or spec.run_name
         bundle = make_bundle(uid=new_uid(name), name=name, spec=spec, resources=resources)
         return self.cluster(cluster).preview(bundle)
@@ -751,6 +776,25 @@ def check_resources(resources: Resources) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"resources.{name}: must be an integer >= 0, got {value!r}")
     return resources.nodes * resources.tasks_per_node
+
+
+def check_run(spec: RunSpec, resources: Resources) -> int:
+    """Every check a run gets before anything is recorded; the number of ranks, or ValueError /
+    SpecError naming the field. The same checks as the New-run form (`tui.run_form.check_form`)."""
+    num_ranks = check_resources(resources)
+    try:
+        resource_flags(resources)  # the Slurm script's checks: formats, characters, cpus_per_task
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("invalid resources: ", "resources.", 1)) from None
+    spec.validate(world_size=num_ranks)
+    config = contract.MODEL_CONFIGS.get(spec.model.config) if spec.model.source == "synthetic" else None
+    if spec.mode == "tp" and config is not None and config.num_attention_heads % num_ranks:
+        raise ValueError(
+            f"resources: tensor parallel splits the {config.num_attention_heads} attention heads of "
+            f"{spec.model.config!r} over the ranks; {num_ranks} ranks do not divide them (use "
+            f"{', '.join(str(n) for n in range(1, config.num_attention_heads + 1) if config.num_attention_heads % n == 0)})"
+        )
+    return num_ranks
 
 
 def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> RunBundle:

@@ -7,6 +7,8 @@ import io
 import json
 import sqlite3
 
+import pytest
+
 from tests.cli.conftest import FIXTURE_BUNDLE
 from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_NOT_FOUND, EXIT_OK
 
@@ -125,3 +127,59 @@ def test_runs_match_and_sort(dinf, tmp_path):
     assert names("--match", "imported") == ["fixture-pp2", "another-pp2"]  # the state matches too
     bad = dinf("runs", "--match", "(")
     assert bad.code == EXIT_BAD_INPUT and "--match '(' is not a regular expression" in bad.err
+
+
+def cli(tmp_path, capsys, *argv: str) -> tuple[int, str]:
+    """`dinf` in this process (fast), on the test's own database: (exit code, stderr)."""
+    from tui.cli import main
+
+    code = main(["--db", str(tmp_path / "dinf.db"), *argv])
+    cli.out = capsys.readouterr()
+    return code, cli.out.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--time=-5"], "resources.time_limit: '-5' is not a Slurm time"),
+        (["--cpus-per-task", "-1"], "resources.cpus_per_task: must be a positive integer, got -1"),
+        (["--cpus-per-task", "0"], "resources.cpus_per_task: must be a positive integer, got 0"),
+        (["--partition", "a b;c"], "resources.partition: 'a b;c' has characters"),
+        (["--mode", "tp", "--ranks-per-node", "3", "--set", "model.config=tiny"],
+         "3 ranks do not divide them"),
+    ],
+)
+def test_bad_resources_exit_2_and_record_nothing_dry_run_or_not(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("DINF_HOME", str(tmp_path / "home"))
+    for dry_run in (["--dry-run"], []):
+        code, err = cli(tmp_path, capsys, "submit", *args, *dry_run)
+        assert (code, message in err) == (EXIT_BAD_INPUT, True), err
+    code, _ = cli(tmp_path, capsys, "runs", "--json")
+    assert code == EXIT_OK and json.loads(cli.out.out) == []
+
+
+def test_a_missing_or_binary_config_file_is_named(tmp_path, capsys):
+    missing = tmp_path / "nope.toml"
+    code, err = cli(tmp_path, capsys, "--config", str(missing), "clusters")
+    assert code == EXIT_BAD_INPUT and f"{missing}: no such configuration file" in err
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x00\xff\xfe\x89PNG")
+    code, err = cli(tmp_path, capsys, "--config", str(binary), "clusters")
+    assert code == EXIT_BAD_INPUT and f"{binary}: not a text file" in err
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('host = "../../../../etc/passwd"', "clusters.gpu.host: '../../../../etc/passwd' is not a host name"),
+        ('host = "a..b"', "clusters.gpu.host: 'a..b' is not a host name (it has an empty or over-long part"),
+        ('host = "h"\nworkdir = "/scratch/%j_%t_%x"', "clusters.gpu.workdir: '/scratch/%j_%t_%x' holds a %"),
+        ('host = "h"\nworkdir = "/scratch/it\'s"', "clusters.gpu.workdir: \"/scratch/it's\" holds a quote"),
+        ('host = "h"\nworkdir = "/scratch/a\\\\b"', "clusters.gpu.workdir: '/scratch/a\\\\b' holds a backslash"),
+    ],
+)
+def test_hosts_and_workdirs_slurm_cannot_use_are_named(tmp_path, capsys, section, message):
+    config = tmp_path / "config.toml"
+    config.write_text(f"[clusters.gpu]\n{section}\n")
+    code, err = cli(tmp_path, capsys, "--config", str(config), "clusters")
+    assert code == EXIT_BAD_INPUT and message in err, err

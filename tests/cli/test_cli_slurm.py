@@ -161,3 +161,12 @@ def test_a_rank_killed_with_sigkill_is_named_by_show(slurm_dinf):
     assert (failure["rank"], failure["node"], failure["signal"]) == (1, "node2", 9), failure
     text = dinf("show", run_id, "--no-refresh").out
     assert "failure    rank 1 on node2 died first: killed by signal 9 (SIGKILL)" in text, text
+
+
+def test_a_partition_the_cluster_lacks_is_bad_input_dry_run_or_not(slurm_dinf):
+    dinf = slurm_dinf
+    for dry_run in (["--dry-run"], []):
+        result = dinf("submit", "--cluster", "mini", *TINY_PP2, "--partition", "nope", *dry_run)
+        assert result.code == EXIT_BAD_INPUT, result.err
+        assert "resources.partition: mini has no partition 'nope'; sinfo lists debug" in result.err
+    assert dinf("runs", "--json", "--no-refresh").json() == []

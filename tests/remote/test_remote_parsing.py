@@ -237,3 +237,17 @@ def test_slurm_job_notes_time_limit_node_failure_and_oom():
 
 def test_a_completed_job_has_no_failure():
     assert slurm.summarize_failure(job_id="2", sacct_rows=slurm.parse_table(ACCOUNTING), batch_log="") is None
+
+
+def test_partitions_from_sinfo_drop_the_default_mark():
+    assert slurm.partitions_from_sinfo("debug*\ngpu\ngpu\n") == ["debug", "gpu"]
+    assert slurm.sinfo_partitions_argv() == ["sinfo", "-h", "-o", "%P"]
+
+
+@pytest.mark.parametrize("workdir", ["/scratch/%j_%t_%x", "/scratch/it's", '/scratch/"q"', "/scratch/a\\b", "/a\nb"])
+def test_workdirs_slurm_rewrites_are_refused_naming_the_field(workdir):
+    from remote.cluster import ClusterError
+    from remote.slurm_cluster import SlurmCluster
+
+    with pytest.raises(ClusterError, match=r"^workdir .* holds a .*; choose a directory without"):
+        SlurmCluster(connection=object(), workdir=workdir)
