@@ -98,11 +98,11 @@ CELLS = {c.name: c for c in [
 GROUPS = {
     # Call 1, one card: single-fast vs the roofline and vs HF static need the same card. HF static goes
     # last: it measures bs 1 and 64 first (the targets), then 8 and 128, saving after each, so the
-    # deadline cuts only its least needed shapes.
-    "call1": ["single-fast", "hf-eager", "single-ref", "hf-static"],
+    # deadline cuts only its least needed shapes (`--cells all --reuse` later runs just those).
+    # DeepSpeed kernel inject is expected to abort after a ~45 s JIT build (GPU.md): cheap, 1 GPU.
+    "call1": ["single-fast", "hf-eager", "single-ref", "ds-inject", "hf-static"],
     # Call 2, two cards: single-fast again only if call 1 ran on other cards (--reuse keeps it otherwise).
-    # DeepSpeed kernel inject last: GPU.md expects it to abort after a ~45 s JIT build.
-    "call2": ["single-fast", "dp2-fast", "pp2-m2", "tp2-fast", "pp2-m4", "tp2-ref", "ds-inject"],
+    "call2": ["single-fast", "dp2-fast", "pp2-m2", "tp2-fast", "pp2-m4", "tp2-ref"],
 }
 GROUPS["all"] = list(dict.fromkeys(GROUPS["call1"] + GROUPS["call2"]))
 
@@ -113,7 +113,7 @@ ASSUMED_TOK_S = {
     "eager": {1: 45, 8: 400, 64: 2700, 128: 3400},
     "static": {1: 180, 8: 1200, 64: 3500, 128: 4500},
 }
-ASSUMED_START_S = {1: 20, 2: 30}  # process start + checkpoint load, per invocation, by world size
+ASSUMED_START_S = {1: 15, 2: 20}  # process start + checkpoint load (page-cached), per invocation, by world size
 ASSUMED_HF_COMPILE_S = 60  # transformers' static-cache compile, per shape (GPU.md: 46-70 s)
 ASSUMED_DS_BUILD_S = 70  # DeepSpeed JIT build of the inference kernels (GPU.md: 43 s) + load
 
@@ -134,10 +134,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default="1,8,64,128")
     p.add_argument("--prompt-tokens", type=int, default=128, help="every prompt is exactly this many tokens (with <s>)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--requests-fast", default="1:16,8:16,64:128,128:128",
-                   help="batch:requests per pass for the fast engine (dp2 doubles them)")
-    p.add_argument("--requests-slow", default="1:1,8:8,64:128,128:128",
-                   help="batch:requests for HF eager, DeepSpeed and dinf reference (~20-30 ms per step)")
+    p.add_argument("--requests-fast", default=None,
+                   help="batch:requests per pass for the fast engine, dp2 doubles them (default 1:16,8:16,64:128,"
+                        "128:128, or 1:8,8:16,64:128,128:128 where the worker takes a request count per batch size)")
+    p.add_argument("--requests-slow", default=None,
+                   help="batch:requests for dinf reference and AutoTP (~20-30 ms per step; default 1:1,8:8,64:128,"
+                        "128:128, or 64:64 where the worker takes a request count per batch size)")
     p.add_argument("--requests-static", default="1:2,8:16,64:64,128:128", help="batch:requests for HF static")
     p.add_argument("--requests-eager", default="1:1,8:8,64:64,128:128",
                    help="batch:requests for HF eager and DeepSpeed kernel inject (one process: any count is free)")
@@ -151,14 +153,17 @@ def parse_args(argv=None):
     p.add_argument("--deadline-s", type=float, default=0,
                    help="stop starting work this many seconds after the script starts (0: none); each cell's "
                         "timeout is cut to what is left")
-    p.add_argument("--est-compile-s", type=float, default=20,
-                   help="planning: the fast engine's first compile in each worker run (its layer; FX graph cache on)")
+    p.add_argument("--est-compile-s", type=float, default=10,
+                   help="planning: the fast engine's compile in each worker run (one layer, compiled once per process; "
+                        "inductor's FX graph cache makes later runs of the same shapes cheaper)")
     p.add_argument("--est-capture-s", type=float, default=5,
                    help="planning: the fast engine's recompile + capture per batch size")
     p.add_argument("--copy-to", type=Path, default=None,
                    help="after every cell, copy --out here (e.g. $OUT on the device machine, while --out stays in "
                         "/tmp so a second call on the same warm machine can --reuse it)")
     p.add_argument("--dry-plan", action="store_true", help="print the plan and its time estimate, run nothing")
+    p.add_argument("--assume-per-batch-requests", action="store_true",
+                   help="plan as if the worker took one request count per batch size (with --dry-plan)")
     args = p.parse_args(argv)
     args.batch_size_list = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     return args
@@ -185,6 +190,16 @@ def parse_requests(text: str) -> dict[int, int]:
             bs, n = part.split(":")
             out[int(bs)] = int(n)
     return out
+
+
+def default_requests(args) -> None:
+    """Request tables: grouping batch sizes into one worker run needs one request count for the group, unless the
+    worker takes a count per batch size; then each size gets what times it best."""
+    per = getattr(args, "per_batch_requests", False)
+    if args.requests_fast is None:
+        args.requests_fast = "1:8,8:16,64:128,128:128" if per else "1:16,8:16,64:128,128:128"
+    if args.requests_slow is None:
+        args.requests_slow = "1:1,8:8,64:64,128:128" if per else "1:1,8:8,64:128,128:128"
 
 
 def requests_for(args, cell: Cell, bs: int) -> int:
@@ -519,7 +534,7 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
     elif args.device != "cuda" and cell.engine in ("static", "ds-inject"):
         meta.update(status="skipped", reason="skipped on CPU")
     elif cell.kind == "hf":
-        meta["invocations"].append(run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock))
+        meta["invocations"] += run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock)
     else:
         impl_flag = "--impl" in flags
         meta["impl_flag"] = impl_flag
@@ -587,13 +602,28 @@ def run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, cloc
     return rec
 
 
-def run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock) -> dict:
-    name = "run"
-    run_dir = cdir / name
-    prev = reusable(args, old, name, run_dir, cards)
-    if prev is not None:
-        return prev
+def run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock) -> list[dict]:
+    """One process over the batch sizes, the targets' (1, 64) first, saving after each. With --reuse, sizes already
+    measured on this card (also by a run the deadline cut short) are kept and only the rest run, in a new dir."""
+    kept, done = [], set()
+    for inv in old.get("invocations", []) if args.reuse else []:
+        measured = [m["batch_size"] for m in (read_json(cdir / inv["name"] / "result.json") or {}).get("measurements", [])]
+        if inv.get("status") in ("ok", "partial") and measured and set(inv.get("cards") or []) <= set(cards):
+            kept.append(dict(inv, reused=True))
+            done |= set(measured)
     order = sorted(args.batch_size_list, key=lambda b: (b not in (1, 64), b))  # the targets' sizes first
+    order = [b for b in order if b not in done]
+    if kept:
+        print(f"== {cell.name}: reusing bs {', '.join(map(str, sorted(done)))} measured on this card"
+              + (f"; running bs {', '.join(map(str, order))}" if order else ""), flush=True)
+    if not order:
+        return kept
+    return [*kept, run_hf_sizes(args, cell, ckpt, prompts, cdir, cards, clock, order)]
+
+
+def run_hf_sizes(args, cell, ckpt, prompts, cdir, cards, clock, order) -> dict:
+    name = "run-bs" + "-".join(map(str, order))
+    run_dir = cdir / name
     requests = ",".join(f"{bs}:{requests_for(args, cell, bs)}" for bs in order)
     rec = {"name": name, "batch_sizes": order, "requests": requests, "cards": cards[:1],
            "status": "ok", "reason": None, "code": None}
@@ -678,6 +708,8 @@ def load_cell(cdir: Path) -> dict | None:
         for bs in inv.get("batch_sizes", []):
             if bs not in cell["rows"]:
                 cell["failed"][bs] = inv.get("reason") or inv.get("status") or "no result.json"
+    for bs in cell["rows"]:  # measured by a later run (--reuse resumed it)
+        cell["failed"].pop(bs, None)
     return cell
 
 
@@ -1028,7 +1060,8 @@ def table_header(data: dict, args) -> str:
             f"{setup.get('config', args.config)} synthetic ({setup.get('dtype', args.dtype)}) · prompts of exactly "
             f"{setup.get('prompt_tokens', args.prompt_tokens)} tokens · {setup.get('max_new_tokens', args.max_new_tokens)} "
             f"new tokens, greedy, min = max · warm-up excluded, {setup.get('repeats', args.repeats)} timed passes per "
-            "cell (median, spread min–max over passes for tok/s, over requests for TPOT/TTFT)")
+            "cell; tok/s: median (min–max) over passes; TPOT/TTFT: median over requests (min–max where the record "
+            "has them, else p90)")
 
 
 def write_table(args, batch_sizes: list[int] | None = None) -> str:
@@ -1043,21 +1076,29 @@ def write_table(args, batch_sizes: list[int] | None = None) -> str:
 
 
 def print_plan(args, cells: list[Cell]) -> float:
-    total = 0.0
+    total, cut = 30.0, []  # copy bandwidth + checks
     print(f"== plan (estimates assume H200 rates, ASSUMED_TOK_S; fast engine: {args.est_compile_s:.0f} s compile per run "
           f"+ {args.est_capture_s:.0f} s capture per batch size; HF static {ASSUMED_HF_COMPILE_S} s compile per shape):",
           flush=True)
     for cell in cells:
         est = estimate_s(args, cell)
+        old = read_json(args.out / cell.name / "cell.json") or {}
+        if args.reuse and old.get("invocations") and all(i.get("status") == "ok" for i in old["invocations"]):
+            est = 0.0  # kept if it was measured on a card of this machine
         total += est
+        if args.deadline_s and total > args.deadline_s:
+            cut.append(cell.name)
         if cell.kind == "hf":
             parts = ", ".join(f"bs {bs}: {requests_for(args, cell, bs)} req" for bs in args.batch_size_list)
         else:
             parts = "; ".join(f"bs {','.join(map(str, i['batch_sizes']))}: {i['requests']} req"
                               + (f", M={i['micro_batches']}" if cell.mode == "pp" else "") for i in invocations(args, cell))
         print(f"   {cell.name:12s} ~{est:4.0f} s   {parts}", flush=True)
-    print(f"   total ~{total:.0f} s + copy-bw ~10 s (+ checkpoint write if new)"
+    print(f"   total ~{total:.0f} s incl. copy bandwidth (+ the checkpoint write on a fresh machine)"
           + (f"; deadline {args.deadline_s:.0f} s" if args.deadline_s else ""), flush=True)
+    if cut:
+        print(f"   by this estimate the deadline cuts: {', '.join(cut)} (each cell saves what it finished; run the rest "
+              "in a later call with --reuse)", flush=True)
     return total
 
 
@@ -1069,7 +1110,8 @@ def main(argv=None) -> int:
         return 0
     clock = Clock(args.deadline_s)
     cells = selected_cells(args.cells)
-    args.per_batch_requests = worker_takes_per_batch_requests()
+    args.per_batch_requests = args.assume_per_batch_requests or worker_takes_per_batch_requests()
+    default_requests(args)
     print(f"== worker --num-requests per batch size: {'yes (one run per cell)' if args.per_batch_requests else 'no'}",
           flush=True)
     print_plan(args, cells)

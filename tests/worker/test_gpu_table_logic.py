@@ -150,6 +150,7 @@ def plan_args(**kw):
     args = table.parse_args(["--out", "/tmp/unused", *kw.pop("argv", [])])
     for k, v in kw.items():
         setattr(args, k, v)
+    table.default_requests(args)
     return args
 
 
@@ -169,7 +170,9 @@ def test_plan_groups_batches_and_sizes_requests():
     # With per-batch request counts in the worker, one run per cell (per micro-batch count).
     args = plan_args(per_batch_requests=True)
     assert [(i["batch_sizes"], i["requests"]) for i in table.invocations(args, table.CELLS["single-fast"])] == \
-        [([1, 8, 64, 128], [16, 16, 128, 128])]
+        [([1, 8, 64, 128], [8, 16, 128, 128])]
+    assert [(i["batch_sizes"], i["requests"]) for i in table.invocations(args, table.CELLS["tp2-ref"])] == \
+        [([1, 8, 64, 128], [1, 8, 64, 128])]
     assert table.estimate_s(plan_args(per_batch_requests=False), table.CELLS["hf-static"]) > 4 * 46
 
 
