@@ -179,7 +179,9 @@ def test_plan_groups_batches_and_sizes_requests():
 def test_cells_and_groups():
     names = [c.name for c in table.selected_cells("call1")]
     assert names[0] == "single-fast" and names[-1] == "hf-static"
-    assert "ds-inject" in [c.name for c in table.selected_cells("call2")]
+    both = {c.name for c in table.selected_cells("call1,call2")}
+    assert both == set(table.CELLS) - {"copy-bw"}  # the two calls make the whole table
+    assert all(c.world == 1 for c in table.selected_cells("call1"))
     assert len(table.selected_cells("all")) == len(table.CELLS) - 1  # copy-bw always runs, never selected
     with pytest.raises(SystemExit):
         table.selected_cells("single-fats")
