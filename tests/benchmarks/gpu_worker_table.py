@@ -525,7 +525,12 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
     cdir.mkdir(parents=True, exist_ok=True)
     old = read_json(cdir / "cell.json") or {}
     my_cards = cards[: cell.world] if args.device == "cuda" else cards[:1]  # CPU ranks share the host
-    meta = {"cell": cell.name, "label": cell.label, "mode": cell.mode, "world": cell.world, "impl": cell.impl,
+    label = cell.label
+    if cell.engine == "ds-inject":
+        label += ", CUDA graphs" if args.ds_cuda_graph else " (no CUDA graphs: HF generate's shapes change every step)"
+    if cell.impl == "fast" and args.worker_args:
+        label += f" ({args.worker_args})"
+    meta = {"cell": cell.name, "label": label, "mode": cell.mode, "world": cell.world, "impl": cell.impl,
             "micro_batches": cell.micro_batches, "cards": my_cards, "host": socket.gethostname(),
             "status": "ok", "reason": None, "invocations": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t_cell = time.time()
@@ -640,6 +645,9 @@ def run_hf_sizes(args, cell, ckpt, prompts, cdir, cards, clock, order) -> dict:
     if cell.engine == "ds-inject":
         limit = args.ds_timeout
         env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # GPU.md: the default "9.0a" breaks DeepSpeed's JIT build
+        # A one-rank "world" so DeepSpeed's init_distributed never falls back to MPI discovery (no mpi4py there).
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port()))
         if args.ds_cuda_graph:
             cmd.append("--ds-cuda-graph")
     t0 = time.time()
