@@ -4,7 +4,7 @@
 run can start from a shell with no JSON at all:
 
     dinf-worker run --checkpoint DIR --mode pp --pp-size 2 --micro-batches 2 --batch-sizes 1,4 \\
-        --max-new-tokens 16 --prompts FILE --dtype float32 --out DIR
+        --max-new-tokens 16 --prompts FILE --dtype float32 --impl fast --out DIR
 
 Parsing only: the work is in runner.py, checkpoint.py and compare.py.
 """
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--seed", type=int, help="seed of the synthetic model")
     flags.add_argument("--dtype", help="float32 | float16 | bfloat16")
     flags.add_argument("--mode", help="single | pp | tp | dp")
+    flags.add_argument("--impl", help="fast (default: fused model, static cache, captured steps) | reference "
+                                      "(the HF modules; DeepSpeed AutoTP in tp mode)")
+    flags.add_argument("--compile", type=_bool, nargs="?", const=True, help="fast impl on CUDA (default true)")
+    flags.add_argument("--no-compile", dest="compile", action="store_const", const=False)
+    flags.add_argument("--cuda-graphs", dest="cuda_graphs", type=_bool, nargs="?", const=True,
+                       help="fast impl on CUDA (default true)")
+    flags.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False)
     flags.add_argument("--pp-size", dest="pp_size", type=int)
     flags.add_argument("--micro-batches", dest="micro_batches", type=int)
     flags.add_argument("--pp-layer-split", dest="pp_layer_split", type=_int_list, help="e.g. 2,2")
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SPEC_FIELDS = (
-    "run_name", "dtype", "mode", "pp_size", "micro_batches", "pp_layer_split", "batch_sizes", "max_new_tokens",
+    "run_name", "dtype", "mode", "impl", "compile", "cuda_graphs", "pp_size", "micro_batches", "pp_layer_split", "batch_sizes", "max_new_tokens",
     "prompts_file", "num_requests", "warmup", "repeats", "profile", "ignore_eos", "top_k", "device",
     "dist_timeout_s", "output_dir",
 )

@@ -19,6 +19,9 @@ SCHEMA_VERSION = 1
 """Bumped on any incompatible change to the spec, events or result bundle."""
 
 MODES = ("single", "pp", "tp", "dp")
+IMPLS = ("fast", "reference")
+"""`fast`: the compact fused model with a static cache and captured decode steps (worker/engine.py);
+`reference`: the Hugging Face modules (and DeepSpeed AutoTP for tp), kept to check and compare against."""
 DTYPES = ("float32", "float16", "bfloat16")
 MODEL_SOURCES = ("synthetic", "checkpoint")
 DEVICES = ("auto", "cpu", "cuda")
@@ -110,6 +113,12 @@ class RunSpec:
     model: ModelSource = field(default_factory=ModelSource)
     dtype: str = "float32"
     mode: str = "single"
+    impl: str = "fast"
+    """Implementation (IMPLS); in tp mode `reference` is DeepSpeed AutoTP."""
+    compile: bool = True
+    """fast impl on CUDA: torch.compile one decoder layer (reused by every layer). Ignored on CPU."""
+    cuda_graphs: bool = True
+    """fast impl on CUDA: capture each decode step as a CUDA graph at warm-up. Ignored on CPU."""
     pp_size: int | None = None
     """Pipeline stages; defaults to the world size in `pp` mode."""
     micro_batches: int = 1
@@ -213,6 +222,11 @@ class RunSpec:
             p["dtype"] = f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}"
         if self.mode not in MODES:
             p["mode"] = f"must be one of {', '.join(MODES)}, got {self.mode!r}"
+        if self.impl not in IMPLS:
+            p["impl"] = f"must be one of {', '.join(IMPLS)}, got {self.impl!r}"
+        for name in ("compile", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                p[name] = f"must be true or false, got {getattr(self, name)!r}"
         if self.device not in DEVICES:
             p["device"] = f"must be one of {', '.join(DEVICES)}, got {self.device!r}"
         if self.pp_size is not None and check_int("pp_size", self.pp_size, 1):
@@ -342,6 +356,8 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #   "environment": {"hosts": [...], "gpu_model": str|None, "torch": str, "transformers": str,
 #                   "deepspeed": str|None, "nccl": str|None, "python": str, "backend": "nccl"|"gloo"},
 #   "load_time_s": float,
+#   "engine": {"impl": "fast"|"reference"|"deepspeed", "compiled": bool, "cuda_graphs": bool,
+#              "capture_s": float|null (compile + capture at warm-up, before timing), "graphs": int},
 #   "ranks": [{"rank", "host", "device", "stage", "layers": [first, last_exclusive],
 #              "param_bytes", "load_time_s"}],
 #   "measurements": [{

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,10 +114,17 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
-def init(env: DistEnv, device: torch.device, timeout_s: float, blocking_wait: bool = True) -> str | None:
+HOST_DEADLINE_MARGIN_S = 30.0
+"""With host-side deadlines, NCCL's own watchdog waits this much longer, so ours fires first and reports."""
+
+
+def init(env: DistEnv, device: torch.device, timeout_s: float, host_waits: bool = True) -> str | None:
     """Join the process group (no-op for one process). Returns the backend name.
 
-    `blocking_wait=False` keeps NCCL collectives asynchronous to the host (tp: two all-reduces per layer).
+    `host_waits=True` (the fast engine): NCCL stays asynchronous to the host, and a dead peer is found
+    by the host's own deadline on device events (`wait_device`, worker/pipeline.py); NCCL's watchdog
+    timeout is set a margin later. `False` (the reference pp/single/dp loops): NCCL's blocking wait,
+    which raises in this thread after `timeout_s` (it polls every 1 ms).
     """
     if env.world_size == 1:
         return None
@@ -128,7 +136,9 @@ def init(env: DistEnv, device: torch.device, timeout_s: float, blocking_wait: bo
         RANK=str(env.rank), WORLD_SIZE=str(env.world_size), MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port)
     )
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if backend == "nccl" and blocking_wait:
+    if backend == "nccl" and host_waits:
+        timeout_s += HOST_DEADLINE_MARGIN_S
+    if backend == "nccl" and not host_waits:
         # A dead peer then raises in this thread after `timeout_s` (and becomes an error event + exit 3)
         # instead of NCCL's watchdog aborting the process with no record of why.
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
@@ -144,18 +154,29 @@ def init(env: DistEnv, device: torch.device, timeout_s: float, blocking_wait: bo
     return backend
 
 
-def barrier(device: torch.device) -> None:
-    """A barrier that also orders the device's queue (an all-reduce of one element)."""
+def barrier(device: torch.device, timeout_s: float | None = None) -> None:
+    """A barrier that also drains the device's queue (an all-reduce of one element), within `timeout_s`."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    if dist.is_initialized():
+        flag = torch.zeros(1, device=device)
+        dist.all_reduce(flag)
+    wait_device(device, timeout_s)
+
+
+def wait_device(device: torch.device, timeout_s: float | None = None) -> None:
+    """Wait until the device has done everything queued; past `timeout_s`, raise (a peer is lost).
+
+    Polls an event instead of `synchronize()`, which would block forever on a hung NCCL op.
+    """
+    if device.type != "cuda":
         return
-    flag = torch.zeros(1, device=device)
-    dist.all_reduce(flag)
-    if device.type == "cuda":
+    if timeout_s is None:
         torch.cuda.synchronize(device)
+        return
+    event = torch.cuda.Event()
+    event.record()
+    wait_event(event, timeout_s)
 
 
 def gather_objects(obj, world_size: int) -> list:
@@ -179,3 +200,18 @@ def is_peer_failure(exc: BaseException) -> bool:
         getattr(dist, n) for n in ("DistError", "DistBackendError", "DistNetworkError") if hasattr(dist, n)
     )
     return isinstance(exc, dist_errors) or (isinstance(exc, RuntimeError) and any(m in text for m in markers))
+
+
+class PeerTimeout(RuntimeError):
+    """The device waited longer than the job's timeout for a peer: the peer is dead or stuck."""
+
+
+def wait_event(event, timeout_s: float) -> None:
+    """Wait for a CUDA event, polling, and raise PeerTimeout past the deadline (a hung NCCL op never returns)."""
+    if event.query():
+        return
+    deadline = time.monotonic() + timeout_s
+    while not event.query():
+        if time.monotonic() > deadline:
+            raise PeerTimeout(f"timed out after {timeout_s:.0f} s waiting for a peer rank (pipeline step)")
+        time.sleep(50e-6)

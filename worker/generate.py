@@ -1,16 +1,11 @@
-"""Greedy decoding over stages: in one process, as a point-to-point pipeline, or on an HF model.
+"""Greedy decoding: the pieces every implementation shares, and the reference one-process loop.
 
 * `generate_local` runs a list of stages one after another in this process: `single` and `dp` (one
   stage holding the whole model), `tp` (the DeepSpeed-sharded HF model wrapped as a stage), and the
   in-process pipeline the unit tests use.
-* `generate_pipeline` is the `pp` loop: one stage per rank, hand-written `torch.distributed`
-  point-to-point messages, M micro-batches in flight so stages overlap, the last stage sending each
-  step's next tokens back to stage 0. Sends are `isend`s kept alive until complete (blocking sends
-  could deadlock once stage 0 sends micro-batch 1 while the last stage sends tokens of micro-batch 0).
-
-Messages: stage s -> s+1 a header int64[4] = (micro_batch, step, seq_len, stop) then hidden
-[B_mb, seq_len, H]; last stage -> stage 0 int64[B_mb + 1] = next token per row + a "done" flag.
-Stop headers go to middle stages only (the last stage decides "done" itself).
+* The pipeline loops (reference and fast) live in `worker/pipeline.py`, the fast one-process loop
+  in `worker/engine.py`; this module holds what every implementation shares (token picking, clocks,
+  the profiling timer, the output record) and the reference implementation's one-process loop.
 
 Profiling (`StageTimer`, only with --profile, syncing the device at every boundary): forwards are
 compute, pp's send/recv waits are comm, and so are tp's all-reduces inside the forward
@@ -92,7 +87,7 @@ class Picker:
         # logits: [B, V] fp32; finished: [B] bool. Returns next ids [B] and top-k ids [B, k].
         if self.suppress_eos:  # MinNewTokensLengthLogitsProcessor
             logits = logits.clone()
-            logits[:, self.eos_id] = -float("inf")
+            logits[:, self.eos_id].fill_(-float("inf"))  # a fill kernel, no tensor made from host data
         topk = torch.topk(logits, self.top_k, dim=-1).indices
         next_ids = torch.argmax(logits, dim=-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, self.pad_id), next_ids)
@@ -277,127 +272,3 @@ class CausalLMStage(torch.nn.Module):
             **{self._cache_kw: cache},
         )
         return out.logits[:, -1, :].float()
-
-
-# --- pipeline over ranks ----------------------------------------------------------------------
-
-
-class _Sends:
-    """isend handles (and their tensors) kept alive until complete."""
-
-    def __init__(self, timer: StageTimer):
-        self.pending: list = []
-        self.timer = timer
-
-    def send(self, tensor: torch.Tensor, dst: int) -> None:
-        import torch.distributed as dist
-
-        self.pending.append((dist.isend(tensor, dst), tensor))
-        self.pending = [(w, t) for (w, t) in self.pending if not w.is_completed()]
-
-    def drain(self) -> None:
-        for work, _ in self.pending:
-            self.timer.timed("comm", work.wait)
-        self.pending = []
-
-
-def _recv(shape, dtype, device, src: int, timer: StageTimer) -> torch.Tensor:
-    import torch.distributed as dist
-
-    buf = torch.empty(shape, dtype=dtype, device=device)
-    timer.timed("comm", dist.recv, buf, src)
-    return buf
-
-
-@torch.inference_mode()
-def generate_pipeline(
-    stage,
-    stage_index: int,
-    num_stages: int,
-    batch: PaddedBatch,
-    max_new_tokens: int,
-    micro_batches: int,
-    picker: Picker,
-    clock: StepClock,
-    timer: StageTimer,
-) -> BatchOutput | None:
-    """Run one batch through the pipeline; ranks are stage indices. Returns the outputs on the last stage."""
-    device = batch.input_ids.device
-    bounds = micro_batch_bounds(batch.input_ids.shape[0], micro_batches)
-    parts = [batch.rows(a, b) for a, b in bounds]
-    last = num_stages - 1
-    sends = _Sends(timer)
-    clock.start()
-    hidden_size = stage.config.hidden_size
-    hidden_dtype = next(stage.parameters()).dtype
-
-    def new_state(mb: int):
-        return SeqState(parts[mb].attention_mask, use_mask=batch.padded), stage.new_cache()
-
-    def header(mb: int, step: int, seq_len: int, stop: int) -> torch.Tensor:
-        return torch.tensor([mb, step, seq_len, stop], dtype=torch.long, device=device)
-
-    if stage_index == 0:
-        states = [new_state(mb) for mb in range(len(parts))]
-        for mb, part in enumerate(parts):  # prefill every micro-batch: stages overlap from here on
-            seq, cache = states[mb]
-            h = timer.timed("compute", stage, part.input_ids, seq, cache)  # [B_mb, T_prompt, H]
-            sends.send(header(mb, 0, part.input_ids.shape[1], 0), 1)
-            sends.send(h.contiguous(), 1)
-        active, step = list(range(len(parts))), [0] * len(parts)
-        while active:
-            for mb in list(active):
-                msg = _recv((len(parts[mb].indices) + 1,), torch.long, device, last, timer)  # [B_mb + 1]
-                step[mb] += 1
-                if int(msg[-1]) == 1:
-                    active.remove(mb)
-                    if num_stages > 2:
-                        sends.send(header(mb, step[mb], 0, 1), 1)
-                    continue
-                seq, cache = states[mb]
-                seq.advance()
-                h = timer.timed("compute", stage, msg[:-1, None], seq, cache)  # ids [B_mb, 1] -> [B_mb, 1, H]
-                sends.send(header(mb, step[mb], 1, 0), 1)
-                sends.send(h.contiguous(), 1)
-        sends.drain()
-        return None
-
-    states: dict[int, tuple] = {}
-    recorders = [_Recorder(len(p.indices), device) for p in parts]
-    remaining = len(parts)
-    while remaining:
-        mb, step, seq_len, stop = _recv((4,), torch.long, device, stage_index - 1, timer).tolist()
-        if stop:
-            remaining -= 1
-            if stage_index + 1 < last:
-                sends.send(header(mb, step, 0, 1), stage_index + 1)
-            continue
-        rows = len(parts[mb].indices)
-        h = _recv((rows, seq_len, hidden_size), hidden_dtype, device, stage_index - 1, timer)
-        if step == 0:
-            states[mb] = new_state(mb)
-        else:
-            states[mb][0].advance()
-        seq, cache = states[mb]
-        out = timer.timed("compute", stage, h, seq, cache)  # hidden [B_mb, T, H], or logits [B_mb, V] last
-        if stage_index < last:
-            sends.send(header(mb, step, seq_len, 0), stage_index + 1)
-            sends.send(out.contiguous(), stage_index + 1)
-            continue
-        rec = recorders[mb]
-        next_ids, topk = picker(out, rec.finished)
-        rec.tokens.append(next_ids)
-        rec.topk.append(topk)
-        rec.marks.append(clock.mark())
-        done = len(rec.tokens) == max_new_tokens
-        if not done and not picker.suppress_eos:
-            rec.finished = picker.update_finished(rec.finished, next_ids)
-            done = bool(rec.finished.all())
-        flag = torch.tensor([1 if done else 0], dtype=torch.long, device=device)
-        sends.send(torch.cat([next_ids, flag]), 0)
-        if done:
-            remaining -= 1
-    sends.drain()
-    if stage_index < last:
-        return None
-    return merge_outputs([rec.finish(part, clock, picker) for rec, part in zip(recorders, parts)])

@@ -80,8 +80,11 @@ def preflight(spec: RunSpec, world_size: int) -> dict[str, str]:
                 problems["pp_size"] = f"{stages} pipeline stages but the model has only {layers} layers"
             if spec.mode == "pp" and spec.pp_layer_split and sum(spec.pp_layer_split) != layers:
                 problems["pp_layer_split"] = f"sums to {sum(spec.pp_layer_split)} but the model has {layers} layers"
-    if spec.mode == "tp" and importlib.util.find_spec("deepspeed") is None:
-        problems["mode"] = "tp needs DeepSpeed, which is not installed here (pip install 'dinf-tui[worker]')"
+    if spec.mode == "tp" and spec.impl == "reference" and importlib.util.find_spec("deepspeed") is None:
+        problems["impl"] = (
+            "tp's reference implementation is DeepSpeed AutoTP, which is not installed here "
+            "(pip install 'dinf-tui[worker]', or use --impl fast)"
+        )
     if spec.device == "cuda" and not torch.cuda.is_available():
         problems["device"] = "cuda was asked for but this node has no usable CUDA device"
     if spec.mode == "dp" and spec.num_requests is not None and spec.num_requests < world_size:
@@ -152,48 +155,18 @@ class Job:
         return config, CheckpointTensors(m.path), load_tokenizer(m.path, cfg)
 
     def _load(self):
-        from worker.checkpoint import DTYPES, load_causal_lm, load_stage
-        from worker.generate import CausalLMStage
-        from worker.model import StagePlan, parameter_bytes
+        from worker.checkpoint import DTYPES
+        from worker.generate import Picker
+        from worker.strategy import choose
 
-        spec, env = self.spec, self.env
-        dtype = DTYPES[spec.dtype]
+        spec = self.spec
         config, source, tokenizer = self._model()
-        layers = config.num_hidden_layers
-        if spec.mode == "pp":
-            self.num_stages = spec.pp_size or env.world_size
-            plan = StagePlan.for_stage(layers, env.rank, self.num_stages, spec.pp_layer_split)
-            stage = load_stage(config, plan, source, dtype, self.device)
-            info = {"stage": env.rank, "layers": [plan.first_layer, plan.last_layer]}
-        elif spec.mode == "tp":
-            model = load_causal_lm(config, source, dtype)
-            stage = CausalLMStage(self._shard_with_deepspeed(model, dtype))
-            info = {"stage": 0, "layers": [0, layers]}
-        else:
-            stage = load_stage(config, StagePlan.whole(layers), source, dtype, self.device)
-            info = {"stage": 0, "layers": [0, layers]}
-        info["param_bytes"] = parameter_bytes(stage)
-        return config, tokenizer, stage, info
-
-    def _shard_with_deepspeed(self, model, dtype):
-        if self.device.type == "cpu" and "LOCAL_SIZE" not in os.environ:
-            # DeepSpeed's CPU shm all-reduce JIT-compiles for 30-40 s, leaks /dev/shm, and segfaults
-            # without LOCAL_SIZE; plain gloo all-reduce is exact and needs none of that.
-            import deepspeed.ops
-
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend=self.backend or "gloo")
-        engine = deepspeed.init_inference(
-            model,
-            tensor_parallel={"tp_size": self.env.world_size},
-            dtype=dtype,
-            replace_with_kernel_inject=False,
+        picker = Picker(
+            eos_id=config.eos_token_id, pad_id=config.pad_token_id, suppress_eos=spec.ignore_eos, top_k=spec.top_k
         )
-        module = engine.module
-        module.to(self.device)
-        return module
+        self.strategy = choose(spec, self.env.rank, self.env.world_size, self.device, self.backend, picker)
+        info = self.strategy.load(config, source, DTYPES[spec.dtype])
+        return config, tokenizer, info
 
     # --- the run --------------------------------------------------------------------------------
 
@@ -204,16 +177,16 @@ class Job:
         spec, env, events = self.spec, self.env, self.events
         events.phase("init")
         self.device = distributed.pick_device(spec.device, env.local_rank)
-        self.backend = distributed.init(env, self.device, spec.dist_timeout_s, blocking_wait=spec.mode != "tp")
+        self.backend = distributed.init(env, self.device, spec.dist_timeout_s, host_waits=spec.impl == "fast" or spec.mode == "tp")
         if self.device.type == "cpu" and env.world_size > 1:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         if env.rank == 0:
             _write_atomic(self.out / contract.SPEC_FILE, spec.to_json())
         events.phase("load")
         t0 = time.perf_counter_ns()
-        self.config, self.tokenizer, self.stage, info = self._load()
+        self.config, self.tokenizer, info = self._load()
         rank_load_s = (time.perf_counter_ns() - t0) / 1e9
-        distributed.barrier(self.device)
+        distributed.barrier(self.device, spec.dist_timeout_s)
         load_time_s = (time.perf_counter_ns() - self.start_ns) / 1e9
         events.log(f"loaded {info['param_bytes'] / 2**20:.1f} MiB of parameters in {rank_load_s:.2f} s")
         rank_info = {"rank": env.rank, **rank_environment(self.device), **info, "load_time_s": rank_load_s}
@@ -244,21 +217,9 @@ class Job:
         return ids[first : first + count], texts, first
 
     def _generate(self, batch, max_new_tokens: int, timer):
-        from worker.generate import Picker, StepClock, generate_local, generate_pipeline
+        from worker.generate import StepClock
 
-        picker = Picker(
-            eos_id=self.config.eos_token_id,
-            pad_id=self.config.pad_token_id,
-            suppress_eos=self.spec.ignore_eos,
-            top_k=self.spec.top_k,
-        )
-        clock = StepClock(self.device)
-        if self.spec.mode == "pp" and self.num_stages > 1:
-            return generate_pipeline(
-                self.stage, self.env.rank, self.num_stages, batch, max_new_tokens,
-                self.spec.micro_batches, picker, clock, timer,
-            )
-        return generate_local([self.stage], batch, max_new_tokens, picker, clock, timer)
+        return self.strategy.generate(batch, max_new_tokens, StepClock(self.device), timer)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -274,7 +235,7 @@ class Job:
         prefill = []
         for batch in batches:
             if lockstep:
-                distributed.barrier(self.device)
+                distributed.barrier(self.device, spec.dist_timeout_s)
             t0 = time.perf_counter_ns()
             self._generate(batch, 1, StageTimer())  # prefill runs are never profiled
             self._sync()
@@ -282,11 +243,11 @@ class Job:
         outputs = []
         expected = sum(len(b.indices) for b in batches) * spec.max_new_tokens
         done = 0
-        distributed.barrier(self.device)
+        distributed.barrier(self.device, spec.dist_timeout_s)
         t0 = time.perf_counter_ns()
         for batch in batches:
             if lockstep:
-                distributed.barrier(self.device)
+                distributed.barrier(self.device, spec.dist_timeout_s)
             out = self._generate(batch, spec.max_new_tokens, timer)
             if out is not None:
                 outputs.append(out)
@@ -294,7 +255,7 @@ class Job:
             if timed:
                 self.events.progress(batch_size, done, expected)
         self._sync()
-        distributed.barrier(self.device)
+        distributed.barrier(self.device, spec.dist_timeout_s)
         wall = (time.perf_counter_ns() - t0) / 1e9
         return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs]}
 
@@ -306,8 +267,11 @@ class Job:
 
         spec, env = self.spec, self.env
         ids, texts, first = self._requests()
-        batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first)]
+        # dp replicas pad to one width, so a batch is the same computation whatever the shard.
+        width = self._common_width() if spec.mode == "dp" else None
+        batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first, width)]
         self.events.phase("warmup", batch_size=batch_size)
+        self.strategy.prepare(batches)  # compile + capture, before any timing
         for _ in range(spec.warmup):  # one warm-up iteration = the first batch (kernels, allocator, NCCL pairs)
             self._pass(batches[:1], batch_size, False, StageTimer())
         reset_peak_memory(self.device)
@@ -380,11 +344,14 @@ class Job:
 
     def _output_ranks(self) -> list[int]:
         """Which ranks' outputs make up the run's outputs."""
-        if self.spec.mode == "pp":
-            return [self.num_stages - 1]
-        if self.spec.mode == "dp":
-            return list(range(self.env.world_size))
-        return [0]
+        return self.strategy.output_ranks()
+
+    def _common_width(self) -> int:
+        """The widest prompt of the whole run (every replica pads to it)."""
+        from worker.tokenizer import encode_prompt
+
+        n = self.spec.num_requests or len(self.prompts)
+        return max(len(encode_prompt(self.tokenizer, self.prompts[i % len(self.prompts)])) for i in range(min(n, len(self.prompts))))
 
     def _num_gpus(self) -> int:
         return self.env.world_size if self.device.type == "cuda" else 0
@@ -402,6 +369,7 @@ class Job:
             "num_gpus": self._num_gpus(),
             "environment": environment(self.rank_infos, self.backend),
             "load_time_s": load_time_s,
+            "engine": self.strategy.engine_record(),
             "ranks": [
                 {k: info[k] for k in ("rank", "host", "device", "stage", "layers", "param_bytes", "load_time_s")}
                 for info in self.rank_infos

@@ -106,8 +106,9 @@ class PaddedBatch:
         )
 
 
-def pad_batch(indices: list[int], prompts_ids: list[list[int]], pad_id: int) -> PaddedBatch:
-    width = max(len(p) for p in prompts_ids)
+def pad_batch(indices: list[int], prompts_ids: list[list[int]], pad_id: int, width: int | None = None) -> PaddedBatch:
+    """Left-padded to the longest prompt, or to `width` when given (never narrower than the longest)."""
+    width = max([len(p) for p in prompts_ids] + [width or 0])
     ids = torch.full((len(prompts_ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts_ids), width), dtype=torch.long)
     for row, p in enumerate(prompts_ids):
@@ -116,12 +117,16 @@ def pad_batch(indices: list[int], prompts_ids: list[list[int]], pad_id: int) -> 
     return PaddedBatch(list(indices), ids, mask, [len(p) for p in prompts_ids])
 
 
-def make_batches(request_ids: list[list[int]], batch_size: int, pad_id: int, first_index: int = 0) -> list[PaddedBatch]:
-    """Consecutive requests in batches of `batch_size` (the last may be smaller), each padded on its own."""
+def make_batches(
+    request_ids: list[list[int]], batch_size: int, pad_id: int, first_index: int = 0, width: int | None = None
+) -> list[PaddedBatch]:
+    """Consecutive requests in batches of `batch_size` (the last may be smaller), each padded on its own
+    (or all to `width`)."""
     batches = []
     for start in range(0, len(request_ids), batch_size):
         chunk = request_ids[start : start + batch_size]
-        batches.append(pad_batch(list(range(first_index + start, first_index + start + len(chunk))), chunk, pad_id))
+        indices = list(range(first_index + start, first_index + start + len(chunk)))
+        batches.append(pad_batch(indices, chunk, pad_id, width))
     return batches
 
 

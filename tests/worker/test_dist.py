@@ -1,4 +1,8 @@
-"""Multi-process runs (real ranks over gloo) give exactly the single-process greedy ids."""
+"""Multi-process runs (real ranks over gloo) give exactly the single-process greedy ids.
+
+Runs use the default implementation (`fast`) unless they say `--impl reference`; `single_run` is the
+fast single-process baseline.
+"""
 
 from __future__ import annotations
 
@@ -86,21 +90,50 @@ def test_dp_two_replicas_matches_single(tiny_checkpoint, single_run, tmp_path):
     assert result["measurements"][0]["output_tokens"] == 6 * 8
 
 
-def test_tp_deepspeed_autotp_fp32_matches_single(tiny_checkpoint, single_run, tmp_path):
-    out = tmp_path / "tp2"
+def _tp_shard_bytes(ranks: int) -> int:
+    """Bytes of fp32 weights one fast tp rank holds: its heads and MLP slice, embeddings/norms/head whole."""
+    c = MODEL_CONFIGS["tiny"]
+    h, i, v = c.hidden_size, c.intermediate_size, c.vocab_size
+    per_layer = (4 * h * h + 3 * h * i) // ranks + 2 * h
+    return 4 * (c.num_hidden_layers * per_layer + 2 * v * h + h)
+
+
+def test_pp_reference_two_micro_batches_matches_single(tiny_checkpoint, single_run, tmp_path):
+    out = tmp_path / "pp2-reference"
+    _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "pp", "--micro-batches", "2",
+                   "--batch-sizes", "6", "--impl", "reference"], out)
+    _assert_same_ids(single_run, out, 6)
+    assert json.loads((out / "result.json").read_text())["engine"]["impl"] == "reference"
+
+
+def test_tp_fast_two_ranks_matches_single_and_holds_half_the_layers(tiny_checkpoint, single_run, tmp_path):
+    out = tmp_path / "tp2-fast"
     _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "tp", "--batch-sizes", "6"], out)
     _assert_same_ids(single_run, out, 6)
     result = json.loads((out / "result.json").read_text())
+    assert result["engine"]["impl"] == "fast"
+    assert [r["param_bytes"] for r in result["ranks"]] == [_tp_shard_bytes(2)] * 2
+
+
+def test_tp_deepspeed_autotp_fp32_matches_single(tiny_checkpoint, single_run, tmp_path):
+    out = tmp_path / "tp2"
+    _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "tp", "--batch-sizes", "6",
+                   "--impl", "reference"], out)
+    _assert_same_ids(single_run, out, 6)
+    result = json.loads((out / "result.json").read_text())
+    assert result["engine"]["impl"] == "deepspeed"
     full = 4 * MODEL_CONFIGS["tiny"].parameter_count()
     # AutoTP split every layer: each rank holds well under the full model (embeddings stay whole).
     assert all(r["param_bytes"] < 0.7 * full for r in result["ranks"])
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_tp_profile_counts_the_all_reduces_inside_the_forward_as_communication(
-    tiny_checkpoint, single_run, tmp_path
+    tiny_checkpoint, single_run, tmp_path, impl
 ):
-    out = tmp_path / "tp2-profile"
-    _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "tp", "--batch-sizes", "6", "--profile"], out)
+    out = tmp_path / f"tp2-profile-{impl}"
+    _run_ranks(2, ["--checkpoint", str(tiny_checkpoint), "--mode", "tp", "--batch-sizes", "6", "--profile",
+                   "--impl", impl], out)
     _assert_same_ids(single_run, out, 6)
     (m,) = json.loads((out / "result.json").read_text())["measurements"]
     assert [r["rank"] for r in m["per_rank"]] == [0, 1]
