@@ -26,6 +26,7 @@ from remote.cluster import (
     LogChunk,
     PreparedRun,
     PythonEnvironment,
+    Resources,
     RunBundle,
 )
 from remote.logstream import MAX_READ, follow
@@ -143,14 +144,19 @@ class SlurmCluster:
         )
 
     def preview(self, bundle: RunBundle) -> str:
+        """The batch script; its resources checked, the partition against `sinfo` if the cluster answers."""
         run_dir = self.run_dir(bundle.run_id)
         try:
-            return slurm.render_batch_script(
+            script = slurm.render_batch_script(
                 run_id=bundle.run_id, resources=bundle.resources, environment=self.environment,
                 run_dir=run_dir, command=self._command(run_dir),
             )
         except ValueError as exc:
             raise ClusterError(str(exc)) from exc
+        problem = self.partition_problem(bundle.resources)
+        if problem:
+            raise ClusterError(f"resources.partition: {problem}")
+        return script
 
     def preflight(self, bundle: RunBundle) -> str:
         """sbatch --test-only with the script on stdin: Slurm's verdict, nothing written or queued."""
@@ -164,12 +170,26 @@ class SlurmCluster:
         return (result.stderr.strip() or result.stdout.strip()).removeprefix("sbatch: ")
 
     def partitions(self) -> list[str]:
-        """The cluster's partitions (`sinfo`), asked once per connection's life and remembered."""
+        """The cluster's partitions (`sinfo`), asked once and remembered."""
         if self._partitions is None:
             self.scheduler_calls += 1
             result = self.connection.run(slurm.sinfo_partitions_argv())
             self._partitions = slurm.partitions_from_sinfo(result.stdout)
         return self._partitions
+
+    def partition_problem(self, resources: Resources) -> str | None:
+        """Why `resources.partition` names no partition of this cluster; None if it does, or if
+        the cluster can't be asked (then sbatch, or the connection's own error, says what's wrong)."""
+        if not resources.partition:
+            return None
+        try:
+            known = self.partitions()
+        except (ClusterError, OSError):
+            return None
+        missing = [p for p in resources.partition.split(",") if p and p not in known]
+        if not known or not missing:
+            return None
+        return f"{self.name} has no partition {', '.join(map(repr, missing))}; sinfo lists {', '.join(known)}"
 
     # --- prepare / submit --------------------------------------------------------------------
 

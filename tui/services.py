@@ -326,21 +326,10 @@ class Dinf:
         A cluster that can't be asked (unreachable, host key not trusted yet) is not an input
         error: submitting then reports what is wrong with the connection.
         """
-        if not resources.partition:
-            return
-        partitions = getattr(self.cluster(cluster_name), "partitions", None)
-        if partitions is None:  # the local backend has none
-            return
-        try:
-            known = partitions()
-        except (ClusterError, OSError):
-            return
-        missing = [p for p in resources.partition.split(",") if p and p not in known]
-        if known and missing:
-            raise ValueError(
-                f"resources.partition: {cluster_name} has no partition {', '.join(map(repr, missing))}; "
-                f"sinfo lists {', '.join(known)}"
-            )
+        problem_of = getattr(self.cluster(cluster_name), "partition_problem", None)
+        problem = problem_of(resources) if problem_of is not None else None  # the local backend has none
+        if problem:
+            raise ValueError(f"resources.partition: {problem}")
 
     def clone_run(self, run_id: int | str, *, name: str | None = None) -> RunRecord:
         """A new DRAFT with the same cluster, spec, resources and experiment (to resubmit a run)."""

@@ -368,10 +368,23 @@ def queued_with_name(cluster, name: str) -> str:
     return cluster.connection.run(["squeue", "-h", "-n", name, "-o", "%i %T"]).stdout.strip()
 
 
+def test_a_partition_sinfo_does_not_list_is_refused_before_anything_is_uploaded(minicluster):
+    cluster = minicluster.cluster(job_command=["true"])
+    try:
+        b = bundle(partition="nosuchpartition")
+        for step in (cluster.preview, cluster.preflight, cluster.prepare):
+            with pytest.raises(ClusterError, match=r"resources\.partition: mini has no partition 'nosuchpartition'; "
+                                                   r"sinfo lists debug"):
+                step(b)
+        assert cluster.connection.stat(cluster.run_dir(b.run_id)) is None
+        assert cluster.partition_problem(bundle(partition="debug").resources) is None
+    finally:
+        cluster.close()
+
+
 @pytest.mark.parametrize(
     ("resources", "message"),
     [
-        ({"partition": "nosuchpartition"}, "(?i)partition"),
         ({"gpus_per_node": 8}, "(?i)node configuration is not available|gres"),
     ],
 )
