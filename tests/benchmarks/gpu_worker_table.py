@@ -1,8 +1,16 @@
 """The issue-9 GPU table: dinf's engines against HF generate (eager, static/compiled), DeepSpeed and the HBM roofline.
 
-    python3 tests/benchmarks/gpu_worker_table.py --out /tmp/dinf-table --cells call1 --deadline-s 530
-    python3 tests/benchmarks/gpu_worker_table.py --out /tmp/dinf-table --cells call2 --deadline-s 530 --reuse
-    python3 tests/benchmarks/gpu_worker_table.py --out DIR [--also DIR2] --table-only   # no GPU: rebuild table.md
+Two device calls on the SAME 2-GPU machine (nvidia-h200-x2, carry [".whl"], timeout_s 600), the second
+soon after the first so the machine is still warm (checkpoint, inductor cache and call 1's results stay in /tmp):
+
+    bash tests/benchmarks/gpu_worker_table.sh /tmp/dinf-table --cells call1 --deadline-s 530 --copy-to $OUT/table
+    bash tests/benchmarks/gpu_worker_table.sh /tmp/dinf-table --cells call2 --deadline-s 530 --copy-to $OUT/table --reuse
+
+Call 2's $OUT/table/table.md is then the whole table. Anything a deadline cut (the plan printed first
+says what it expects to cut) runs in a later call with `--cells all --reuse`, which measures only
+what is missing. Without a GPU, rebuild the table from fetched result dirs (the first holding a cell wins):
+
+    python3 tests/benchmarks/gpu_worker_table.py --out /tmp/merged --also CALL2/table --also CALL1/table --table-only
 
 On the synthetic OpenLLaMA-3B-v2 in fp16 (a checkpoint written once under --checkpoint-dir), prompts of
 exactly --prompt-tokens tokens (a prompts file made here with the checkpoint's tokenizer: the 20
@@ -20,9 +28,10 @@ the groups call1 / call2 / all):
   dp2-fast     dinf dp 2, fast; each replica gets the batch single gets (num_requests = 2 x single's)
 
 Each dinf cell runs the real `python -m worker run` CLI (ranks started with torchrun-style variables,
-no torchrun), one invocation per group of batch sizes that share a request count, --repeats timed
+no torchrun), one invocation per group of batch sizes that share a request count (one per cell where
+the worker's --num-requests takes a count per batch size, probed at start), --repeats timed
 passes each (the worker's warm-up, and so its graph capture, is excluded). Requests per batch size are
-chosen so one pass lasts >= ~1 s (--requests-fast / --requests-slow / --requests-static). Exactness
+chosen so one pass lasts >= ~1 s (--requests-fast/-slow/-static/-eager; --dry-plan prints the plan). Exactness
 is `worker.compare`'s definition against `single-fast` at the same batch size on the first 20
 requests, beside the noise floor (single-fast at bs 8 vs bs 64, same requests, other batches).
 
@@ -33,8 +42,12 @@ is rewritten after every cell, so a call killed at its limit still leaves the ta
 a second call measures only what is missing; results from other cards are re-run if selected, and
 the ratios say when their two sides come from different cards.
 
-CPU check of the logic: --config tiny --device cpu --dtype float32 --prompt-tokens 16 --max-new-tokens 8
---batch-sizes 1,2,4 --requests-fast 1:2,2:4,4:8 ... (hf-static and ds-inject are "skipped on CPU").
+CPU check of the logic (~5 min on 2 cores; hf-static and ds-inject are "skipped on CPU"):
+
+    A="--config tiny --device cpu --dtype float32 --prompt-tokens 16 --max-new-tokens 8 --batch-sizes 1,8,64
+       --requests-fast 1:2,8:16,64:64 --requests-slow 1:1,8:8,64:64 --requests-eager 1:1,8:8,64:64"
+    python tests/benchmarks/gpu_worker_table.py --out /tmp/t --cells call1 $A
+    python tests/benchmarks/gpu_worker_table.py --out /tmp/t --cells call2 --reuse $A
 """
 
 from __future__ import annotations
@@ -527,7 +540,7 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
     my_cards = cards[: cell.world] if args.device == "cuda" else cards[:1]  # CPU ranks share the host
     label = cell.label
     if cell.engine == "ds-inject":
-        label += ", CUDA graphs" if args.ds_cuda_graph else " (no CUDA graphs: HF generate's shapes change every step)"
+        label += ", CUDA graphs" if args.ds_cuda_graph else " (no CUDA graphs)"
     if cell.impl == "fast" and args.worker_args:
         label += f" ({args.worker_args})"
     meta = {"cell": cell.name, "label": label, "mode": cell.mode, "world": cell.world, "impl": cell.impl,
@@ -1047,12 +1060,15 @@ def build_table(data: dict, batch_sizes: list[int], header: str = "") -> str:
         notes.append("pp cells use min(M, batch) micro-batches (M = 4 gives 1 at bs 1, 4 at bs 8).")
     if "dp2-fast" in cells:
         notes.append("dp2 runs 2 × single's requests, so each replica gets single's batch size and request count.")
+    if "ds-inject" in cells and "CUDA graphs)" in cells["ds-inject"]["meta"].get("label", ""):
+        notes.append("DeepSpeed kernel inject runs without its CUDA graphs (enable_cuda_graph captures one fixed-shape "
+                     "forward, and generate's shapes change every step); --ds-cuda-graph turns them on.")
     if "hf-static" in cells:
         notes.append("HF static's capture = the wall time of the first generate call of each shape (compile + "
                      "graph capture + one run); dinf's = engine.capture_s of the worker run.")
     if any(not c["meta"].get("impl_flag", True) for c in cells.values()):
         notes.append("Some dinf cells ran on a worker without --impl: their engine is the worker's only one.")
-    walls = [f"{n} {c['meta'].get('wall_s', 0):.0f} s" for n, c in cells.items() if c["meta"].get("wall_s")]
+    walls = [f"{n} {c['meta']['wall_s']:.0f} s" for n, c in cells.items() if (c["meta"].get("wall_s") or 0) >= 0.5]
     if walls:
         notes.append("Cell wall times (incl. start, load and capture): " + ", ".join(walls) + ".")
     if notes:
