@@ -459,6 +459,7 @@ class Dinf:
                     poller.wake()
                 if poller.wait_s() == 0:
                     due[cluster_name] = poller
+            polled = {}
             for cluster_name, poller in due.items():
                 poller.poll()
                 exc = poller.last_error
@@ -469,7 +470,9 @@ class Dinf:
                     poller.wake()
                     continue
                 self.cluster_errors.pop(cluster_name, None)
-                self._record_statuses(by_cluster[cluster_name], poller.statuses())
+                polled[cluster_name] = poller.statuses()
+        for cluster_name, statuses in polled.items():  # outside the lock: finishing fetches results
+            self._record_statuses(by_cluster[cluster_name], statuses)
         return [self.run(r.id) for r in pending]
 
     def _record_statuses(self, records: list[RunRecord], statuses: dict[str, JobStatus]) -> None:
