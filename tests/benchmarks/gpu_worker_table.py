@@ -158,7 +158,7 @@ def parse_args(argv=None):
                    help="batch:requests for HF eager and DeepSpeed kernel inject (one process: any count is free)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--worker-args", default="", help="extra flags for every fast-engine worker run (e.g. --no-cuda-graphs)")
+    p.add_argument("--worker-args", default="", help="extra flags for every fast-engine worker run, written with = (e.g. --worker-args=--no-cuda-graphs)")
     p.add_argument("--run-timeout", type=int, default=300, help="seconds per worker invocation")
     p.add_argument("--hf-timeout", type=int, default=420, help="seconds for each HF generate cell")
     p.add_argument("--ds-timeout", type=int, default=240, help="seconds for the DeepSpeed kernel-inject cell")
@@ -616,7 +616,9 @@ def run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, cloc
         reason = rec["reason"] or failure_reason(text, code)
         if code == 124:
             reason = f"timed out after {timeout:.0f} s" + (" (the call's deadline)" if timeout < args.run_timeout else "")
-        rec.update(status="failed", reason=reason, tail=text[-3000:])
+        wrote = (run_dir / "result.json").is_file()  # results written, then a failure (e.g. in teardown)
+        rec.update(status="partial" if wrote else "failed", reason=(f"exit {code} after writing results: " if wrote
+                                                                     else "") + reason, tail=text[-3000:])
     return rec
 
 
