@@ -84,22 +84,23 @@ def copy_bw(args) -> int:
     for card in card_ids(args.device):
         if args.device == "cuda":
             dev = torch.device("cuda", card["index"])
-            n = args.copy_mib * 2**20
-            src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=dev)
-            dst = torch.empty_like(src)
-            for _ in range(3):
-                dst.copy_(src)
-            torch.cuda.synchronize(dev)
-            times = []
-            for _ in range(args.repeats):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                dst.copy_(src)
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) / 1e3)
-            del src, dst
-            torch.cuda.empty_cache()
+            with torch.cuda.device(dev):  # events record on the current device's stream: make it this card's
+                n = args.copy_mib * 2**20
+                src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=dev)
+                dst = torch.empty_like(src)
+                for _ in range(3):
+                    dst.copy_(src)
+                torch.cuda.synchronize(dev)
+                times = []
+                for _ in range(args.repeats):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    dst.copy_(src)
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b) / 1e3)
+                del src, dst
+                torch.cuda.empty_cache()
         else:  # CPU: a memcpy, so the table's roofline logic runs end to end in the dry run
             n = min(args.copy_mib, 64) * 2**20
             src = torch.randint(0, 255, (n,), dtype=torch.uint8)
