@@ -236,3 +236,24 @@ def test_results_read_back_from_disk(tmp_path: Path):
     text = table.write_table(args)
     assert (out / "table.md").read_text().strip() == text.strip()
     assert "400.0 (390.0–410.0)" in text and "GPU: H200" in text
+
+
+def test_hf_cell_resumes_only_missing_batch_sizes(tmp_path: Path, monkeypatch):
+    """--reuse keeps HF batch sizes measured on this card (even by a run the deadline cut) and runs only the rest."""
+    cdir = tmp_path / "hf-static"
+    (cdir / "run-bs1-64-8").mkdir(parents=True)
+    (cdir / "run-bs1-64-8" / "result.json").write_text(json.dumps({"measurements": [{"batch_size": 1},
+                                                                                  {"batch_size": 64}]}))
+    old = {"invocations": [{"name": "run-bs1-64-8", "batch_sizes": [1, 64, 8], "status": "partial", "cards": [A]}]}
+    ran = []
+    monkeypatch.setattr(table, "run_hf_sizes", lambda *a: ran.append(a[-1]) or {"name": "new", "status": "ok"})
+    args = plan_args(reuse=True, batch_size_list=[1, 8, 64])
+    cell_ = table.CELLS["hf-static"]
+    invs = table.run_hf_cell(args, cell_, None, None, cdir, old, [A, B], None)
+    assert ran == [[8]] and invs[0]["reused"] and invs[1]["name"] == "new"
+    ran.clear()
+    args.batch_size_list = [1, 64]
+    assert [i["name"] for i in table.run_hf_cell(args, cell_, None, None, cdir, old, [A], None)] == ["run-bs1-64-8"]
+    assert ran == []
+    table.run_hf_cell(args, cell_, None, None, cdir, old, [C], None)  # another machine: measure again
+    assert ran == [[1, 64]]
