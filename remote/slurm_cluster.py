@@ -240,35 +240,47 @@ class SlurmCluster:
     # --- status / cancel ---------------------------------------------------------------------
 
     def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """Every job's status: one squeue for all of them; sacct only for those squeue can't tell
+        (jobs that ended, for their exit codes, or that it no longer holds). Jobs that are pending
+        or running cost one scheduler command per poll."""
         if not job_ids:
             self.connection.open()  # an empty poll still proves the cluster is reachable
             return {}
         for job_id in job_ids:
             if not str(job_id).isdigit():
                 raise ClusterError(f"{job_id!r} is not a Slurm job id")
+        job_ids = [str(j) for j in job_ids]
+        squeue_rc, squeue_out, stderr = self._run_section(slurm.squeue_argv(job_ids))
+        # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory;
+        # any other failure (slurmctld down, no squeue on PATH) must not read as "jobs unknown".
+        if squeue_rc != 0 and "Invalid job id" not in stderr:
+            raise ClusterError(f"squeue failed on {self.name} (exit code {squeue_rc}): {stderr.strip()[-500:]}")
+        live = slurm.statuses_from_squeue(squeue_out) if squeue_rc == 0 else {}
+        ask = [j for j in job_ids if j not in live or live[j].state.is_terminal]
+        accounted: dict[str, JobStatus] = {}
+        if ask:
+            sacct_rc, sacct_out, _ = self._run_section(slurm.sacct_status_argv(ask))
+            accounted = slurm.statuses_from_sacct(sacct_out) if sacct_rc == 0 else {}
+        return slurm.merge_statuses(job_ids, live, accounted)
+
+    def _run_section(self, argv: list[str]) -> tuple[int, str, str]:
+        """One scheduler command: (exit code, stdout, stderr), its output checked to be whole."""
         self.scheduler_calls += 1
-        line = join_sections([slurm.squeue_argv(job_ids), slurm.sacct_status_argv(job_ids)])
         for attempt in range(3):
-            result = self.connection.run([], command=line, check=False)
+            result = self.connection.run([], command=join_sections([argv]), check=False)
             try:
-                (squeue_rc, squeue_out), (sacct_rc, sacct_out) = split_sections(result.stdout, 2)
-                break
+                ((code, out),) = split_sections(result.stdout, 1)
+                return code, out, result.stderr
             except ValueError:
                 # Output cut short: the connection dropped mid-command (sshd killed, network gone).
                 # The next run() reconnects; a status query is safe to repeat.
                 if attempt == 2:
                     raise ClusterError(
-                        f"squeue/sacct output was cut short three times (exit code {result.exit_code}): "
+                        f"{argv[0]} output was cut short three times (exit code {result.exit_code}): "
                         f"{result.tail('stderr') or result.tail('stdout')}"
                     ) from None
                 self._sleep(0.2)
-        # squeue exits 1 with "Invalid job id specified" when none of the ids is still in memory;
-        # any other failure (slurmctld down, no squeue on PATH) must not read as "jobs unknown".
-        if squeue_rc != 0 and "Invalid job id" not in result.stderr:
-            raise ClusterError(f"squeue failed on {self.name} (exit code {squeue_rc}): {result.tail('stderr')}")
-        live = slurm.statuses_from_squeue(squeue_out) if squeue_rc == 0 else {}
-        accounted = slurm.statuses_from_sacct(sacct_out) if sacct_rc == 0 else {}
-        return slurm.merge_statuses([str(j) for j in job_ids], live, accounted)
+        raise AssertionError("unreachable")
 
     def cancel(self, job_id: str, *, wait_s: float = 30.0) -> JobStatus:
         current = self.status([job_id])[job_id]

@@ -194,7 +194,9 @@ def test_job_waiting_for_resources_is_pending_with_its_reason(minicluster):
         wait_for_state(cluster, first, lambda s: s.state == JobState.RUNNING)
         _, second = submit(cluster, bundle(gpus_per_node=minicluster.gpus_per_node))
         status = wait_for_state(cluster, second, lambda s: s.state == JobState.PENDING and s.reason in ("Resources", "Priority"))
-        both = cluster.status([first, second])  # one batched call for both
+        calls = cluster.scheduler_calls
+        both = cluster.status([first, second])  # one batched call for both: squeue alone, as both are live
+        assert cluster.scheduler_calls - calls == 1
         assert both[first].state == JobState.RUNNING and both[first].nodelist == "node[1-2]"
         assert both[second].state == JobState.PENDING and both[second].reason == status.reason
         assert cluster.cancel(second).state == JobState.CANCELLED
