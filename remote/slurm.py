@@ -564,6 +564,12 @@ def summarize_failure(
                     and not s.job_id.endswith((".batch", ".extern"))]
     ends = parse_srun_task_ends(batch_log) if batch_log else []
     notes = job_end_notes(batch_log) if batch_log else []
+    # A time limit or a node failure ends every task: the tasks' deaths are its consequences.
+    job_causes = [n for n in notes if " due to " in n or n.startswith("node ")]
+    if job_causes:
+        consequences = [f"{end.who}: {end.cause}" for end in ends] + [n for n in notes if n != job_causes[0]]
+        return FailureSummary(rank=None, node=None, signal=None, exit_code=None, cause=job_causes[0],
+                              consequences=tuple(consequences), source="srun")
     if ends:
         first, rest = ends[0], ends[1:]
         consequences = [f"{end.who}: {end.cause}" + (" when srun ended the step" if end.signal == 15 else "")

@@ -251,3 +251,11 @@ def test_workdirs_slurm_rewrites_are_refused_naming_the_field(workdir):
 
     with pytest.raises(ClusterError, match=r"^workdir .* holds a .*; choose a directory without"):
         SlurmCluster(connection=object(), workdir=workdir)
+
+
+def test_a_time_limit_is_the_cause_and_the_terminated_tasks_its_consequence():
+    log = ("slurmstepd-node1: error: *** JOB 2 ON node1 CANCELLED AT 2026-11-26T19:08:12 DUE TO TIME LIMIT ***\n"
+           "srun: error: node1: task 0: Terminated\n")
+    summary = slurm.summarize_failure(job_id="2", batch_log=log)
+    assert summary.text() == ("Slurm cancelled the job on node1 due to time limit; "
+                              "then rank 0 on node1: killed by signal 15 (SIGTERM)")
