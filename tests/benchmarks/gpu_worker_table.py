@@ -62,7 +62,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +90,7 @@ class Cell:
     micro_batches: int = 1
     requests_factor: int = 1  # dp: each replica gets single's requests
     min_bs: int = 1  # pp2-m4 skips bs 1: min(4, 1) = 1 micro-batch is pp2-m2's bs-1 run again
+    only: tuple[int, ...] | None = None  # "--cells hf-static:1+64": these batch sizes only, this time
 
 
 CELLS = {c.name: c for c in [
@@ -109,13 +110,14 @@ CELLS = {c.name: c for c in [
          requests_factor=2),
 ]}
 GROUPS = {
-    # Call 1, one card: single-fast vs the roofline and vs HF static need the same card. HF static goes
-    # last: it measures bs 1 and 64 first (the targets), then 8 and 128, saving after each, so the
-    # deadline cuts only its least needed shapes (`--cells all --reuse` later runs just those).
+    # Call 1, one card: single-fast vs the roofline and vs HF static need the same card. HF static at bs
+    # 1 and 64 (the targets) comes second; its bs 8 and 128 (~60 s of compile each) come last, where the
+    # deadline may cut them (call 2, or `--cells all --reuse`, then runs only what is missing).
     # DeepSpeed kernel inject is expected to abort after a ~45 s JIT build (GPU.md): cheap, 1 GPU.
-    "call1": ["single-fast", "hf-eager", "single-ref", "ds-inject", "hf-static"],
-    # Call 2, two cards: single-fast again only if call 1 ran on other cards (--reuse keeps it otherwise).
-    "call2": ["single-fast", "dp2-fast", "pp2-m2", "tp2-fast", "pp2-m4", "tp2-ref"],
+    "call1": ["single-fast", "hf-static:1+64", "hf-eager", "single-ref", "ds-inject", "hf-static"],
+    # Call 2, two cards: single-fast again only if call 1 ran on other cards (--reuse keeps it otherwise);
+    # at the end, whatever call 1's deadline cut (with --reuse, what is done costs nothing).
+    "call2": ["single-fast", "dp2-fast", "pp2-m2", "tp2-fast", "pp2-m4", "tp2-ref", "ds-inject", "hf-static"],
 }
 GROUPS["all"] = list(dict.fromkeys(GROUPS["call1"] + GROUPS["call2"]))
 
@@ -183,17 +185,22 @@ def parse_args(argv=None):
 
 
 def selected_cells(spec: str) -> list[Cell]:
+    """Cells in the order given; `name:1+64` restricts a cell to those batch sizes (the same cell may come again
+    later, unrestricted: it then measures only what is still missing)."""
     names = []
     for part in (s.strip() for s in spec.split(",")):
         if not part:
             continue
-        if part in GROUPS:
-            names += GROUPS[part]
-        elif part in CELLS:
-            names.append(part)
-        else:
-            raise SystemExit(f"unknown cell {part!r}; cells: {', '.join(CELLS)}; groups: {', '.join(GROUPS)}")
-    return [CELLS[n] for n in dict.fromkeys(names) if n != "copy-bw"]
+        names += GROUPS.get(part, [part])
+    cells = []
+    for name in dict.fromkeys(names):
+        base, _, sizes = name.partition(":")
+        if base not in CELLS:
+            raise SystemExit(f"unknown cell {name!r}; cells: {', '.join(CELLS)} (name:1+64 for some batch sizes); "
+                             f"groups: {', '.join(GROUPS)}")
+        if base != "copy-bw":
+            cells.append(replace(CELLS[base], only=tuple(int(b) for b in sizes.split("+"))) if sizes else CELLS[base])
+    return cells
 
 
 def parse_requests(text: str) -> dict[int, int]:
@@ -229,7 +236,7 @@ def effective_micro_batches(cell: Cell, bs: int) -> int:
 
 
 def cell_batch_sizes(args, cell: Cell) -> list[int]:
-    return [bs for bs in args.batch_size_list if bs >= cell.min_bs]
+    return [bs for bs in args.batch_size_list if bs >= cell.min_bs and (cell.only is None or bs in cell.only)]
 
 
 def invocations(args, cell: Cell) -> list[dict]:
@@ -261,9 +268,10 @@ def estimate_s(args, cell: Cell) -> float:
         return (args.warmup + args.repeats * batches) * per_batch * 1.1  # + the prefill-only runs
 
     if cell.kind == "hf":
-        total = ASSUMED_START_S[1] + sum(passes(bs, requests_for(args, cell, bs)) for bs in args.batch_size_list)
+        sizes = cell_batch_sizes(args, cell)
+        total = ASSUMED_START_S[1] + sum(passes(bs, requests_for(args, cell, bs)) for bs in sizes)
         if cell.engine == "static":
-            total += ASSUMED_HF_COMPILE_S * len(args.batch_size_list)
+            total += ASSUMED_HF_COMPILE_S * len(sizes)
         if cell.engine == "ds-inject":
             total = ASSUMED_START_S[1] + ASSUMED_DS_BUILD_S  # expected to abort after the build (GPU.md)
         return total
@@ -566,6 +574,12 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
         else:
             for inv in invocations(args, cell):
                 meta["invocations"].append(run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, clock))
+    names = {i["name"] for i in meta["invocations"]}
+    covered = set(cell_batch_sizes(args, cell))
+    for inv in old.get("invocations", []):  # runs of other batch sizes (an earlier `name:1+64`) stay in the cell
+        if (inv.get("name") not in names and not set(inv.get("batch_sizes") or []) & covered
+                and set(inv.get("cards") or []) <= set(cards) and (args.reuse or inv.get("call") == args.call_id)):
+            meta["invocations"].append(dict(inv, reused=True))
     inv_status = [i["status"] for i in meta["invocations"]]
     if meta["status"] == "ok" and inv_status and any(s != "ok" for s in inv_status):
         meta["status"] = "failed" if all(s in ("failed", "not run") for s in inv_status) else "partial"
@@ -580,10 +594,10 @@ def run_cell(args, cell: Cell, ckpt: Path, prompts: Path, cards: list[str], flag
 
 
 def reusable(args, old: dict, name: str, run_dir: Path, cards: list[str]) -> dict | None:
-    if not args.reuse or not (run_dir / "result.json").is_file():
+    if not (run_dir / "result.json").is_file():
         return None
     prev = next((i for i in old.get("invocations", []) if i.get("name") == name and i.get("status") == "ok"), None)
-    if prev is None:
+    if prev is None or not (args.reuse or prev.get("call") == args.call_id):
         return None
     if not set(prev.get("cards") or old.get("cards") or []) <= set(cards):
         print(f"== {run_dir.parent.name}/{name}: measured on other cards; running it again here", flush=True)
@@ -598,7 +612,7 @@ def run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, cloc
     if prev is not None:
         return prev
     rec = {**inv, "cards": cards[: cell.world] if args.device == "cuda" else cards[:1], "status": "ok", "reason": None,
-           "code": None}
+           "code": None, "call": args.call_id}
     if clock.left() < 20:
         return {**rec, "status": "not run", "reason": "the call's --deadline-s was reached"}
     if (run_dir / "result.json").is_file():
@@ -624,14 +638,20 @@ def run_invocation(args, cell, inv, ckpt, prompts, cdir, old, cards, extra, cloc
 
 def run_hf_cell(args, cell, ckpt, prompts, cdir, old, cards, clock) -> list[dict]:
     """One process over the batch sizes, the targets' (1, 64) first, saving after each. With --reuse, sizes already
-    measured on this card (also by a run the deadline cut short) are kept and only the rest run, in a new dir."""
+    measured on this card (also by a run the deadline cut short) are kept and only the rest run, in a new dir; so is
+    a run that failed for a reason of its own (DeepSpeed's abort), not for time. Within one call, without --reuse too."""
     kept, done = [], set()
-    for inv in old.get("invocations", []) if args.reuse else []:
+    for inv in old.get("invocations", []):
+        if not (args.reuse or inv.get("call") == getattr(args, "call_id", None)):
+            continue
+        if not set(inv.get("cards") or []) <= set(cards):
+            continue
         measured = [m["batch_size"] for m in (read_json(cdir / inv["name"] / "result.json") or {}).get("measurements", [])]
-        if inv.get("status") in ("ok", "partial") and measured and set(inv.get("cards") or []) <= set(cards):
+        final_failure = inv.get("status") == "failed" and inv.get("code") not in (None, 124)
+        if (inv.get("status") in ("ok", "partial") and measured) or final_failure:
             kept.append(dict(inv, reused=True))
-            done |= set(measured)
-    order = sorted(args.batch_size_list, key=lambda b: (b not in (1, 64), b))  # the targets' sizes first
+            done |= set(measured) if measured else set(inv.get("batch_sizes") or [])
+    order = sorted(cell_batch_sizes(args, cell), key=lambda b: (b not in (1, 64), b))  # the targets' sizes first
     order = [b for b in order if b not in done]
     if kept:
         print(f"== {cell.name}: reusing bs {', '.join(map(str, sorted(done)))} measured on this card"
@@ -646,7 +666,7 @@ def run_hf_sizes(args, cell, ckpt, prompts, cdir, cards, clock, order) -> dict:
     run_dir = cdir / name
     requests = ",".join(f"{bs}:{requests_for(args, cell, bs)}" for bs in order)
     rec = {"name": name, "batch_sizes": order, "requests": requests, "cards": cards[:1],
-           "status": "ok", "reason": None, "code": None}
+           "status": "ok", "reason": None, "code": None, "call": getattr(args, "call_id", None)}
     if clock.left() < 20:
         return {**rec, "status": "not run", "reason": "the call's --deadline-s was reached"}
     if (run_dir / "result.json").is_file():
@@ -1109,17 +1129,23 @@ def print_plan(args, cells: list[Cell]) -> float:
     for cell in cells:
         est = estimate_s(args, cell)
         old = read_json(args.out / cell.name / "cell.json") or {}
-        if args.reuse and old.get("invocations") and all(i.get("status") == "ok" for i in old["invocations"]):
+        done = set()
+        for i in old.get("invocations", []):
+            if i.get("status") == "ok" or (i.get("status") == "failed" and cell.kind == "hf"
+                                           and i.get("code") not in (None, 124)):
+                done |= set(i.get("batch_sizes") or [])
+        if args.reuse and set(cell_batch_sizes(args, cell)) <= done:
             est = 0.0  # kept if it was measured on a card of this machine
         total += est
         if args.deadline_s and total > args.deadline_s:
             cut.append(cell.name)
         if cell.kind == "hf":
-            parts = ", ".join(f"bs {bs}: {requests_for(args, cell, bs)} req" for bs in args.batch_size_list)
+            parts = ", ".join(f"bs {bs}: {requests_for(args, cell, bs)} req" for bs in cell_batch_sizes(args, cell))
         else:
             parts = "; ".join(f"bs {','.join(map(str, i['batch_sizes']))}: {i['requests']} req"
                               + (f", M={i['micro_batches']}" if cell.mode == "pp" else "") for i in invocations(args, cell))
-        print(f"   {cell.name:12s} ~{est:4.0f} s   {parts}", flush=True)
+        name = cell.name + (":" + "+".join(map(str, cell.only)) if cell.only else "")
+        print(f"   {name:16s} ~{est:4.0f} s   {parts}", flush=True)
     print(f"   total ~{total:.0f} s incl. copy bandwidth (+ the checkpoint write on a fresh machine)"
           + (f"; deadline {args.deadline_s:.0f} s" if args.deadline_s else ""), flush=True)
     if cut:
@@ -1135,6 +1161,7 @@ def main(argv=None) -> int:
         print(write_table(args), flush=True)
         return 0
     clock = Clock(args.deadline_s)
+    args.call_id = f"{socket.gethostname()}-{os.getpid()}-{int(clock.t0)}"
     cells = selected_cells(args.cells)
     args.per_batch_requests = args.assume_per_batch_requests or worker_takes_per_batch_requests()
     default_requests(args)

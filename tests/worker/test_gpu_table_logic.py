@@ -177,12 +177,15 @@ def test_plan_groups_batches_and_sizes_requests():
 
 
 def test_cells_and_groups():
-    names = [c.name for c in table.selected_cells("call1")]
-    assert names[0] == "single-fast" and names[-1] == "hf-static"
+    call1 = table.selected_cells("call1")
+    assert [(c.name, c.only) for c in call1[:2]] == [("single-fast", None), ("hf-static", (1, 64))]
+    assert (call1[-1].name, call1[-1].only) == ("hf-static", None)  # the rest of HF static, last
+    assert all(c.world == 1 for c in call1)
     both = {c.name for c in table.selected_cells("call1,call2")}
     assert both == set(table.CELLS) - {"copy-bw"}  # the two calls make the whole table
-    assert all(c.world == 1 for c in table.selected_cells("call1"))
-    assert len(table.selected_cells("all")) == len(table.CELLS) - 1  # copy-bw always runs, never selected
+    assert {c.name for c in table.selected_cells("all")} == both  # copy-bw always runs, never selected
+    args = plan_args(per_batch_requests=False)
+    assert table.cell_batch_sizes(args, table.selected_cells("pp2-m4:1+64")[0]) == [64]  # min_bs still applies
     with pytest.raises(SystemExit):
         table.selected_cells("single-fats")
 
