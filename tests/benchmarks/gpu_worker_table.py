@@ -1126,21 +1126,24 @@ def print_plan(args, cells: list[Cell]) -> float:
     print(f"== plan (estimates assume H200 rates, ASSUMED_TOK_S; fast engine: {args.est_compile_s:.0f} s compile per run "
           f"+ {args.est_capture_s:.0f} s capture per batch size; HF static {ASSUMED_HF_COMPILE_S} s compile per shape):",
           flush=True)
+    planned: dict[str, set[int]] = {}  # batch sizes an earlier entry of this call measures (hf-static:1+64)
     for cell in cells:
-        est = estimate_s(args, cell)
         old = read_json(args.out / cell.name / "cell.json") or {}
-        done = set()
-        for i in old.get("invocations", []):
+        done = set(planned.get(cell.name, set()))
+        for i in old.get("invocations", []) if args.reuse else []:  # kept if measured on a card of this machine
             if i.get("status") == "ok" or (i.get("status") == "failed" and cell.kind == "hf"
                                            and i.get("code") not in (None, 124)):
                 done |= set(i.get("batch_sizes") or [])
-        if args.reuse and set(cell_batch_sizes(args, cell)) <= done:
-            est = 0.0  # kept if it was measured on a card of this machine
+        todo = tuple(b for b in cell_batch_sizes(args, cell) if b not in done)
+        planned.setdefault(cell.name, set()).update(todo)
+        est = estimate_s(args, replace(cell, only=todo)) if todo else 0.0
+        if cell.kind == "worker" and todo and not getattr(args, "per_batch_requests", False):
+            est = estimate_s(args, cell)  # worker runs are kept or re-run whole
         total += est
         if args.deadline_s and total > args.deadline_s:
             cut.append(cell.name)
         if cell.kind == "hf":
-            parts = ", ".join(f"bs {bs}: {requests_for(args, cell, bs)} req" for bs in cell_batch_sizes(args, cell))
+            parts = ", ".join(f"bs {bs}: {requests_for(args, cell, bs)} req" for bs in todo) or "done"
         else:
             parts = "; ".join(f"bs {','.join(map(str, i['batch_sizes']))}: {i['requests']} req"
                               + (f", M={i['micro_batches']}" if cell.mode == "pp" else "") for i in invocations(args, cell))
