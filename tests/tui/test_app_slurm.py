@@ -7,6 +7,9 @@ or fails under DINF_REQUIRE_SLURM=1).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,10 @@ from pilot_wait import wait_for
 from textual.widgets import DataTable, Input, Select
 
 from tui.app import DinfApp
+from tui.run_display import printable
 from tui.screens.new_run import NewRunScreen
 from tui.screens.run import RunScreen
+from tui.screens.runs import RunsScreen
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -181,3 +186,77 @@ async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
         assert app.service.runs() == []
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not app.screen.busy)
+
+
+def worker_pid(job_id: str, rank: int) -> int | None:
+    """The pid of a rank's worker process (the minicluster's nodes share this machine's pid namespace)."""
+    wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode()}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted <= environ and b"worker" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def submit_long_pp_run(service, partition: str):
+    """A 2-node pp run long enough to be killed mid-measurement (it would take minutes)."""
+    from remote.cluster import Resources
+    from worker.contract import RunSpec
+
+    spec = RunSpec.from_dict({"run_name": "killed-rank", "mode": "pp", "pp_size": 2, "device": "cpu",
+                              "batch_sizes": [1, 2], "max_new_tokens": 512, "repeats": 50, "warmup": 0,
+                              "num_requests": 2})
+    resources = Resources(nodes=2, tasks_per_node=1, partition=partition, time_limit="10:00")
+    record = service.new_run(cluster="mini", spec=spec, resources=resources, name="killed-rank")
+    return service.submit(record.id)
+
+
+async def test_a_rank_killed_with_sigkill_leaves_the_app_up_and_names_the_cause(slurm_app, minicluster):
+    """The issue's crash: rank 1 of a pp run on 2 nodes killed with -9 mid-run. The app stays up,
+    shows the failure summary (first rank to die, its node, its signal) and the error as written
+    (the peers' gloo errors hold '[/__w/pytorch/...]'), and the run can be reopened."""
+    app = slurm_app
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
+        record = await asyncio.to_thread(submit_long_pp_run, app.service, minicluster.partition)
+        assert record.job_id, record.error
+        run_id = record.id
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: run_id in app.runs, timeout=30, what="the run in the list")
+        app.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        logs = app.run_logs[run_id]
+        await wait_for(pilot, lambda: logs.rank_state(1).phase in ("warmup", "measure"), timeout=RUN_TIMEOUT_S,
+                       what="rank 1 generating")
+        pid = worker_pid(record.job_id, 1)
+        assert pid is not None, "rank 1's worker process is not on this machine"
+        os.kill(pid, signal.SIGKILL)
+
+        await wait_for(pilot, lambda: app.runs[run_id].state == "FAILED", timeout=RUN_TIMEOUT_S, what="FAILED")
+        await wait_for(pilot, lambda: app.runs[run_id].failure is not None and app.runs[run_id].error,
+                       timeout=60, what="the failure summary")
+        failed = app.runs[run_id]
+        assert (failed.failure.rank, failed.failure.node, failed.failure.signal) == (1, "node2", 9), failed.failure
+        await pilot.pause(1.5)  # the header redraws and the tail drains the ranks' last lines
+        assert app.is_running
+
+        for reopened in (False, True):  # reopening a run that failed this way crashed the app too
+            header = str(app.screen.query_one("#run-summary").render())
+            assert "FAILED" in header
+            assert "✖ rank 1 on node2 died first: killed by signal 9 (SIGKILL)" in header, header
+            rest = failed.error.removeprefix(failed.failure.cause).lstrip("; ")
+            assert printable(rest) in header, header  # the rest of the error as written, brackets and all
+            if not reopened:
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+                app.open_run(run_id)
+                await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run reopened")
+                await pilot.pause(1.0)
+        assert app.is_running
+

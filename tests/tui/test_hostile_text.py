@@ -19,7 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pilot_wait import wait_for
-from remote.cluster import ClusterError
+from remote.cluster import ClusterError, FailureSummary
 from rich.console import Console
 from scripted_cluster import BUNDLE, HostKeyUnknown, ScriptedCluster
 from textual.widgets._toast import Toast
@@ -118,6 +118,12 @@ def shown_by(widget) -> str:
     return text
 
 
+def failure_of(fields: dict[str, str]) -> FailureSummary:
+    """A failure summary naming the hostile host as the node (node names come from srun's log)."""
+    return FailureSummary(rank=1, node=fields["host"], signal=9, exit_code=None,
+                          cause=f"rank 1 on {fields['host']} died first: killed by signal 9 (SIGKILL)")
+
+
 def seed(service, scripted: ScriptedCluster, fields: dict[str, str]) -> dict[str, int]:
     """A failed run on the hostile cluster whose every text field is hostile, its logs and error
     event, a draft of the same name (it can still be cancelled) and a completed one with results."""
@@ -141,7 +147,8 @@ def seed(service, scripted: ScriptedCluster, fields: dict[str, str]) -> dict[str
             repo.record_state(session=session, run=run, state="PENDING", reason=fields["reason"], at=base + 1)
             repo.record_state(session=session, run=run, state=state, reason=fields["reason"], at=base + 30)
             if key == "failed":
-                repo.update_run(session=session, run=run, error=f"{fields['error']} in {fields['path']}")
+                repo.update_run(session=session, run=run, error=f"{fields['error']} in {fields['path']}",
+                                failure_json=json.dumps(failure_of(fields).to_dict()))
         session.commit()
     service.ingest_dir(BUNDLE, run_id=ids["completed"])
     launcher = f"{run_dir}/logs/{contract.launcher_log_file(fields['job'], 0)}"
@@ -178,7 +185,8 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         await pilot.pause(0.3)
         # Header (name, cluster, job id, reason, error, path), timeline, rank 1's error, the log.
         assert_shown(app, name, cluster, job, f"({reason})", error, f"error: {error}", f"[r0] {log}", f"[r0] {wrote}")
-        assert f"{error} in {path}" in shown_by(app.screen.query_one("#run-summary"))  # may wrap on screen
+        header = shown_by(app.screen.query_one("#run-summary"))  # long lines wrap on screen
+        assert f"✖ {one_line(failure_of(fields).cause)}\n{error} in {path}" in header
         await pilot.press("escape")
 
         app.confirm_cancel(ids["draft"])

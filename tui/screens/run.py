@@ -135,9 +135,7 @@ class RunScreen(Screen):
             Text.assemble("job id ", plain(getattr(record, "job_id", None) or "-", "bold"),
                           " · elapsed ", (duration(elapsed_s(record)), "bold")),
         ]
-        error = getattr(record, "error", None)
-        if error:
-            lines.append(plain(error, "red"))
+        lines.extend(_failure_lines(record))
         self.query_one("#run-summary", FixedText).update(Text("\n").join(lines))
         rows = [Text("timeline", style="bold")] + [
             Text.assemble(f"{clock(at)}  ", state_text(entry_state), " " if reason else "",
@@ -298,3 +296,15 @@ class RunScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def _failure_lines(record: Any) -> list[Text]:
+    """How the run failed: the first rank to die, its node and signal on a line of its own (the
+    remote layer's failure summary), then the rest of the error; or the error alone."""
+    error = str(getattr(record, "error", None) or "")
+    failure = getattr(record, "failure", None)
+    cause = str(getattr(failure, "cause", "") or "")
+    if not cause:
+        return [plain(error, "red")] if error else []
+    rest = error[len(cause):].lstrip("; ") if error.startswith(cause) else error  # error repeats the cause first
+    return [plain(f"✖ {cause}", "bold red")] + ([plain(rest, "red")] if rest else [])
