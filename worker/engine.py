@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.generate import BatchOutput, Picker, StepClock
-from worker.llama import FastStage, block_forward
+from worker.llama import FastStage, block_forward, gemv_linear
 from worker.tokenizer import PaddedBatch
 
 LENGTH_BUCKET = 64
 """Cache lengths are rounded up to a multiple of this, so prompts of similar width share one graph."""
+TUNE_STEPS = 8
+"""Replays per timing when the engine picks between two captured steps (3 timings each)."""
 STOP_CHECK_EVERY = 8
 """Decode steps between two reads of "has every row finished?" (only when EOS can end a row)."""
 
@@ -63,13 +65,19 @@ def cache_length(prompt_width: int, max_new_tokens: int) -> int:
     return -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
 
 
-_compiled_layer = None
+_compiled_layers: dict[str, object] = {}
 
 
-def compiled_layer():
-    """`block_forward` compiled once per process; one graph per shape serves every layer."""
-    global _compiled_layer
-    if _compiled_layer is None:
+def _block_forward_gemv(*args):
+    return block_forward(*args, linear=gemv_linear)
+
+
+def compiled_layer(kind: str = "cublas"):
+    """`block_forward` compiled once per process (one graph per shape serves every layer).
+
+    kind "cublas": matmuls through cuBLAS; "gemv": as compiler-generated GEMV reductions (one-row steps).
+    """
+    if not _compiled_layers:
         import torch._dynamo
         import torch._inductor.config
 
@@ -80,8 +88,9 @@ def compiled_layer():
         if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
             torch._dynamo.config.accumulated_cache_size_limit = 4096
         torch._inductor.config.fx_graph_cache = True
-        _compiled_layer = torch.compile(block_forward, fullgraph=True, dynamic=False)
-    return _compiled_layer
+        _compiled_layers["cublas"] = torch.compile(block_forward, fullgraph=True, dynamic=False)
+        _compiled_layers["gemv"] = torch.compile(_block_forward_gemv, fullgraph=True, dynamic=False)
+    return _compiled_layers[kind]
 
 
 class Session:
@@ -174,8 +183,39 @@ class Session:
             self.all_finished.copy_(self.finished.all().reshape(1))
 
     def _prepare(self, settings: EngineSettings) -> None:
-        """Compile (warm-up steps) and capture the decode step; the state it leaves is reset by `prefill`."""
+        """Compile (warm-up steps) and capture the decode step; the state it leaves is reset by `prefill`.
+
+        A one-row step is memory-bound on its four weight matmuls, where cuBLAS picks split-K kernels
+        with an extra reduction pass; there the compiler's own GEMV is captured too, both are timed
+        over `TUNE_STEPS` replays, and the faster one is kept (the choice is noted in the record).
+        """
         t0 = time.perf_counter()
+        kinds = ["cublas"]
+        if settings.compile and settings.cuda_graphs and self.rows == 1:
+            kinds.append("gemv")
+        timed: dict[str, tuple[float, object, object]] = {}
+        for kind in kinds:
+            if settings.compile:
+                self.layer_fn = compiled_layer(kind)
+            graph = self._warm_and_capture(settings.cuda_graphs)
+            if len(kinds) > 1:
+                timed[kind] = (self._time_replays(graph), graph, self.layer_fn)
+        if timed:
+            best = min(timed, key=lambda k: timed[k][0])
+            _, self.graph, self.layer_fn = timed[best]
+            settings.notes.append(
+                f"rows 1: {best} step kept (" + ", ".join(f"{k} {v[0] * 1e3:.3f} ms" for k, v in timed.items()) + ")"
+            )
+        else:
+            self.graph = graph
+        settings.graphs += self.graph is not None
+        if self.last:
+            self.step.zero_()
+        self.slot.zero_()
+        torch.cuda.synchronize()
+        settings.capture_s += time.perf_counter() - t0
+
+    def _warm_and_capture(self, capture: bool):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: compiles, autotunes, and sets up cuBLAS outside the graph
@@ -186,14 +226,31 @@ class Session:
         torch.cuda.current_stream().wait_stream(side)
         if self.last:
             self.step.zero_()
-        if settings.cuda_graphs:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step()
-            self.graph = graph
-            settings.graphs += 1
-        torch.cuda.synchronize()
-        settings.capture_s += time.perf_counter() - t0
+        self.slot.zero_()
+        if not capture:
+            return None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        return graph
+
+    def _time_replays(self, graph) -> float:
+        """Median seconds per replay of `graph` (state reset after; values don't matter for time)."""
+        times = []
+        for _ in range(3):
+            if self.last:
+                self.step.zero_()
+            self.slot.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(TUNE_STEPS):
+                if self.last:
+                    self.step.zero_()
+                graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / TUNE_STEPS)
+        return sorted(times)[1]
 
     def outputs(self, batch: PaddedBatch, clock: StepClock, marks: list, picker: Picker, steps: int) -> BatchOutput:
         """The batch's ids, top-k and token times (reads the device once)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.model import SeqState
-from worker.tokenizer import PaddedBatch, micro_batch_bounds
+from worker.tokenizer import PaddedBatch
 
 
 @dataclass

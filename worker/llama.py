@@ -159,17 +159,19 @@ def block_forward(
     heads: int,
     kv_heads: int,
     reduce: Callable[[torch.Tensor], torch.Tensor],
+    linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """One layer: x [B, T, E] -> [B, T, E]; writes this step's keys and values into the caches.
 
     A free function of tensors (weights included) so one compiled graph serves every layer.
     k_cache, v_cache: [B, KV, L, D]; cos, sin: [B, T, D] in x's dtype; mask: [B, 1, T, L]; slots: [T].
-    `reduce` sums a tensor-parallel partial result over the ranks (identity on one rank).
+    `reduce` sums a tensor-parallel partial result over the ranks (identity on one rank); `linear`
+    is how the four weight matmuls run (`F.linear`, or `gemv_linear` for one row under the compiler).
     """
     b, t, _ = x.shape
     d = k_cache.shape[-1]
     h = rms_norm(x, attn_norm, eps)
-    qkv = F.linear(h, wqkv)  # [B, T, (H + 2 KV) D]
+    qkv = linear(h, wqkv)  # [B, T, (H + 2 KV) D]
     q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
     q = q.view(b, t, heads, d).transpose(1, 2)  # [B, H, T, D]
     k = k.view(b, t, kv_heads, d).transpose(1, 2)  # [B, KV, T, D]
@@ -182,10 +184,19 @@ def block_forward(
     v_cache[:, :, slots] = v
     attn = attend(q, k_cache, v_cache, mask, heads // kv_heads)  # [B, H, T, D]
     attn = attn.transpose(1, 2).reshape(b, t, heads * d)
-    x = x + reduce(F.linear(attn, wo))
+    x = x + reduce(linear(attn, wo))
     h = rms_norm(x, mlp_norm, eps)
-    gate, up = F.linear(h, w13).chunk(2, dim=-1)  # [B, T, I] each
-    return x + reduce(F.linear(F.silu(gate) * up, w2))
+    gate, up = linear(h, w13).chunk(2, dim=-1)  # [B, T, I] each
+    return x + reduce(linear(F.silu(gate) * up, w2))
+
+
+def gemv_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T written as a product and an fp32 sum, for the compiler only.
+
+    Under torch.compile this becomes one fused reduction kernel per matmul (a GEMV, no split-K pass);
+    eager it would materialise [..., N, K]. The engine times it against cuBLAS for one-row steps.
+    """
+    return (x.unsqueeze(-2).float() * w.float()).sum(-1).to(x.dtype)
 
 
 def no_reduce(t: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from worker.distributed import wait_event
-from worker.generate import BatchOutput, Picker, StageTimer, StepClock, merge_outputs
+from worker.generate import BatchOutput, Picker, StageTimer, StepClock, _Recorder, merge_outputs
 from worker.model import SeqState
 from worker.tokenizer import PaddedBatch, micro_batch_bounds
 

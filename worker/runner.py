@@ -278,7 +278,8 @@ class Job:
         self.events.phase("measure", batch_size=batch_size)
         timer = StageTimer(enabled=spec.profile, device=self.device)
         # tp all-reduces inside the forward: profiled, they count as comm rather than compute.
-        collectives = timing_deepspeed_all_reduces(timer) if spec.mode == "tp" else contextlib.nullcontext()
+        deepspeed_tp = self.strategy.impl == "deepspeed"
+        collectives = timing_deepspeed_all_reduces(timer) if deepspeed_tp else contextlib.nullcontext()
         with collectives:
             passes = [self._pass(batches, batch_size, True, timer) for _ in range(spec.repeats)]
         for p in passes[1:]:  # top-k ids are kept for the completions of the first pass only
