@@ -285,10 +285,11 @@ class DinfApp(App):
             self._open_dialog_for.discard(message.cluster)
 
         if fingerprint is not None:
-            self.connections[message.cluster] = ("failed", "unknown host key")
-            self.connections_version += 1
             host = str(getattr(exc, "host", None) or getattr(exc, "hostname", None) or message.cluster)
             changed = bool(getattr(exc, "changed", False)) or "changed" in type(exc).__name__.lower()
+            self.connections[message.cluster] = ("failed", "host key changed" if changed else "unknown host key")
+            self.connections_version += 1
+            known = getattr(exc, "expected_fingerprint", None)
 
             def answered(trust: bool | None) -> None:
                 closed()
@@ -298,7 +299,11 @@ class DinfApp(App):
                     self.connections[message.cluster] = ("refused", "")
                     self.connections_version += 1
 
-            self.push_screen(HostKeyDialog(message.cluster, host, fingerprint, changed=changed), answered)
+            self.push_screen(
+                HostKeyDialog(message.cluster, host, fingerprint, changed=changed,
+                              known_fingerprint=str(known) if known else None),
+                answered,
+            )
             return
         self.connections[message.cluster] = ("failed", "login failed")
         self.connections_version += 1

@@ -148,3 +148,13 @@ class ScriptedCluster:
 
     def close(self) -> None:
         self.closed.set()
+
+
+class HostKeyChanged(HostKeyUnknown):
+    """Shaped like the remote layer's changed-key error: the key known_hosts holds, and the new one."""
+
+    changed = True
+
+    def __init__(self, host: str, fingerprint: str, expected: str, on_trust) -> None:
+        super().__init__(host, fingerprint, on_trust)
+        self.expected_fingerprint = expected

@@ -295,3 +295,74 @@ async def test_log_filter_search_and_follow(make_app, scripted):
         await pilot.pause()
         assert view.find_next()
         assert int(view.scroll_y) == 25
+
+
+# --- issue 15: what the app shows around failures, host keys and new runs ------------------------
+
+
+def add_runs(app, *names: str) -> list[int]:
+    from remote.cluster import Resources
+    from worker.contract import RunSpec
+
+    return [app.service.new_run(cluster="local", spec=RunSpec(run_name=name), resources=Resources(), name=name).id
+            for name in names]
+
+
+async def test_runs_list_cursor_stays_on_the_selected_run_when_new_runs_appear_above(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        first, second, third = add_runs(app, "alpha", "beta", "gamma")
+        app.action_refresh_runs()
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3)
+        await pilot.press("down")  # newest first: beta is the middle row
+        assert app.screen.selected_run_id() == second
+        await pilot.press("enter")  # watch it for a while, as one does
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_id == second)
+        add_runs(app, "delta", "epsilon")  # e.g. submitted from the CLI meanwhile
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: table.row_count == 5, what="the new runs")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.pause(0.2)
+        assert app.screen.selected_run_id() == second
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert app.screen.run_id == second
+
+
+async def test_a_cancelled_run_shows_no_error_made_of_its_progress_lines(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        progress = [f"20:00:0{i} rank 0 progress bs=1 {i * 8}/32 tok" for i in range(4)]
+        scripted.write(job, 0, "launcher", progress)
+        await wait_for(pilot, lambda: app.run_logs[run_id].merged.received == 4, what="the progress lines")
+        app.confirm_cancel(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.runs[run_id].state == "CANCELLED", what="CANCELLED")
+        await pilot.pause(0.5)
+        header = str(app.screen.query_one("#run-summary").render())
+        assert "CANCELLED" in header
+        assert "progress" not in header and "tok" not in header, header
+        assert not app.service.run(run_id).error
+
+
+async def test_a_changed_host_key_is_called_changed_and_shows_both_fingerprints(make_app, scripted):
+    from scripted_cluster import HostKeyChanged
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await submit_demo(app, pilot, scripted)
+        scripted.fail_status_with = HostKeyChanged("gpu-login", "SHA256:newNEW", "SHA256:oldOLD", lambda: None)
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
+        dialog = app.screen
+        assert "SHA256:newNEW" in str(dialog.query_one("#fingerprint").render())
+        assert "SHA256:oldOLD" in str(dialog.query_one("#known-fingerprint").render())
+        assert "CHANGED" in str(dialog.query_one(".dialog-question").render())
+        bar = str(app.screen_stack[-2].query_one("#connection-bar").render())  # the screen under the dialog
+        assert "host key changed" in bar and "unknown host key" not in bar, bar

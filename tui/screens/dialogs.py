@@ -58,12 +58,16 @@ class HostKeyDialog(ModalScreen[bool]):
 
     BINDINGS = [Binding("escape", "refuse", "Refuse")]
 
-    def __init__(self, cluster: str, host: str, fingerprint: str, *, changed: bool = False) -> None:
+    def __init__(
+        self, cluster: str, host: str, fingerprint: str, *, changed: bool = False, known_fingerprint: str | None = None
+    ) -> None:
         super().__init__()
         self.cluster = cluster
         self.host = host
         self.fingerprint = fingerprint
         self.changed = changed
+        self.known_fingerprint = known_fingerprint
+        """A changed key: the one known_hosts holds (the CLI shows both too)."""
 
     def compose(self) -> ComposeResult:
         if self.changed:
@@ -78,7 +82,12 @@ class HostKeyDialog(ModalScreen[bool]):
             advice = "Compare it with the fingerprint the cluster's administrators publish."
         with Vertical(classes="dialog"):
             yield Static(title, classes="dialog-question")
-            yield Label(plain(self.fingerprint), id="fingerprint")
+            if self.changed:
+                yield Label(Text.assemble("known_hosts has   ", plain(self.known_fingerprint or "(not told)")),
+                            id="known-fingerprint")
+                yield Label(Text.assemble("the host presents ", plain(self.fingerprint)), id="fingerprint")
+            else:
+                yield Label(plain(self.fingerprint), id="fingerprint")
             yield Static(advice)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Trust and connect", variant="warning", id="trust")

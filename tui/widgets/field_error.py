@@ -1,8 +1,13 @@
-"""The message under a field at fault: hidden while empty, so a valid form stays compact."""
+"""The message under a field at fault: hidden while empty, so a valid form stays compact.
+
+Messages may quote what came back from a cluster (a submit's error): shown as plain text.
+"""
 
 from __future__ import annotations
 
 from textual.widgets import Static
+
+from tui.run_display import plain
 
 
 class FieldError(Static):
@@ -15,5 +20,5 @@ class FieldError(Static):
         super().__init__("", id=id, classes="field-error", markup=False)
 
     def show(self, message: str) -> None:
-        self.update(message)
+        self.update(plain(message, multiline=True))
         self.set_class(bool(message), "-shown")
