@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from remote.cluster import ClusterError, Resources
+from remote.poller import ACTIVE_S
 from storage.db import DatabaseError
 from storage.ingest import IngestError
 from tui import study_cli
@@ -130,11 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_flags(submit)
     submit.add_argument("--dry-run", action="store_true", help="validate and print the batch script only")
     submit.add_argument("--wait", action="store_true", help="wait until the run ends (exit 1 unless COMPLETED)")
-    submit.add_argument("--poll", type=float, default=2.0, help="seconds between polls with --wait")
+    submit.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                        help="with --wait: ask the cluster at least this often (default 5, at least 1)")
 
     demo = command("demo", cmd_demo, "submit the 2-rank pipeline demo on the local cluster")
     demo.add_argument("--wait", action="store_true")
-    demo.add_argument("--poll", type=float, default=1.0)
+    demo.add_argument("--poll", type=float, default=None, metavar="SECONDS")
 
     runs = command("runs", cmd_runs, "list runs")
     runs.add_argument("--state", action="append", help="only runs in this state (repeatable)")
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     resubmit.add_argument("run")
     resubmit.add_argument("--name", help="name of the copy (default: the run's)")
     resubmit.add_argument("--wait", action="store_true")
-    resubmit.add_argument("--poll", type=float, default=2.0)
+    resubmit.add_argument("--poll", type=float, default=None, metavar="SECONDS")
 
     cancel = command("cancel", cmd_cancel, "cancel a run (waits until its job has ended)")
     cancel.add_argument("run")
@@ -246,8 +248,13 @@ def _after_submit(dinf, args, record) -> int:
     return EXIT_OK
 
 
-def wait_for(dinf, run_id: int, *, poll_s: float):
-    """Poll until the run ends; a cluster that stops answering is reported (once per new error)."""
+def wait_for(dinf, run_id: int, *, poll_s: float | None):
+    """Poll until the run ends; a cluster that stops answering is reported (once per new error).
+
+    Waiting is watching: the run's cluster is asked every `poll_s` (default the poller's 5 s, never
+    below its 1 s floor) without backing off. Between checks only the database is read.
+    """
+    dinf.watch_run(run_id, every_s=poll_s if poll_s is not None else ACTIVE_S)
     last_error = None
     while True:
         dinf.refresh()
@@ -258,7 +265,7 @@ def wait_for(dinf, run_id: int, *, poll_s: float):
         if error and error != last_error:
             print(f"dinf: warning: cluster {record.cluster} not answering, still waiting: {error}", file=sys.stderr)
         last_error = error
-        time.sleep(poll_s)
+        time.sleep(min(poll_s or 1.0, 1.0) if error is None else (poll_s or ACTIVE_S))
 
 
 def cmd_runs(dinf, args) -> int:

@@ -279,3 +279,15 @@ def test_a_slurm_cluster_is_asked_only_when_its_poll_is_due(tmp_path):
         assert len(fake.status_calls) == 2
         dinf.refresh(force=True)
         assert len(fake.status_calls) == 3
+
+
+def test_waiting_on_a_run_watches_it(tmp_path):
+    from tui.cli import wait_for
+
+    (tmp_path / "config.toml").write_text('[clusters.mini]\nhost = "mini"\n')
+    fake = FakeCluster("mini", bundle=FIXTURE_BUNDLE)
+    with Dinf(data_dir=tmp_path, config_path=tmp_path / "config.toml", cluster_factory=lambda cfg: fake) as dinf:
+        run = dinf.submit(dinf.new_run(cluster="mini", spec=RunSpec(), resources=Resources()).id)
+        fake.states[run.job_id] = [JobState.RUNNING, JobState.COMPLETED]
+        assert wait_for(dinf, run.id, poll_s=1.0).state == "COMPLETED"
+        assert dinf._pollers["mini"]._watchers == {("run", run.id): 1.0}
