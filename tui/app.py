@@ -37,6 +37,7 @@ from textual.worker import get_current_worker
 from tui.messages import (
     ActionFailed,
     ConnectionChanged,
+    HostKeyTrusted,
     LogBatchReceived,
     LogTailEnded,
     ResultsLoaded,
@@ -132,6 +133,8 @@ class DinfApp(App):
         self._wake_refresh = threading.Event()
         self._stopping = threading.Event()
         self._open_dialog_for: set[str] = set()
+        self._waiting_for_trust: dict[str, list[tuple[Callable[[], None] | None, Callable[[str], None] | None]]] = {}
+        """cluster -> actions a host-key dialog interrupted: (resume, give_up), resumed once trusted."""
 
     def get_default_screen(self) -> Screen:
         return RunsScreen()
@@ -240,7 +243,7 @@ class DinfApp(App):
         try:
             self.service.cluster(name).status([])
         except Exception as exc:
-            if _host_key_fingerprint(exc) is not None or _is_auth_failure(exc):
+            if _needs_the_user(exc):
                 self._report_trouble(name, exc)
                 return True
         return False
@@ -248,7 +251,7 @@ class DinfApp(App):
     def _report_trouble(self, cluster: str | None, exc: BaseException) -> None:
         """From a worker: host-key and login problems become dialogs, the rest 'reconnecting'."""
         names = [cluster] if cluster else [n for n, (s, _) in self.connections.items() if s != "local"]
-        if _host_key_fingerprint(exc) is not None or _is_auth_failure(exc):
+        if _needs_the_user(exc):
             for name in names or ["?"]:
                 self.post_message(SshTroubleMet(name, exc))
             return
@@ -276,45 +279,59 @@ class DinfApp(App):
 
     def on_ssh_trouble_met(self, message: SshTroubleMet) -> None:
         exc = message.error
+        cluster = message.cluster
         fingerprint = _host_key_fingerprint(exc)
-        if message.cluster in self._open_dialog_for:
+        if message.resume is not None or message.give_up is not None:
+            if fingerprint is not None:  # the action resumes once the user trusts the key
+                self._waiting_for_trust.setdefault(cluster, []).append((message.resume, message.give_up))
+            elif message.give_up is not None:  # a failed login: nothing to resume, the dialog says why
+                message.give_up(f"login to cluster {cluster} failed (see the dialog)")
+        if cluster in self._open_dialog_for:
             return
-        self._open_dialog_for.add(message.cluster)
+        self._open_dialog_for.add(cluster)
 
         def closed(_: Any = None) -> None:
-            self._open_dialog_for.discard(message.cluster)
+            self._open_dialog_for.discard(cluster)
 
         if fingerprint is not None:
-            host = str(getattr(exc, "host", None) or getattr(exc, "hostname", None) or message.cluster)
+            host = str(getattr(exc, "host", None) or getattr(exc, "hostname", None) or cluster)
             changed = bool(getattr(exc, "changed", False)) or "changed" in type(exc).__name__.lower()
-            self.connections[message.cluster] = ("failed", "host key changed" if changed else "unknown host key")
+            self.connections[cluster] = ("failed", "host key changed" if changed else "unknown host key")
             self.connections_version += 1
             known = getattr(exc, "expected_fingerprint", None)
 
             def answered(trust: bool | None) -> None:
                 closed()
                 if trust:
-                    self._trust_host_key(message.cluster, exc)
-                else:
-                    self.connections[message.cluster] = ("refused", "")
+                    self.connections[cluster] = ("connecting", "")
                     self.connections_version += 1
+                    self._trust_host_key(cluster, exc)
+                else:
+                    self.connections[cluster] = ("refused", "")
+                    self.connections_version += 1
+                    self._give_up_waiting(cluster, f"the host key of cluster {cluster} was refused; nothing was sent")
 
             self.push_screen(
-                HostKeyDialog(message.cluster, host, fingerprint, changed=changed,
+                HostKeyDialog(cluster, host, fingerprint, changed=changed,
                               known_fingerprint=str(known) if known else None),
                 answered,
             )
             return
-        self.connections[message.cluster] = ("failed", "login failed")
+        self.connections[cluster] = ("failed", "login failed")
         self.connections_version += 1
         self.push_screen(
             ProblemDialog(
-                f"Login to cluster {message.cluster} failed",
+                f"Login to cluster {cluster} failed",
                 f"{exc}\n\nCheck the user, key (IdentityFile) and ssh-agent for this host in ~/.ssh/config,\n"
                 "then press r on the runs list to retry.",
             ),
             closed,
         )
+
+    def _give_up_waiting(self, cluster: str, why: str) -> None:
+        for _, give_up in self._waiting_for_trust.pop(cluster, []):
+            if give_up is not None:
+                give_up(why)
 
     @work(thread=True, exit_on_error=False, group="ssh", description="trusting a host key")
     def _trust_host_key(self, cluster: str, exc: BaseException) -> None:
@@ -327,17 +344,43 @@ class DinfApp(App):
 
                 ssh.trust_host_key(exc)  # type: ignore[attr-defined]
         except Exception as error:
-            self.post_message(ActionFailed("trust host key", str(error)))
+            self.post_message(HostKeyTrusted(cluster, _problem_text(error)))
             return
-        self.post_message(ConnectionChanged(cluster, "connecting"))
+        self.post_message(HostKeyTrusted(cluster))
+
+    def on_host_key_trusted(self, message: HostKeyTrusted) -> None:
+        cluster = message.cluster
+        if message.error is not None:
+            self.connections[cluster] = ("failed", message.error.splitlines()[0][:120])
+            self.connections_version += 1
+            self.notify(printable(f"trusting the host key of {cluster} failed: {message.error}", multiline=True),
+                        severity="error", timeout=8, markup=False)
+            self._give_up_waiting(cluster, f"the host key of cluster {cluster} could not be trusted")
+            return
+        waiting = self._waiting_for_trust.pop(cluster, [])
+        for resume, _ in waiting:
+            if resume is not None:
+                resume()  # the interrupted submit or preview: it connects again and says how it went
+        if not waiting:
+            self._check_connection(cluster)  # else the header would wait for the next poll
         self._wake_refresh.set()
 
+    @work(thread=True, exit_on_error=False, group="ssh", description="connecting")
+    def _check_connection(self, cluster: str) -> None:
+        try:
+            self.service.cluster(cluster).status([])
+        except Exception as exc:
+            self._report_trouble(cluster, exc)
+            return
+        self.post_message(ConnectionChanged(cluster, self._healthy_state(cluster)))
+
     def on_action_failed(self, message: ActionFailed) -> None:
-        if message.what == "submit":
+        if message.what in ("submit", "preview"):
             # The form may be under a dialog (an SSH problem answered first): find it in the stack.
             for screen in self.screen_stack:
-                if hasattr(screen, "submit_failed"):
-                    screen.submit_failed(message.error)
+                failed = getattr(screen, f"{message.what}_failed", None)
+                if failed is not None:
+                    failed(message.error)
         self.notify(printable(f"{message.what} failed: {message.error}", multiline=True), severity="error",
                     timeout=8, markup=False)
 
@@ -464,7 +507,12 @@ class DinfApp(App):
         try:
             script = self.service.cluster(form.cluster).preview(bundle)
         except Exception as exc:
-            self.post_message(ActionFailed("preview", _problem_text(exc)))
+            if _needs_the_user(exc):  # the same dialog as a submit; the preview resumes once trusted
+                self.post_message(SshTroubleMet(
+                    form.cluster, exc, resume=lambda: self.preview_run(screen, form, checked),
+                    give_up=lambda why: self.post_message(ActionFailed("preview", why))))
+            else:
+                self.post_message(ActionFailed("preview", _problem_text(exc)))
             return
         self.call_from_thread(screen.show_preview, script)
 
@@ -475,7 +523,7 @@ class DinfApp(App):
 
     @work(thread=True, exit_on_error=False, group="submit", description="submitting a run")
     def submit_run(self, screen: Any, form: Any, checked: Any) -> None:
-        if not self._connect_before_submit(form.cluster):
+        if not self._connect_before_submit(form.cluster, resume=lambda: self.submit_run(screen, form, checked)):
             return
         try:
             record = self._draft(form, checked)
@@ -488,9 +536,10 @@ class DinfApp(App):
             return
         self.post_message(RunSubmitted(record))
 
-    def _connect_before_submit(self, cluster: str) -> bool:
+    def _connect_before_submit(self, cluster: str, *, resume: Callable[[], None]) -> bool:
         """From a worker: reach a remote cluster first, so an unknown host key or a failed login
-        becomes a dialog (and no run is recorded) instead of a SUBMIT_FAILED run."""
+        becomes a dialog (and no run is recorded) instead of a SUBMIT_FAILED run. After the user
+        trusts the key, `resume` submits again; a refusal or a failed login ends the submit."""
         config = self.cluster_configs().get(cluster)
         if config is None or getattr(config, "backend", "") == "local":
             return True
@@ -498,13 +547,12 @@ class DinfApp(App):
         try:
             self.service.cluster(cluster).status([])
         except Exception as exc:
-            if _host_key_fingerprint(exc) is not None or _is_auth_failure(exc):
-                self._report_trouble(cluster, exc)
-                message = "answer the SSH dialog, then submit again"
+            if _needs_the_user(exc):
+                self.post_message(SshTroubleMet(cluster, exc, resume=resume,
+                                                give_up=lambda why: self.post_message(ActionFailed("submit", why))))
             else:
                 self.post_message(ConnectionChanged(cluster, "failed", str(exc).splitlines()[0][:120]))
-                message = f"cannot reach cluster {cluster}: {exc}"
-            self.post_message(ActionFailed("submit", message))
+                self.post_message(ActionFailed("submit", f"cannot reach cluster {cluster}: {exc}"))
             return False
         self.post_message(ConnectionChanged(cluster, "connected"))
         return True
@@ -606,6 +654,11 @@ class DinfApp(App):
 def _host_key_fingerprint(exc: BaseException) -> str | None:
     fingerprint = getattr(exc, "fingerprint", None)
     return str(fingerprint) if fingerprint else None
+
+
+def _needs_the_user(exc: BaseException) -> bool:
+    """A host key to trust or a login to fix: a dialog, not an error message."""
+    return _host_key_fingerprint(exc) is not None or _is_auth_failure(exc)
 
 
 def _is_auth_failure(exc: BaseException) -> bool:

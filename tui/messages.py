@@ -6,6 +6,7 @@ state. High-rate status messages define `can_replace` so a newer one supersedes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +50,24 @@ class ConnectionChanged(Message):
 
 @dataclass
 class SshTroubleMet(Message):
-    """An SSH problem that needs the user: unknown/changed host key or a failed login."""
+    """An SSH problem that needs the user: unknown/changed host key or a failed login.
+
+    `resume` is the action it interrupted (a submit, a preview): run again once the user trusts the
+    host key; `give_up(why)` is told instead when the key is refused or the login failed.
+    """
 
     cluster: str
     error: BaseException
+    resume: Callable[[], None] | None = None
+    give_up: Callable[[str], None] | None = None
+
+
+@dataclass
+class HostKeyTrusted(Message):
+    """The user's trust of a cluster's host key was recorded (or, with `error`, could not be)."""
+
+    cluster: str
+    error: str | None = None
 
 
 @dataclass

@@ -366,3 +366,84 @@ async def test_a_changed_host_key_is_called_changed_and_shows_both_fingerprints(
         assert "CHANGED" in str(dialog.query_one(".dialog-question").render())
         bar = str(app.screen_stack[-2].query_one("#connection-bar").render())  # the screen under the dialog
         assert "host key changed" in bar and "unknown host key" not in bar, bar
+
+
+def remote_cluster_config(tmp_path) -> None:
+    """A Slurm cluster 'gpu' in the configuration (the scripted backend plays it)."""
+    (tmp_path / "config.toml").write_text('[clusters.gpu]\nhost = "gpu-login"\n[clusters.gpu.slurm]\npartition = "debug"\n')
+
+
+async def open_form_for(app, pilot, cluster: str) -> NewRunScreen:
+    await wait_for(pilot, lambda: app.service is not None, what="service")
+    await pilot.press("n")
+    await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+    form = app.screen
+    form.query_one("#cluster", Select).value = cluster
+    form.query_one("#mode", Select).value = "single"
+    form.query_one("#ranks_per_node", Input).value = "1"
+    await pilot.pause()
+    assert not form.checked.problems, form.checked.problems
+    return form
+
+
+async def test_trusting_the_host_key_resumes_the_interrupted_submit(make_app, scripted, tmp_path):
+    remote_cluster_config(tmp_path)
+    trusted = []
+
+    def trust():
+        trusted.append(1)
+        scripted.fail_status_with = None
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form_for(app, pilot, "gpu")
+        scripted.fail_status_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", trust)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
+        assert app.service.runs() == []  # nothing recorded before the key is trusted
+        await pilot.click("#trust")
+        # No second ctrl+s: the submit the dialog interrupted goes on.
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run submitted")
+        assert trusted == [1] and len(app.service.runs()) == 1
+        assert app.connections["gpu"][0] == "connected"
+        assert not form.busy or form not in app.screen_stack
+
+
+async def test_refusing_the_host_key_ends_the_submit_and_says_so(make_app, scripted, tmp_path):
+    remote_cluster_config(tmp_path)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form_for(app, pilot, "gpu")
+        scripted.fail_status_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", lambda: None)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
+        await pilot.click("#refuse")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not form.busy, what="the form back")
+        assert "was refused" in str(form.query_one("#error-general").render())
+        assert app.connections["gpu"][0] == "refused" and app.service.runs() == []
+
+
+async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_app, scripted, tmp_path):
+    remote_cluster_config(tmp_path)
+
+    def trust():
+        scripted.fail_preview_with = None
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form_for(app, pilot, "gpu")
+        scripted.fail_preview_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", trust)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
+        await pilot.click("#refuse")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        await pilot.pause(0.2)
+        pane = str(form.query_one("#preview-text").render())
+        assert "was refused" in pane and "rendering" not in pane, pane
+        assert not any("trust_host_key" in str(n.message) for n in app._notifications)
+
+        await pilot.press("ctrl+r")  # again, after the refusal: the same dialog, not a leaked message
+        await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the dialog again")
+        await pilot.click("#trust")
+        await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script")
+        assert not any("trust_host_key" in str(n.message) for n in app._notifications)

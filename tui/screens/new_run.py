@@ -185,6 +185,10 @@ class NewRunScreen(Screen):
         self.preview_script = script
         self.query_one("#preview-text", Static).update(Syntax(script, "bash", theme="ansi_dark", word_wrap=True))
 
+    def preview_failed(self, error: str) -> None:
+        """No script this time: say why where it would have been (not 'rendering…' forever)."""
+        self.query_one("#preview-text", Static).update(plain(f"No preview: {error}", "red", multiline=True))
+
     def submit_failed(self, error: str) -> None:
         self.busy = False
         self.query_one("#submit", Button).label = "Submit"
