@@ -3,8 +3,8 @@
 A property test drives the real app (Pilot) over the real service and database: a run whose
 name, job id, cluster, state reasons, error, log lines, host and paths are hostile strings (Rich
 and Textual markup, unbalanced brackets, ANSI escapes, control characters, globs) is listed,
-opened, found in the palette, cancelled from a dialog, compared, and met in host-key, login and
-failure dialogs and notifications. Each string must appear on screen literally, with control
+opened, found in the palette, cancelled from a dialog, compared, picked in the new-run form, and
+met in host-key, login and failure dialogs and notifications. Each string must appear on screen literally, with control
 characters shown as U+FFFD (tab as spaces, a newline in one-line text as ⏎) and the app must
 stay up. A cheaper property test checks `tui.run_display.plain` itself on many more strings.
 """
@@ -22,6 +22,7 @@ from pilot_wait import wait_for
 from remote.cluster import ClusterError, FailureSummary
 from rich.console import Console
 from scripted_cluster import BUNDLE, HostKeyUnknown, ScriptedCluster
+from textual.widgets import Select
 from textual.widgets._toast import Toast
 
 from storage import repo
@@ -31,6 +32,7 @@ from tui.messages import ActionFailed, SshTroubleMet
 from tui.run_display import CONTROL_SHOWN, plain, printable
 from tui.screens.compare import CompareScreen
 from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.screens.new_run import NewRunScreen
 from tui.screens.run import RunScreen
 from worker import contract
 from worker.contract import RunSpec, make_event
@@ -220,6 +222,13 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         runs_table = app.screen.query_one("#compare-runs")
         assert runs_table.get_row(str(ids["completed"]))[2].plain == name
         assert_shown(app, name[:40])  # the picker is narrow: a long name is cropped, not reinterpreted
+
+        await pilot.press("escape")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the new-run form")
+        app.screen.query_one("#cluster", Select).value = fields["cluster"]
+        await pilot.pause(0.2)
+        assert_shown(app, cluster[:20])  # the form's cluster picker (a narrow field: long names are cropped)
         assert app.is_running
 
 
