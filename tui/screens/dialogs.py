@@ -115,7 +115,8 @@ class ProblemDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(Text.assemble(_shown(self.title_text), style="bold"), classes="dialog-question")
+            title = self.title_text if isinstance(self.title_text, Text) else plain(self.title_text)  # one line
+            yield Static(Text.assemble(title, style="bold"), classes="dialog-question")
             yield Static(plain(self.detail, multiline=True), id="problem-detail")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
