@@ -12,6 +12,7 @@ it (the baselines of this table). `--profile` adds the top kernels of one replay
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -74,13 +75,24 @@ def main(argv=None) -> int:
     from worker.model import StagePlan
 
     config = load_config(args.checkpoint)
-    device = torch.device("cuda", 0)
+    # Under torchrun (WORLD_SIZE > 1): one tensor-parallel shard per rank, as the worker's fast tp runs it.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     stage = load_fast_stage(config, StagePlan.whole(config.num_hidden_layers), CheckpointTensors(args.checkpoint),
-                            torch.float16, device)
+                            torch.float16, device, rank, world)
+    if world > 1:
+        import torch.distributed as dist
+
+        from worker.tensor_parallel import all_reduce_fn
+
+        dist.init_process_group("nccl", device_id=device)
+        stage.reduce = all_reduce_fn(dist.group.WORLD, traced=True)
+        if rank != 0:  # only rank 0 prints
+            sys.stdout = open(os.devnull, "w")
     weights = fast_parameter_bytes(stage) - stage.embed.numel() * 2  # the embedding reads one row per token
     bw = copy_bandwidth(torch)
-    print(f"card: {torch.cuda.get_device_name(device)}; copy bandwidth {bw / 1e12:.2f} TB/s; "
+    print(f"tensor parallel ranks: {world}; card: {torch.cuda.get_device_name(device)}; copy bandwidth {bw / 1e12:.2f} TB/s; "
           f"weights read per step {weights / 1e9:.2f} GB")
     picker = Picker(config.eos_token_id, config.pad_token_id, True, 5)
     print("| batch | variant | capture s | step ms (median, min-max) | tok/s (decode) | roofline step ms | % of roofline |")
