@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.correctness import check_completion
+
 
 # --- measurement points ---------------------------------------------------------------------------
 
@@ -321,8 +323,8 @@ class PromptCheck:
     baseline_token: int | None
     candidate_token: int | None
     topk_agree: bool | None
-    """Each side's token within the other's top-k at the first divergence; None when identical
-    or when a side recorded no top-k ids there."""
+    """Each side's token within the other's top-k at the first divergence; False when one side has
+    no token there (it ended earlier); None when identical or when a side recorded no top-k ids."""
     baseline_text: str = ""
     candidate_text: str = ""
     baseline_tail: tuple[int, ...] = ()
@@ -361,34 +363,19 @@ class Correctness:
 TAIL_IDS = 4
 
 
-def _topk_at(line: Mapping[str, Any], position: int) -> list[int] | None:
-    topk = line.get("topk_ids")
-    if not isinstance(topk, list) or position >= len(topk):
-        return None
-    return list(topk[position])
-
-
 def check_prompt(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> PromptCheck:
-    """Compare one completion line with the baseline's (lines as in `completions.jsonl`)."""
-    a = list(baseline.get("output_ids") or [])
-    b = list(candidate.get("output_ids") or [])
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-    if first is None and len(a) != len(b):
-        first = min(len(a), len(b))
+    """Compare one completion line with the baseline's (worker/correctness.py is the rule, shared with
+    `dinf-worker compare`)."""
+    check = check_completion(baseline, candidate)
     index = int(baseline.get("index", 0))
     prompt = str(baseline.get("prompt", ""))
-    if first is None:
-        return PromptCheck(index, prompt, True, None, None, None, None,
-                           str(baseline.get("text", "")), str(candidate.get("text", "")))
-    base_token = a[first] if first < len(a) else None
-    cand_token = b[first] if first < len(b) else None
-    base_topk, cand_topk = _topk_at(baseline, first), _topk_at(candidate, first)
-    agree = None
-    if base_topk is not None and cand_topk is not None and base_token is not None and cand_token is not None:
-        agree = cand_token in base_topk and base_token in cand_topk
-    return PromptCheck(index, prompt, False, first, base_token, cand_token, agree,
-                       str(baseline.get("text", "")), str(candidate.get("text", "")),
-                       tuple(a[first:first + TAIL_IDS]), tuple(b[first:first + TAIL_IDS]))
+    texts = str(baseline.get("text", "")), str(candidate.get("text", ""))
+    if check["exact"]:
+        return PromptCheck(index, prompt, True, None, None, None, None, *texts)
+    first = check["first_divergence"]
+    a, b = list(baseline.get("output_ids") or []), list(candidate.get("output_ids") or [])
+    return PromptCheck(index, prompt, False, first, check["baseline_token"], check["run_token"], check["topk_agree"],
+                       *texts, tuple(a[first:first + TAIL_IDS]), tuple(b[first:first + TAIL_IDS]))
 
 
 def compare_completions(

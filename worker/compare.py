@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from worker import contract
+from worker.correctness import check_completion
 
 
 class CompareError(ValueError):
@@ -36,24 +37,13 @@ def read_completions(run_dir: Path) -> dict[tuple[int, int], dict]:
 
 
 def compare_one(base: dict, run: dict) -> dict:
-    """One request: exact?, first divergence, and top-k agreement there."""
-    a, b = base["output_ids"], run["output_ids"]
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-    if first is None and len(a) != len(b):
-        first = min(len(a), len(b))  # one stopped earlier (eos)
-    record = {"index": base["index"], "exact": first is None, "first_divergence": first, "length": len(a)}
-    if first is not None and first < min(len(a), len(b)):
-        a_topk = (base.get("topk_ids") or [])[first] if first < len(base.get("topk_ids") or []) else []
-        b_topk = (run.get("topk_ids") or [])[first] if first < len(run.get("topk_ids") or []) else []
-        record.update(
-            baseline_token=a[first],
-            run_token=b[first],
-            run_token_in_baseline_topk=b[first] in a_topk if a_topk else None,
-            baseline_token_in_run_topk=a[first] in b_topk if b_topk else None,
-        )
-        record["topk_agree"] = bool(record["run_token_in_baseline_topk"] and record["baseline_token_in_run_topk"])
-    elif first is not None:
-        record["topk_agree"] = False
+    """One request: exact?, first divergence, and top-k agreement there (worker/correctness.py's rule)."""
+    check = check_completion(base, run)
+    record = {"index": base["index"], "exact": check["exact"], "first_divergence": check["first_divergence"],
+              "length": len(base["output_ids"])}
+    if not check["exact"]:
+        record.update(baseline_token=check["baseline_token"], run_token=check["run_token"],
+                      topk_agree=bool(check["topk_agree"]))
     return record
 
 

@@ -45,3 +45,17 @@ def test_compare_reports_first_divergence_and_topk(single_run, tmp_path, capsys)
 def test_compare_refuses_a_directory_without_completions(single_run, tmp_path, capsys):
     assert run_command(["compare", str(single_run), str(tmp_path)]) == contract.EXIT_BAD_SPEC
     assert "completions.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_worker_compare_and_the_laptop_analysis_agree_when_one_output_stops_early():
+    from tui.analysis import check_prompt
+    from worker.compare import compare_one
+
+    base = {"index": 3, "prompt": "p", "output_ids": [5, 6, 7, 2], "topk_ids": [[5], [6], [7, 9], [2, 8]]}
+    short = {"index": 3, "prompt": "p", "output_ids": [5, 6], "topk_ids": [[5], [6]]}
+    other = {"index": 3, "prompt": "p", "output_ids": [5, 6, 9, 2], "topk_ids": [[5], [6], [9, 7], [2]]}
+    worker_side, laptop_side = compare_one(base, short), check_prompt(base, short)
+    assert worker_side["first_divergence"] == laptop_side.first_divergence == 2
+    assert worker_side["topk_agree"] is False and laptop_side.topk_agree is False
+    worker_side, laptop_side = compare_one(base, other), check_prompt(base, other)
+    assert worker_side["topk_agree"] is True and laptop_side.topk_agree is True
