@@ -7,7 +7,7 @@ builds the full model, and `load_state_dict(strict=True, assign=True)` + a meta 
 any parameter left unassigned. Because every tensor depends only on (seed, name), any partition of the
 model yields exactly the tensors the single-process baseline uses.
 
-It does not run models (`model.py`) nor decide which stage a rank holds (`runner.py`).
+It does not run models (`llama.py`, `reference_model.py`) nor decide which part a rank holds (`strategy.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from transformers import LlamaConfig
 
 from worker.contract import ModelConfig
-from worker.model import LlamaStage, StagePlan, prepare_config
+from worker.partition import StagePlan
+from worker.reference_model import LlamaStage, prepare_config
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_STD = 0.02  # random normal weights (never zeros or constants: timings on those are meaningless)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.model import SeqState
+from worker.reference_model import SeqState
 from worker.tokenizer import PaddedBatch
 
 

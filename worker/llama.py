@@ -8,7 +8,7 @@ load: `wqkv` = [q; k; v] rows and `w13` = [gate; up] rows, taken from Hugging Fa
 Every op follows Hugging Face's LLaMA in its order and dtypes (RMSNorm in fp32 then cast, rotary
 tables computed in fp32 then cast, SDPA with a boolean mask, logits of the last position cast to
 fp32), so on CPU in fp32 it picks the same greedy ids as `LlamaForCausalLM.generate` and as the
-reference stage (`worker/model.py`, which stays the reference implementation); the tests demand it.
+reference stage (`worker/reference_model.py`, which stays the reference implementation); the tests demand it.
 
 The KV cache is preallocated per (batch, length bucket) and written in place at device-side slot
 indices; which slots a row may attend to lives in a device mask (`valid`), so left padding is per row
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.model import StagePlan
+from worker.partition import StagePlan
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 
 from worker.distributed import wait_event
 from worker.generate import BatchOutput, Picker, StageTimer, StepClock, _Recorder, merge_outputs
-from worker.model import SeqState
+from worker.reference_model import SeqState
 from worker.tokenizer import PaddedBatch, micro_batch_bounds
 
 HOST_AHEAD_STEPS = 2

@@ -7,8 +7,9 @@ completions.jsonl; every rank writes its own events and log. A bad spec (or a mi
 checkpoint, a missing prompts file, ...) is reported field by field before anything is written, and
 every rank exits 2.
 
-It orchestrates only: weights are built in checkpoint.py/model.py, tokens picked and timed in
-generate.py, and the numbers computed in metrics.py.
+It orchestrates only: the implementation is chosen once in strategy.py (which loads this rank's part
+and generates a batch: engine.py / pipeline.py / tensor_parallel.py / data_parallel.py for the fast
+path, reference_model.py + generate.py for the reference), and the numbers are computed in metrics.py.
 
 Exit codes (worker.contract): 0 ok, 1 this rank failed, 2 bad spec, 3 a peer rank was lost.
 """
@@ -210,10 +211,10 @@ class Job:
         ids = [encode_prompt(self.tokenizer, t) for t in texts]
         if self.spec.mode != "dp":
             return ids, texts, 0
-        base, extra = divmod(n, self.env.world_size)
-        r = self.env.rank
-        first = r * base + min(r, extra)
-        count = base + (1 if r < extra else 0)
+        from worker.data_parallel import common_width, shard
+
+        self.dp_width = common_width(ids)
+        first, count = shard(n, self.env.world_size, self.env.rank)
         return ids[first : first + count], texts, first
 
     def _generate(self, batch, max_new_tokens: int, timer):
@@ -268,7 +269,7 @@ class Job:
         spec, env = self.spec, self.env
         ids, texts, first = self._requests()
         # dp replicas pad to one width, so a batch is the same computation whatever the shard.
-        width = self._common_width() if spec.mode == "dp" else None
+        width = self.dp_width if spec.mode == "dp" else None
         batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first, width)]
         self.events.phase("warmup", batch_size=batch_size)
         self.strategy.prepare(batches)  # compile + capture, before any timing
@@ -346,13 +347,6 @@ class Job:
     def _output_ranks(self) -> list[int]:
         """Which ranks' outputs make up the run's outputs."""
         return self.strategy.output_ranks()
-
-    def _common_width(self) -> int:
-        """The widest prompt of the whole run (every replica pads to it)."""
-        from worker.tokenizer import encode_prompt
-
-        n = self.spec.num_requests or len(self.prompts)
-        return max(len(encode_prompt(self.tokenizer, self.prompts[i % len(self.prompts)])) for i in range(min(n, len(self.prompts))))
 
     def _num_gpus(self) -> int:
         return self.env.world_size if self.device.type == "cuda" else 0

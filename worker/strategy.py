@@ -20,7 +20,7 @@ import torch
 
 from worker.contract import RunSpec
 from worker.generate import BatchOutput, Picker, StageTimer, StepClock
-from worker.model import StagePlan
+from worker.partition import StagePlan
 from worker.tokenizer import PaddedBatch, micro_batch_bounds
 
 

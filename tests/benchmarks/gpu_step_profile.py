@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from worker.engine import EngineSettings, Session, cache_length
     from worker.generate import Picker
     from worker.llama import fast_parameter_bytes, load_fast_stage
-    from worker.model import StagePlan
+    from worker.partition import StagePlan
 
     config = load_config(args.checkpoint)
     # Under torchrun (WORLD_SIZE > 1): one tensor-parallel shard per rank, as the worker's fast tp runs it.

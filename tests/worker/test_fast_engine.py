@@ -16,7 +16,7 @@ from worker.contract import MODEL_CONFIGS
 from worker.engine import EngineSettings, Sessions, generate_fast
 from worker.generate import Picker, StepClock, generate_local
 from worker.llama import attend, load_fast_stage
-from worker.model import StagePlan
+from worker.partition import StagePlan
 from worker.runner import read_prompts
 from worker.tokenizer import encode_prompt, load_tokenizer, make_batches
 

@@ -12,7 +12,8 @@ from worker.contract import MODEL_CONFIGS
 from worker.distributed import detect, expand_nodelist, port_for_job
 from worker.generate import BatchOutput, Picker, StageTimer, StepClock, generate_local
 from worker.metrics import request_stats, summarize, RepeatTiming
-from worker.model import SeqState, StagePlan, split_layers
+from worker.partition import StagePlan, split_layers
+from worker.reference_model import SeqState
 from worker.tokenizer import make_batches, micro_batch_bounds, pad_batch
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""A pipeline stage of a LLaMA model: a contiguous slice of HF decoder layers with its own KV caches.
+"""The reference implementation's stage: a contiguous slice of Hugging Face decoder layers with its own KV caches.
 
 `LlamaStage` holds layers [first, last) of the model under LOCAL indices 0..n-1 (so a stage-local
 cache is sized and indexed correctly), the embeddings on the first stage, and the final norm + LM
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,45 +24,12 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from worker.partition import StagePlan
+
 # transformers 5.24 renamed the cache keyword from `past_key_values` to `cache` (5.17 only knows the old name).
 _LAYER_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
 _MASK_CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _MASK_EMBEDS_KW = "inputs_embeds" if "inputs_embeds" in inspect.signature(create_causal_mask).parameters else "input_embeds"
-
-
-def split_layers(num_layers: int, num_stages: int, sizes: list[int] | None = None) -> list[tuple[int, int]]:
-    """Contiguous [first, last) layer ranges per stage; balanced (earlier stages take the remainder)."""
-    if num_stages < 1 or num_stages > num_layers:
-        raise ValueError(f"cannot split {num_layers} layers into {num_stages} stages")
-    if sizes is None:
-        base, extra = divmod(num_layers, num_stages)
-        sizes = [base + (1 if s < extra else 0) for s in range(num_stages)]
-    if len(sizes) != num_stages or sum(sizes) != num_layers or min(sizes) < 1:
-        raise ValueError(f"layer split {sizes} does not cover {num_layers} layers in {num_stages} stages")
-    ranges, start = [], 0
-    for n in sizes:
-        ranges.append((start, start + n))
-        start += n
-    return ranges
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """Which part of the model a stage holds."""
-
-    first_layer: int
-    last_layer: int  # exclusive
-    is_first: bool
-    is_last: bool
-
-    @classmethod
-    def for_stage(cls, num_layers: int, stage: int, num_stages: int, sizes: list[int] | None = None) -> StagePlan:
-        first, last = split_layers(num_layers, num_stages, sizes)[stage]
-        return cls(first, last, stage == 0, stage == num_stages - 1)
-
-    @classmethod
-    def whole(cls, num_layers: int) -> StagePlan:
-        return cls(0, num_layers, True, True)
 
 
 def prepare_config(config: LlamaConfig) -> LlamaConfig:
