@@ -174,7 +174,14 @@ def check_checkpoint(model_dir: str | os.PathLike) -> LlamaConfig:
     config = load_config(model_dir)
     tensors = CheckpointTensors(model_dir)
     problems = []
-    for name, shape in full_tensor_shapes(config).items():
+    expected = full_tensor_shapes(config)
+    extra = sorted(n for n in tensors.index if n not in expected and "rotary_emb" not in n)
+    if extra:
+        problems.append(
+            f"{len(extra)} tensors the config does not use, e.g. {extra[0]} "
+            f"(config.json says {config.num_hidden_layers} layers)"
+        )
+    for name, shape in expected.items():
         if name not in tensors.index:
             if name == "lm_head.weight" and config.tie_word_embeddings:
                 continue
@@ -183,6 +190,8 @@ def check_checkpoint(model_dir: str | os.PathLike) -> LlamaConfig:
         found = tensors.shape(name)
         if found != shape:
             problems.append(f"{name} has shape {list(found)}, config.json implies {list(shape)}")
+    if not any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        problems.append("no tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json) beside the weights")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
         raise CheckpointError(f"checkpoint {model_dir} does not match its config.json: {shown}")

@@ -47,7 +47,28 @@ def compare_one(base: dict, run: dict) -> dict:
     return record
 
 
+def check_same_model(baseline_dir: Path, run_dir: Path) -> None:
+    """Refuse two runs of different models (their greedy ids would differ for no reason worth reporting)."""
+    specs = []
+    for d in (baseline_dir, run_dir):
+        path = Path(d) / contract.SPEC_FILE
+        try:
+            specs.append(json.loads(path.read_text(encoding="utf-8")).get("model") or {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return  # no readable spec (an older or hand-made run): nothing to check against
+    base, run = specs
+    for key in ("source", "config", "seed", "path"):
+        if key == "config" and base.get("source") == "checkpoint":
+            continue  # a checkpoint's own config.json is what counts
+        if base.get(key) != run.get(key):
+            raise CompareError(
+                f"the runs use different models (model.{key}: {base.get(key)!r} vs {run.get(key)!r}); "
+                "compare runs of the same model"
+            )
+
+
 def compare_dirs(baseline_dir: Path, run_dir: Path, batch_size: int | None = None, echo: bool = True) -> dict:
+    check_same_model(baseline_dir, run_dir)
     base, run = read_completions(baseline_dir), read_completions(run_dir)
     sizes = sorted({bs for bs, _ in base} & {bs for bs, _ in run})
     if batch_size is not None:

@@ -122,6 +122,7 @@ class RunSpec:
     pp_size: int | None = None
     """Pipeline stages; defaults to the world size in `pp` mode."""
     micro_batches: int = 1
+    """Micro-batches in flight in pp; a batch smaller than this runs one micro-batch per row."""
     pp_layer_split: list[int] | None = None
     """Layers per stage, overriding the balanced split; must sum to the model's layer count."""
     batch_sizes: list[int] = field(default_factory=lambda: [1])
@@ -257,13 +258,8 @@ class RunSpec:
         if self.mode == "pp" and isinstance(stages, int) and stages >= 1:
             if layers is not None and stages > layers:
                 p["pp_size"] = f"{stages} pipeline stages but the model has only {layers} layers"
-            if isinstance(self.micro_batches, int) and isinstance(self.batch_sizes, list):
-                small = [b for b in self.batch_sizes if isinstance(b, int) and 0 < b < self.micro_batches]
-                if small:
-                    p["micro_batches"] = (
-                        f"{self.micro_batches} micro-batches cannot split batch sizes {small}; "
-                        "use fewer micro-batches or larger batches"
-                    )
+            # A batch smaller than micro_batches runs min(micro_batches, batch) micro-batches; each
+            # measurement records the count it used (`micro_batches`).
         if self.pp_layer_split is not None:
             split = self.pp_layer_split
             if self.mode != "pp":
@@ -367,6 +363,7 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #       "prefill_latency_s": Stat,
 #       "decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
 #       "per_gpu_output_tok_s": float (medians over repeats),
+#       "micro_batches": int (pp only: min(spec.micro_batches, batch_size), what this batch size ran),
 #       "per_rank": [{"rank", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes",
 #                     "compute_s", "comm_s", "idle_s", "bubble_pct", "exposed_comm_pct"}]
 #   }]

@@ -279,6 +279,12 @@ class Sessions:
         self._sessions: dict[tuple[int, int, int], Session] = {}
 
     def get(self, rows: int, prompt_width: int, micro_batch: int = 0) -> Session:
+        limit = self.stage.shape.max_positions
+        if prompt_width + self.max_new_tokens > limit:
+            raise ValueError(
+                f"a prompt of {prompt_width} tokens plus {self.max_new_tokens} new tokens passes the model's "
+                f"{limit} positions (max_position_embeddings); use shorter prompts or fewer new tokens"
+            )
         key = (micro_batch, rows, cache_length(prompt_width, self.max_new_tokens))
         if key not in self._sessions:
             self._sessions[key] = Session(self.stage, *key[1:], self.max_new_tokens, self.picker, self.settings)

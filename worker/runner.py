@@ -272,6 +272,9 @@ class Job:
         width = self.dp_width if spec.mode == "dp" else None
         batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first, width)]
         self.events.phase("warmup", batch_size=batch_size)
+        if spec.mode == "pp" and spec.micro_batches > batch_size:
+            self.events.log(f"batch {batch_size}: {batch_size} micro-batches (fewer rows than --micro-batches "
+                            f"{spec.micro_batches})")
         self.strategy.prepare(batches)  # compile + capture, before any timing
         for _ in range(spec.warmup):  # one warm-up iteration = the first batch (kernels, allocator, NCCL pairs)
             self._pass(batches[:1], batch_size, False, StageTimer())
@@ -324,6 +327,8 @@ class Job:
             batch_size, spec.num_requests or len(self.prompts), spec.max_new_tokens, repeats,
             self._num_gpus(), per_rank,
         )
+        if spec.mode == "pp":
+            measurement["micro_batches"] = min(spec.micro_batches, batch_size)
         completions = []
         for out in repeats[0].outputs:
             for i, out_ids, topk in zip(out.indices, out.output_ids, out.topk_ids):

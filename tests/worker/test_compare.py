@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from worker import contract
 from worker.cli import run_command
 
@@ -59,3 +61,15 @@ def test_worker_compare_and_the_laptop_analysis_agree_when_one_output_stops_earl
     assert worker_side["topk_agree"] is False and laptop_side.topk_agree is False
     worker_side, laptop_side = compare_one(base, other), check_prompt(base, other)
     assert worker_side["topk_agree"] is True and laptop_side.topk_agree is True
+
+
+def test_compare_refuses_runs_of_different_models(tmp_path):
+    from worker.compare import CompareError, compare_dirs
+
+    line = json.dumps({"batch_size": 1, "index": 0, "output_ids": [1], "topk_ids": [[1]]}) + "\n"
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "completions.jsonl").write_text(line)
+        (tmp_path / name / "spec.json").write_text(json.dumps({"model": {"source": "synthetic", "config": "tiny", "seed": seed}}))
+    with pytest.raises(CompareError, match="model.seed"):
+        compare_dirs(tmp_path / "a", tmp_path / "b", echo=False)

@@ -83,3 +83,21 @@ def test_malformed_prompts_file_is_refused(capsys, tmp_path, line):
     prompts.write_text(line + "\n")
     err = _refused(capsys, "--prompts", str(prompts), "--out", str(tmp_path / "o"))
     assert f"prompts_file: {prompts}:1:" in err
+
+
+def test_a_checkpoint_with_more_layers_than_its_config_or_no_tokenizer_is_refused(tiny_checkpoint, tmp_path):
+    from worker.checkpoint import CheckpointError, check_checkpoint
+
+    fewer = tmp_path / "fewer-layers"
+    shutil.copytree(tiny_checkpoint, fewer)
+    config = json.loads((fewer / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (fewer / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="tensors the config does not use"):
+        check_checkpoint(fewer)
+    untokenized = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_checkpoint, untokenized)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (untokenized / name).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        check_checkpoint(untokenized)
