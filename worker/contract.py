@@ -359,7 +359,7 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #   "measurements": [{
 #       "batch_size", "num_requests", "max_new_tokens", "prompt_tokens", "output_tokens",
 #       "repeats", "wall_s": [per repeat], "prefill_s": [per repeat],
-#       "ttft_s", "tpot_s", "itl_s", "e2e_s": Stat,      # Stat = {"n","median","p90","mean","ci95"}
+#       "ttft_s", "tpot_s", "itl_s", "e2e_s": Stat,  # Stat = {"n","median","p90","p99","mean","std","min","max","ci95"}
 #       "prefill_latency_s": Stat,
 #       "decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
 #       "per_gpu_output_tok_s": float (medians over repeats),
@@ -376,25 +376,41 @@ def parse_event(line: str) -> dict[str, Any] | None:
 RESULT_KIND = "dinf.result"
 
 
+# Two-sided 95% Student t quantiles by degrees of freedom (n - 1): a normal 1.96 from 3 samples would
+# claim an interval 2.2x too narrow.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t95(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (the nearest tabulated df below)."""
+    return _T95[max(k for k in _T95 if k <= df)] if df < 120 else 1.960
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
 def stat_summary(values: list[float]) -> dict[str, float | int | None]:
-    """n, median, p90, mean and a 95% confidence half-width (normal approximation; None if n < 2)."""
+    """n, median, p90, p99, mean, std, min, max and a 95% confidence half-width of the mean (Student t;
+    None if n < 2)."""
     n = len(values)
     if n == 0:
-        return {"n": 0, "median": None, "p90": None, "mean": None, "ci95": None}
+        return {"n": 0, "median": None, "p90": None, "p99": None, "mean": None, "std": None, "min": None,
+                "max": None, "ci95": None}
     ordered = sorted(values)
-    mid = n // 2
-    median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    # p90 by linear interpolation between closest ranks (numpy's default).
-    pos = 0.9 * (n - 1)
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    p90 = ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
     mean = sum(values) / n
-    ci95 = None
+    std = ci95 = None
     if n >= 2:
-        var = sum((v - mean) ** 2 for v in values) / (n - 1)
-        ci95 = 1.96 * (var / n) ** 0.5
-    return {"n": n, "median": median, "p90": p90, "mean": mean, "ci95": ci95}
+        std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+        ci95 = t95(n - 1) * std / n**0.5
+    return {"n": n, "median": _quantile(ordered, 0.5), "p90": _quantile(ordered, 0.9),
+            "p99": _quantile(ordered, 0.99), "mean": mean, "std": std, "min": ordered[0], "max": ordered[-1],
+            "ci95": ci95}
 
 
 def read_result(text: str) -> dict[str, Any]:

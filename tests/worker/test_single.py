@@ -10,7 +10,7 @@ from tests.worker.conftest import read_completions
 from worker import contract
 from worker.tokenizer import pad_batch
 
-STAT_KEYS = {"n", "median", "p90", "mean", "ci95"}
+STAT_KEYS = {"n", "median", "p90", "p99", "mean", "std", "min", "max", "ci95"}
 
 
 def test_single_equals_hf_generate_on_the_same_padded_batches(tiny_checkpoint, single_run):
