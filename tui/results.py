@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -22,6 +22,7 @@ from storage import repo
 from storage.models import ClusterRow, Completion, Experiment, Run
 from storage.states import DONE_STATES, FAILED_STATES
 from tui.analysis import Point, RankStat
+from tui.run_display import describe_engine  # noqa: F401  (re-exported: the report and CLI import it here)
 from tui.experiments import Cell, ExperimentPlan, plan_from_parameters
 
 
@@ -91,29 +92,6 @@ class RunResult:
                        "cuda_graphs": self.engine_cuda_graphs},
         }
         return record
-
-
-class EngineFacts(Protocol):
-    """A run as any layer holds it (`RunResult`, `tui.services.RunRecord`, `storage.models.Run`)."""
-
-    engine_impl: str
-    engine_compiled: bool
-    engine_cuda_graphs: bool
-    engine_capture_s: float | None
-
-
-def describe_engine(run: EngineFacts) -> str:
-    """The worker engine of a run in one line, e.g. 'impl fast (compiled, CUDA graphs; capture 41.2 s)'.
-
-    Before its results are ingested a run shows what its spec asked for (no capture time yet).
-    """
-    settings = ["compiled" if run.engine_compiled else "eager"]
-    if run.engine_cuda_graphs:
-        settings.append("CUDA graphs")
-    text = ", ".join(settings)
-    if run.engine_capture_s is not None:
-        text += f"; capture {run.engine_capture_s:.1f} s"
-    return f"impl {run.engine_impl} ({text})"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ characters made visible so a string can neither restyle the screen nor move the 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich.text import Text
 
@@ -127,3 +127,26 @@ def history_of(record: Any) -> list[tuple[str, float, str | None]]:
 
 def ranks_of(record: Any) -> int:
     return int(getattr(record, "num_ranks", 1) or 1)
+
+
+class EngineFacts(Protocol):
+    """A run as any layer holds it (`RunResult`, `tui.services.RunRecord`, `storage.models.Run`)."""
+
+    engine_impl: str
+    engine_compiled: bool
+    engine_cuda_graphs: bool
+    engine_capture_s: float | None
+
+
+def describe_engine(run: EngineFacts) -> str:
+    """The worker engine of a run in one line, e.g. 'impl fast (compiled, CUDA graphs; capture 41.2 s)'.
+
+    Before its results are ingested a run shows what its spec asked for (no capture time yet).
+    """
+    settings = ["compiled" if run.engine_compiled else "eager"]
+    if run.engine_cuda_graphs:
+        settings.append("CUDA graphs")
+    text = ", ".join(settings)
+    if run.engine_capture_s is not None:
+        text += f"; capture {run.engine_capture_s:.1f} s"
+    return f"impl {run.engine_impl} ({text})"

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, Tab
 
 from tui.run_display import (
     clock,
+    describe_engine,
     duration,
     elapsed_s,
     history_of,
@@ -135,6 +136,8 @@ class RunScreen(Screen):
             Text.assemble("job id ", plain(getattr(record, "job_id", None) or "-", "bold"),
                           " · elapsed ", (duration(elapsed_s(record)), "bold")),
         ]
+        if getattr(record, "engine_impl", None):
+            lines.append(Text.assemble("engine ", (describe_engine(record), "bold")))
         lines.extend(_failure_lines(record))
         self.query_one("#run-summary", FixedText).update(Text("\n").join(lines))
         rows = [Text("timeline", style="bold")] + [
