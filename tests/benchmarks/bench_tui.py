@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import shutil
 import statistics
@@ -159,6 +160,8 @@ class FrameClock:
 
     def __init__(self) -> None:
         self.frames: list[float] = []
+        self.ends: list[float] = []
+        """perf_counter() at the end of each drawn frame (key -> frame looks up the first after a key)."""
         self.max_stall = 0.0
         self._stop = False
 
@@ -167,7 +170,7 @@ class FrameClock:
         from textual.screen import Screen
 
         original_update, original_display = Screen._on_timer_update, App._display
-        frames = self.frames
+        frames, ends = self.frames, self.ends
         displayed = [False]
 
         def display(app, screen, renderable):  # noqa: ANN001
@@ -179,10 +182,16 @@ class FrameClock:
             start = time.perf_counter()
             original_update(screen)
             if displayed[0]:  # a frame was drawn (not just a timer tick with nothing to do)
-                frames.append(time.perf_counter() - start)
+                end = time.perf_counter()
+                frames.append(end - start)
+                ends.append(end)
 
         Screen._on_timer_update, App._display = timed, display
         self._originals = original_update, original_display
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.ends.clear()
 
     def uninstall(self) -> None:
         from textual.app import App
@@ -252,12 +261,13 @@ async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
     clock = FrameClock()
     gc.collect()
     rss_before = _rss_mb()
+    clock.install()  # before any screen exists: a screen's update timer holds the method it was made with
     async with app.run_test(size=(130, 40)) as pilot:
         while app.runs_version == 0:
             await pilot.pause(0.05)
         app.open_run(1)
         await pilot.pause(0.5)
-        clock.install()
+        clock.clear()
         probe = asyncio.create_task(clock.probe())
         writer = start_writer(paths, rate, seconds)
         logs = app.run_logs[1]
@@ -323,9 +333,10 @@ async def stream_into_stock_log(rate: int, seconds: float) -> dict[str, object]:
     clock = FrameClock()
     gc.collect()
     rss_before = _rss_mb()
+    clock.install()
     async with app.run_test(size=(130, 40)) as pilot:
         app.tail()
-        clock.install()
+        clock.clear()
         probe = asyncio.create_task(clock.probe())
         writer = start_writer(paths, rate, seconds)
         while writer.poll() is None:
@@ -355,6 +366,230 @@ def memory_unbounded_baseline(lines: int) -> float:
     return after - before
 
 
+# --- 4. a large history -----------------------------------------------------------------------
+
+
+def fill_history(dinf, count: int) -> None:
+    """`count` finished, ingested runs (the state history of a real one), written in one transaction."""
+    from storage import repo
+    from storage.db import write_session
+
+    spec = {"model": {"config": "tiny", "seed": 7}, "mode": "pp", "dtype": "float16", "batch_size": 8,
+            "max_new_tokens": 64, "num_requests": 32, "prompts": "builtin", "micro_batches": 2}
+    with write_session(dinf.engine) as session:
+        cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
+        for i in range(count):
+            at = time.time() - 86_400 + i
+            run = repo.create_run(session=session, uid=f"old-{i}", name=f"history run {i}", mode="pp",
+                                  spec={**spec, "seed": i}, num_ranks=2, cluster_id=cluster.id, at=at)
+            for state in ("SUBMITTED", "PENDING", "RUNNING", "COMPLETED"):
+                repo.record_state(session=session, run=run, state=state, at=at)
+            repo.update_run(session=session, run=run, job_id=str(1000 + i), job_ids_json=f'["{1000 + i}"]',
+                            output_dir=f"/tmp/none/{i}/out", logs_dir=f"/tmp/none/{i}/logs",
+                            submitted_at=at, started_at=at, finished_at=at + 30, ingested_at=at + 31, exit_code=0)
+        session.commit()
+
+
+def add_live_run(dinf, workdir: Path, job_id: str) -> int:
+    """One RUNNING run whose launcher logs are the benchmark's files (its job reads as RUNNING)."""
+    from storage import repo
+    from storage.db import write_session
+
+    with write_session(dinf.engine) as session:
+        cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
+        run = repo.create_run(session=session, uid="live", name="live run", mode="pp", spec={"live": True},
+                              num_ranks=2, cluster_id=cluster.id)
+        for state in ("SUBMITTED", "RUNNING"):
+            repo.record_state(session=session, run=run, state=state)
+        repo.update_run(session=session, run=run, job_id=job_id, job_ids_json=f'["{job_id}"]',
+                        run_dir=str(workdir), output_dir=str(workdir / "out"), logs_dir=str(workdir / "logs"),
+                        submitted_at=time.time(), started_at=time.time())
+        session.commit()
+        return run.id
+
+
+class RunningCluster:
+    """The real local backend (logs are read by it), except that every job reads as RUNNING."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+    def status(self, job_ids: list[str]):  # noqa: ANN201
+        from remote.cluster import JobState, JobStatus
+
+        return {job_id: JobStatus(job_id, JobState.RUNNING) for job_id in job_ids}
+
+
+def _cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def _open_live_service(home: Path, history: int, big_lines: int = 0):  # noqa: ANN202
+    """A real Dinf over a real SQLite file: `history` old runs, one live run with two rank logs."""
+    from tui.services import Dinf, make_cluster
+    from worker import contract
+
+    workdir = home / "live"
+    paths = [workdir / "logs" / contract.launcher_log_file("77", r) for r in (0, 1)]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    if big_lines:  # a log that already holds many lines when the run is opened
+        for rank, path in enumerate(paths):
+            with open(path, "w", buffering=1 << 22) as f:
+                block = big_lines // len(paths)
+                for start in range(0, block, 10_000):
+                    f.write("".join(f"20:00:00 rank {rank} L{start + i:09d} " + "x" * 70 + "\n"
+                                    for i in range(min(10_000, block - start))))
+    dinf = Dinf(db_path=home / "dinf.db", data_dir=home, cluster_factory=lambda config: RunningCluster(make_cluster(config)))
+    fill_history(dinf, history)
+    run_id = add_live_run(dinf, workdir, "77")
+    return dinf, run_id, paths
+
+
+async def _press_timed(app, pilot, key: str, clock: FrameClock, handled: list[float]) -> float | None:  # noqa: ANN001
+    """Seconds from posting `key` until the first frame drawn after the app handled it."""
+    from textual import events
+
+    handled.clear()
+    posted = time.perf_counter()
+    app.post_message(events.Key(key, key))
+    deadline = posted + 5.0
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0.002)
+        if handled and clock.ends and clock.ends[-1] > handled[0]:
+            first = next(end for end in clock.ends if end > handled[0])
+            return first - posted
+    return None
+
+
+async def history_case(history: int, rate: int, seconds: float, idle_s: float) -> dict[str, object]:
+    """Idle CPU on the runs screen, then RSS and key -> frame while the live run streams at `rate`."""
+    from tui.app import DinfApp
+    from tui.screens.run import RunScreen
+
+    home = Path(tempfile.mkdtemp())
+    dinf, run_id, paths = _open_live_service(home, history)
+    app = DinfApp(service_factory=lambda: dinf)
+    clock = FrameClock()
+    handled: list[float] = []
+    original_toggle = RunScreen.action_toggle_follow
+
+    def toggle(screen):  # noqa: ANN001
+        handled.append(time.perf_counter())
+        original_toggle(screen)
+
+    RunScreen.action_toggle_follow = toggle
+    clock.install()
+    async with app.run_test(size=(130, 40)) as pilot:
+        while len(app.runs) < history + 1:
+            await pilot.pause(0.05)
+        await pilot.pause(2.0)  # settle: first refreshes, first paint of every row
+        cpu, wall = _cpu_s(), time.perf_counter()
+        await asyncio.sleep(idle_s)
+        idle_cpu = (_cpu_s() - cpu) / (time.perf_counter() - wall) * 100
+        app.open_run(run_id)
+        await pilot.pause(0.5)
+        clock.clear()
+        writer = start_writer(paths, rate, seconds)
+        keys, rss_max = [], 0.0
+        while writer.poll() is None:
+            latency = await _press_timed(app, pilot, "f", clock, handled)
+            if latency is not None:
+                keys.append(latency)
+            rss_max = max(rss_max, _rss_mb())
+            await asyncio.sleep(0.2)
+        written = int(writer.stdout.read().strip() or 0)
+        logs = app.run_logs[run_id]
+        stopped = time.perf_counter()
+        while logs.merged.received < written and time.perf_counter() - stopped < 60:
+            await pilot.pause(0.05)
+        clock.uninstall()
+        rss_max = max(rss_max, _rss_mb())
+        received = logs.merged.received
+    RunScreen.action_toggle_follow = original_toggle
+    return {"idle_cpu": idle_cpu, "rss_max": rss_max, "keys": keys, "frames": clock.frames,
+            "written": written, "received": received}
+
+
+async def open_big_case(big_lines: int, tail: bool) -> dict[str, object]:
+    """Open a live run whose log already holds `big_lines` lines: RSS, time to its last line, lines read."""
+    from tui.app import DinfApp
+
+    home = Path(tempfile.mkdtemp())
+    dinf, run_id, paths = _open_live_service(home, 0, big_lines)
+    kwargs = {} if tail else {"log_tail_bytes": None}
+    app = DinfApp(service_factory=lambda: dinf, **kwargs)
+    last = f"L{big_lines // 2 - 1:09d}"
+    async with app.run_test(size=(130, 40)) as pilot:
+        while not app.runs:
+            await pilot.pause(0.05)
+        await pilot.pause(0.5)
+        gc.collect()
+        rss_before, rss_max = _rss_mb(), 0.0
+        start = time.perf_counter()
+        app.open_run(run_id)
+        logs = app.logs_for(run_id)
+        shown = None
+        while time.perf_counter() - start < 120:
+            await pilot.pause(0.05)
+            rss_max = max(rss_max, _rss_mb())
+            if all(b.lines and last in b.lines[-1] for b in logs.ranks.values()) and len(logs.ranks) == 2:
+                shown = time.perf_counter() - start
+                break
+        received = logs.merged.received
+    return {"rss_before": rss_before, "rss_max": rss_max, "shown": shown, "received": received,
+            "log_mb": sum(p.stat().st_size for p in paths) / 2**20}
+
+
+def run_case(kind: str, **params: object) -> dict[str, object]:
+    """One case in a fresh interpreter, so that RSS and CPU belong to it alone."""
+    out = subprocess.run([sys.executable, __file__, "--case", json.dumps({"kind": kind, **params})],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DINF_HOME": tempfile.mkdtemp()})
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"case {kind} {params} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _case_main(spec: str) -> None:
+    params = json.loads(spec)
+    kind = params.pop("kind")
+    case = {"history": history_case, "open_big": open_big_case}[kind]
+    print(json.dumps(asyncio.run(case(**params))))
+
+
+def _p50_max(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    return f"{statistics.median(values) * 1000:5.0f} / {max(values) * 1000:4.0f} ms (n={len(values)})"
+
+
+def bench_history(history: int, rate: int, seconds: float, idle_s: float, big_lines: int) -> None:
+    print(f"\n## a large history: idle CPU over {idle_s:.0f} s with one live run (runs screen), then {rate} lines/s "
+          f"for {seconds:.0f} s (run screen, 'f' pressed every ~0.2 s)")
+    print(f"{'database':34} | idle CPU | RSS max at {rate // 1000}k/s | key -> frame p50 / max | frame p50 | dropped")
+    for label, runs in ((f"clean: 1 live run (baseline)", 0), (f"{history:,} runs + 1 live run", history)):
+        r = run_case("history", history=runs, rate=rate, seconds=seconds, idle_s=idle_s)
+        frames = statistics.median(r["frames"]) * 1000 if r["frames"] else float("nan")
+        print(f"{label:34} | {r['idle_cpu']:6.1f} % | {r['rss_max']:10.0f} MB | {_p50_max(r['keys']):22} | "
+              f"{frames:6.1f} ms | {r['written'] - r['received']}")
+    print("goals: idle CPU < 3 %, RSS < 150 MB, key -> frame p50 < 50 ms")
+    if not big_lines:
+        return
+    print(f"\n## opening a live run whose log already holds {big_lines:,} lines")
+    print(f"{'reading':34} | log size | lines read | RSS growth (max) | last line shown after")
+    for label, tail in (("from byte 0 (baseline)", False), ("the tail only", True)):
+        r = run_case("open_big", big_lines=big_lines, tail=tail)
+        shown = f"{r['shown']:.2f} s" if r["shown"] is not None else "not within 120 s"
+        print(f"{label:34} | {r['log_mb']:5.0f} MB | {r['received']:10,} | {r['rss_max'] - r['rss_before']:13.0f} MB "
+              f"| {shown}")
+
+
 def frame_summary(frames: list[float]) -> str:
     if not frames:
         return "no frames"
@@ -371,7 +606,15 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100_000, help="lines/s over both ranks")
     parser.add_argument("--launches", type=int, default=5)
     parser.add_argument("--skip-launch", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true", help="skip sections 2 and 3")
+    parser.add_argument("--history", type=int, default=1000, help="runs in the large-history database")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--big-lines", type=int, default=2_000_000, help="lines already in the log opened; 0 skips")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one case of section 4, in a child process
     args = parser.parse_args()
+    if args.case:
+        _case_main(args.case)
+        return
     os.environ.setdefault("DINF_HOME", tempfile.mkdtemp())
 
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
@@ -382,9 +625,15 @@ def main() -> None:
             print(f"{label:40} | {first:28} | {ready}")
         print(f"heavy modules after opening the app, its service and the new-run form: {torch_check()}")
 
-    print(f"\n## {args.rate} lines/s for {args.seconds:.0f} s (two rank files, 100-byte lines), headless 130x40")
-    dinf = asyncio.run(stream_into_dinf(args.rate, args.seconds))
-    stock = asyncio.run(stream_into_stock_log(args.rate, args.seconds))
+    if not args.skip_stream:
+        bench_stream(args.rate, args.seconds)
+    bench_history(args.history, args.rate, args.seconds, args.idle_seconds, args.big_lines)
+
+
+def bench_stream(rate: int, seconds: float) -> None:
+    print(f"\n## {rate} lines/s for {seconds:.0f} s (two rank files, 100-byte lines), headless 130x40")
+    dinf = asyncio.run(stream_into_dinf(rate, seconds))
+    stock = asyncio.run(stream_into_stock_log(rate, seconds))
     print(f"{'viewer':34} | {'frame time (screen update)':62} | max UI stall | written | received | dropped | catch-up")
     for label, r in (("dinf-tui run screen (merged view)", dinf), ("Textual Log, max_lines=50k (base)", stock)):
         print(f"{label:34} | {frame_summary(r['frames']):62} | {r['stall'] * 1000:9.1f} ms | {r['written']:7} | "
