@@ -332,6 +332,27 @@ async def test_runs_list_cursor_stays_on_the_selected_run_when_new_runs_appear_a
         assert app.screen.run_id == second
 
 
+async def test_a_state_change_updates_its_row_in_place(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        first, second = add_runs(app, "alpha", "beta")
+        app.action_refresh_runs()
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2)
+        await pilot.press("down")
+        row_before = table.get_row(str(second))
+        rebuilds = []
+        clear = table.clear
+        table.clear = lambda *args, **kwargs: (rebuilds.append(1), clear(*args, **kwargs))[1]
+        app.service.cancel(first)  # a draft: cancelled at once
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: table.get_row(str(first))[5].plain == "CANCELLED", what="the new state")
+        assert rebuilds == []  # with hundreds of runs a rebuild every poll cost 30 ms of the UI thread
+        assert table.get_row(str(second)) == row_before
+        assert app.screen.selected_run_id() == first and table.cursor_row == 1
+
+
 async def test_a_cancelled_run_shows_no_error_made_of_its_progress_lines(make_app, scripted):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

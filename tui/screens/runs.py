@@ -76,6 +76,10 @@ class RunsScreen(Screen):
         self.sort_column = "id"
         self.sort_reverse = True
         self.filter_pattern: re.Pattern[str] | None = None
+        self._shown_keys: list[str] | None = None
+        """Row keys (run ids) in the order the table shows them."""
+        self._shown_records: dict[str, Any] = {}
+        """Row key -> the run snapshot its cells were drawn from."""
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
@@ -123,21 +127,46 @@ class RunsScreen(Screen):
         ]
 
     def _redraw(self, _version: int = 0) -> None:
+        """Show `app.runs`. Rows are keyed by run id: while the rows and their order stay the same
+        (most refreshes), only the cells that changed are updated; a new run, sort or filter rebuilds
+        the table with the cursor on the run it was on, not on its row index."""
         table = self.query_one(DataTable)
-        selected = self.selected_run_id()
-        table.clear()
-        for key, label in COLUMNS:
-            column = table.columns.get(key)  # type: ignore[call-overload]
-            if column is not None:
-                arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_column else ""
-                column.label = Text(label + arrow)
+        self._label_columns(table)
         rows = self._visible_runs()
-        for record, values in rows:
-            table.add_row(*self._cells(values, record), key=str(values["id"]))
+        keys = [str(values["id"]) for _, values in rows]
+        if keys == self._shown_keys:
+            for record, values in rows:
+                key = str(values["id"])
+                if self._shown_records.get(key) == record:
+                    continue  # a snapshot equal to the one shown (elapsed ticks on its own)
+                self._shown_records[key] = record
+                for (column, _), cell in zip(COLUMNS, self._cells(values, record)):
+                    table.update_cell(key, column, cell, update_width=True)
+        else:
+            selected = self.selected_run_id()
+            table.clear()
+            for record, values in rows:
+                table.add_row(*self._cells(values, record), key=str(values["id"]))
+            self._shown_keys = keys
+            self._shown_records = {str(values["id"]): record for record, values in rows}
+            if selected is not None and str(selected) in table.rows:
+                table.move_cursor(row=table.get_row_index(str(selected)))
         has_runs = bool(getattr(self.app, "runs", {}))
         self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
-        if selected is not None and str(selected) in table.rows:
-            table.move_cursor(row=table.get_row_index(str(selected)))
+
+    def _label_columns(self, table: DataTable) -> None:
+        """The sort arrow on the sorted column's header."""
+        changed = False
+        for key, label in COLUMNS:
+            column = table.columns.get(key)  # type: ignore[call-overload]
+            if column is None:
+                continue
+            arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_column else ""
+            if column.label.plain != label + arrow:
+                column.label = Text(label + arrow)
+                changed = True
+        if changed:
+            table.refresh()
 
     def _tick_elapsed(self) -> None:
         table = self.query_one(DataTable)
