@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -702,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     app = DinfApp(service_factory=default_service_factory(args.db, args.config), start_demo=args.demo)
     app.run()
+    if app.return_code:  # a crash (Textual prints the traceback) is a failed exit, not status 0
+        sys.exit(app.return_code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from pilot_wait import wait_for
 from remote.cluster import ClusterError, JobState
 from scripted_cluster import HostKeyUnknown
@@ -468,3 +469,15 @@ async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_a
         await pilot.click("#trust")
         await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script")
         assert not any("trust_host_key" in str(n.message) for n in app._notifications)
+
+
+def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):
+    from tui.app import DinfApp, main
+
+    def crash(app) -> None:
+        app._return_code = 1  # what Textual records when an exception ends the app
+
+    monkeypatch.setattr(DinfApp, "run", crash)
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 1
