@@ -213,5 +213,5 @@ def wait_event(event, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not event.query():
         if time.monotonic() > deadline:
-            raise PeerTimeout(f"timed out after {timeout_s:.0f} s waiting for a peer rank (pipeline step)")
+            raise PeerTimeout(f"timed out after {timeout_s:.0f} s waiting for a peer rank")
         time.sleep(50e-6)

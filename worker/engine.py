@@ -323,14 +323,23 @@ def generate_fast(
     picker: Picker,
     clock: StepClock,
     timer=None,
+    peer_timeout_s: float | None = None,
 ) -> BatchOutput:
-    """Greedy decode of one padded batch on a stage holding the whole model (or a tp shard of it)."""
+    """Greedy decode of one padded batch on a stage holding the whole model (or a tp shard of it).
+
+    `peer_timeout_s` (tp: the steps hold all-reduces) keeps the host a few steps ahead of the device
+    with a deadline on each wait, so a dead peer raises instead of hanging in a captured all-reduce.
+    """
+    from worker.distributed import wait_device
+    from worker.pipeline import DevicePacer
+
     session = sessions.get(batch.input_ids.shape[0], batch.input_ids.shape[1])
     clock.start()
     compute = timer.timed if timer is not None else (lambda kind, fn, *a: fn(*a))
     compute("compute", session.prefill, batch.input_ids, batch.attention_mask)
     marks = [clock.mark()]
     stop = StopFlag(batch.input_ids.device) if not picker.suppress_eos else None
+    pacer = DevicePacer(batch.input_ids.device, peer_timeout_s) if peer_timeout_s else None
     steps = 1
     while steps < max_new_tokens:
         if stop is not None and steps % STOP_CHECK_EVERY == 0:
@@ -340,4 +349,8 @@ def generate_fast(
         compute("compute", session.decode)
         marks.append(clock.mark())
         steps += 1
+        if pacer is not None:
+            pacer.step_done()
+    if pacer is not None:
+        wait_device(batch.input_ids.device, peer_timeout_s)
     return session.outputs(batch, clock, marks, picker, steps)

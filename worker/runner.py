@@ -223,8 +223,10 @@ class Job:
         return self.strategy.generate(batch, max_new_tokens, StepClock(self.device), timer)
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        """Wait for the device, within the job's timeout (a hung collective means a lost peer)."""
+        from worker import distributed
+
+        distributed.wait_device(self.device, self.spec.dist_timeout_s)
 
     def _pass(self, batches, batch_size: int, timed: bool, timer) -> dict:
         """One pass over this rank's batches: prefill-only runs, then the timed generation pass."""

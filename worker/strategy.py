@@ -161,7 +161,8 @@ class FastTensorParallel(_Fast):
         if timer.enabled:  # all-reduces inside the forward count as communication (eager steps only)
             self.module.reduce = lambda t: timer.timed("comm", self.reduce, t)
         try:
-            return generate_fast(self.sessions, batch, max_new_tokens, self.picker, clock, timer)
+            return generate_fast(self.sessions, batch, max_new_tokens, self.picker, clock, timer,
+                                 peer_timeout_s=self.spec.dist_timeout_s if self.world_size > 1 else None)
         finally:
             self.module.reduce = self.reduce
 
