@@ -98,6 +98,15 @@ def run() -> None:
     sys.exit(main())
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dinf-tui")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _fail(exc: BaseException, code: int) -> int:
     print(f"dinf: {exc}", file=sys.stderr)
     return code
@@ -108,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dinf", description="Run and compare distributed LLaMA inference on Slurm clusters (headless).",
         epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 no such run, 4 unusable database.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--db", type=Path, help="database file (default: $DINF_DB, $DINF_HOME/dinf.db or XDG)")
     parser.add_argument("--config", type=Path, help="configuration TOML (default: $DINF_CONFIG or XDG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -442,7 +452,7 @@ def cmd_ingest(dinf, args) -> int:
 def cmd_export(dinf, args) -> int:
     run_ids = None if not args.run else [dinf.run(ref).id for ref in args.run]
     rows = dinf.export_rows(run_ids=run_ids, experiment_id=args.experiment)
-    if args.format == "json":
+    if args.format == "json" or args.json:  # --json, like every other command, means JSON
         text = json.dumps(rows, indent=2) + "\n"
     else:
         buffer = io.StringIO()

@@ -46,6 +46,13 @@ def test_ingest_show_export(dinf, tmp_path):
     out_file = tmp_path / "m.json"
     assert dinf("export", "--format", "json", "--run", str(report["run_id"]), "-o", str(out_file)).code == EXIT_OK
     assert [r["batch_size"] for r in json.loads(out_file.read_text())] == [1, 2]
+    as_json = dinf("export", "--json")  # --json means JSON here too, as in every other command
+    assert as_json.code == EXIT_OK and [r["batch_size"] for r in as_json.json()] == [1, 2]
+
+
+def test_version(dinf):
+    result = dinf("--version")
+    assert result.code == EXIT_OK and result.out.startswith("dinf ") and result.out.split()[1][0].isdigit()
 
 
 def test_unknown_run_is_exit_3(dinf):
