@@ -200,12 +200,14 @@ class Cluster(Protocol):
         """Cancel and wait until the job reaches a terminal state."""
 
     def stream_logs(
-        self, paths: list[str], offsets: dict[str, int] | None = None, *, poll_s: float = 0.2
+        self, paths: list[str], offsets: dict[str, int] | None = None, *, poll_s: float = 0.2,
+        tail_bytes: int | None = None,
     ) -> Iterator[list[LogChunk]]:
         """Yield batches of new lines of every path, from the given byte offsets, until closed.
 
         Files that don't exist yet are waited for. After a dropped connection the stream
-        resumes from the last delivered offset: no line lost or repeated.
+        resumes from the last delivered offset: no line lost or repeated. `tail_bytes`: a path
+        without an offset starts at most that many bytes before its end, at a line start.
         """
 
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:

@@ -278,8 +278,10 @@ class LocalCluster:
         *,
         poll_s: float = 0.2,
         stop: threading.Event | None = None,
+        tail_bytes: int | None = None,
     ) -> Iterator[list[LogChunk]]:
-        return follow(_read_local_from, paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep)
+        return follow(_read_local_from, paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep,
+                      tail_bytes=tail_bytes, size_of=_local_size)
 
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:
         return copy_run_files(prepared, local_dir, list_files=_regular_files, copy_file=shutil.copyfile)
@@ -317,6 +319,13 @@ def _free_port() -> int:
 
 def _regular_files(directory: str) -> list[str]:
     return sorted(entry.name for entry in Path(directory).iterdir() if entry.is_file())
+
+
+def _local_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
 
 
 def _read_local_from(path: str, offset: int) -> bytes | None:

@@ -305,11 +305,17 @@ class SlurmCluster:
         *,
         poll_s: float = 0.2,
         stop: threading.Event | None = None,
+        tail_bytes: int | None = None,
     ) -> Iterator[list[LogChunk]]:
         """All files over the one SFTP channel (sshd allows ~10 sessions per connection)."""
+
+        def size_of(path: str) -> int | None:
+            attributes = self.connection.stat(path)
+            return None if attributes is None else attributes.st_size
+
         return follow(
             lambda path, offset: self.connection.read_from(path, offset, MAX_READ),
-            paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep,
+            paths, offsets, poll_s=poll_s, stop=stop, sleep=self._sleep, tail_bytes=tail_bytes, size_of=size_of,
         )
 
     def fetch_results(self, prepared: PreparedRun, local_dir: str) -> list[str]:

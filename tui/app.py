@@ -66,6 +66,9 @@ TAIL_QUEUE_LIMIT = 8
 
 
 TAIL_KINDS = ("launcher", "events")
+LOG_TAIL_BYTES = 4 << 20
+"""Opening a run reads at most this much of each log's end (~40k lines of 100 bytes, about what a
+view keeps): a log of millions of lines was read from byte 0 (188-270 MB of RSS, bench_tui.py)."""
 
 ServiceFactory = Callable[[], Any]
 
@@ -115,6 +118,7 @@ class DinfApp(App):
         live_poll_s: float = LIVE_POLL_S,
         idle_poll_s: float = IDLE_POLL_S,
         log_max_lines: int = DEFAULT_MAX_LINES,
+        log_tail_bytes: int | None = LOG_TAIL_BYTES,
         max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         super().__init__()
@@ -123,6 +127,7 @@ class DinfApp(App):
         self.live_poll_s = live_poll_s
         self.idle_poll_s = idle_poll_s
         self.log_max_lines = log_max_lines
+        self.log_tail_bytes = log_tail_bytes
         self.max_backoff_s = max_backoff_s
         self.service: Any = None
         self.runs: dict[int, Any] = {}
@@ -417,7 +422,9 @@ class DinfApp(App):
         try:
             # The launcher's capture holds the worker's log plus anything on stderr (tracebacks),
             # so it and the events are enough; the worker's own log file would repeat every line.
-            stream = self.service.stream_logs(run_id, offsets or None, kinds=TAIL_KINDS)
+            stream = self.service.stream_logs(
+                run_id, offsets or None, kinds=TAIL_KINDS, tail_bytes=self.log_tail_bytes
+            )
             for chunks in stream:
                 if worker.is_cancelled or self._stopping.is_set():
                     break

@@ -594,11 +594,14 @@ class Dinf:
         *,
         ranks: Iterable[int] | None = None,
         kinds: Iterable[str] = LOG_KINDS,
+        tail_bytes: int | None = None,
     ) -> Iterator[list[LogChunk]]:
         """Batches of new lines of the run's log files (filtered by rank and kind), until closed.
 
         Chunks carry the cluster paths of `log_sources`. A finished run whose files were fetched is
         read from the local copies (no connection needed, and the cluster may have cleaned up).
+        `tail_bytes`: a log without an offset is read from at most that many bytes before its end;
+        event files are always read whole (a rank's phase is in its first events).
         """
         record = self.run(run_id)
         wanted_ranks = None if ranks is None else set(ranks)
@@ -616,10 +619,14 @@ class Dinf:
         ]
         if not sources:
             return iter(())
+        if tail_bytes is not None:
+            offsets = {**{s.path: 0 for s in sources if s.kind == "events"}, **(offsets or {})}
         local = fetched_copies(record, sources)
         if local is not None:
-            return _follow_local(local, offsets)
-        return self.cluster(record.cluster).stream_logs([s.path for s in sources], offsets)
+            return _follow_local(local, offsets, tail_bytes)
+        if tail_bytes is None:  # only when asked: a backend written before tail_bytes still streams
+            return self.cluster(record.cluster).stream_logs([s.path for s in sources], offsets)
+        return self.cluster(record.cluster).stream_logs([s.path for s in sources], offsets, tail_bytes=tail_bytes)
 
     # --- results -------------------------------------------------------------------------------
 
@@ -858,13 +865,18 @@ def fetched_copies(record: RunRecord, sources: list[LogSource]) -> dict[str, Pat
     return copies
 
 
-def _follow_local(copies: dict[str, Path], offsets: dict[str, int] | None) -> Iterator[list[LogChunk]]:
+def _follow_local(
+    copies: dict[str, Path], offsets: dict[str, int] | None, tail_bytes: int | None = None
+) -> Iterator[list[LogChunk]]:
     def read_from(cluster_path: str, offset: int) -> bytes | None:
         with copies[cluster_path].open("rb") as handle:
             handle.seek(offset)
             return handle.read(MAX_READ)
 
-    return follow(read_from, list(copies), offsets)
+    def size_of(cluster_path: str) -> int | None:
+        return copies[cluster_path].stat().st_size
+
+    return follow(read_from, list(copies), offsets, tail_bytes=tail_bytes, size_of=size_of)
 
 
 def _terminal_sacct_state(state: str | None) -> bool:

@@ -111,7 +111,8 @@ class ScriptedCluster:
         return self.states[job_id]
 
     def stream_logs(
-        self, paths: list[str], offsets: dict[str, int] | None = None, *, poll_s: float = 0.02
+        self, paths: list[str], offsets: dict[str, int] | None = None, *, poll_s: float = 0.02,
+        tail_bytes: int | None = None,  # read from the offsets regardless: tests/tui/test_large_history.py covers tails
     ) -> Iterator[list[LogChunk]]:
         positions = {path: (offsets or {}).get(path, 0) for path in paths}
         while not self.closed.is_set():

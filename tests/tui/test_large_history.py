@@ -1,0 +1,147 @@
+"""A large history must not make the app heavy (issue 15): long logs are read from their tail, and
+the runs table is updated in place, not rebuilt on every refresh. Speed itself is measured in
+tests/benchmarks/bench_tui.py; these tests pin the behaviour that makes it fast.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pilot_wait import wait_for
+
+from remote.logstream import follow
+
+
+def _line(rank: int, i: int) -> str:
+    return f"20:00:00 rank {rank} L{i:09d} " + "x" * 70
+
+
+LINE_BYTES = len(_line(0, 0)) + 1
+
+
+def _write_log(path: Path, lines: int, rank: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(_line(rank, i) + "\n" for i in range(lines)))
+
+
+class CountingReader:
+    """`open()`-backed read_from that counts the bytes it returned."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+
+    def __call__(self, path: str, offset: int) -> bytes | None:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(1 << 20)
+        except FileNotFoundError:
+            return None
+        self.bytes_read += len(data)
+        return data
+
+
+def _size(path: str) -> int | None:
+    return Path(path).stat().st_size if Path(path).exists() else None
+
+
+def test_follow_reads_only_the_tail_of_a_long_file(tmp_path: Path) -> None:
+    log = tmp_path / "rank0.out"
+    _write_log(log, 100_000)  # ~9 MB
+    reader = CountingReader()
+    batch = next(follow(reader, [str(log)], None, tail_bytes=64 * 1024, size_of=_size))
+    lines = [line for chunk in batch for line in chunk.lines]
+    assert reader.bytes_read <= 64 * 1024 + 1
+    assert lines[-1] == _line(0, 99_999)
+    assert all(line.startswith("20:00:00 rank 0 L") and len(line) + 1 == LINE_BYTES for line in lines)  # whole lines only
+    assert len(lines) == (64 * 1024) // LINE_BYTES  # every whole line of the last 64 KiB
+    first = int(lines[0].split(" L")[1][:9])
+    assert lines == [_line(0, i) for i in range(first, 100_000)]
+    assert batch[0].offset == first * LINE_BYTES and batch[-1].end_offset == log.stat().st_size
+
+
+def test_follow_tail_keeps_a_line_that_starts_exactly_at_the_cut(tmp_path: Path) -> None:
+    log = tmp_path / "rank0.out"
+    _write_log(log, 1_000)
+    batch = next(follow(CountingReader(), [str(log)], None, tail_bytes=LINE_BYTES * 10, size_of=_size))
+    assert [line for chunk in batch for line in chunk.lines] == [_line(0, i) for i in range(990, 1_000)]
+
+
+def test_follow_tail_leaves_short_files_and_given_offsets_alone(tmp_path: Path) -> None:
+    short, resumed = tmp_path / "short.out", tmp_path / "resumed.out"
+    _write_log(short, 10)
+    _write_log(resumed, 10_000)
+    stream = follow(CountingReader(), [str(short), str(resumed)], {str(resumed): LINE_BYTES * 5}, tail_bytes=4096,
+                    size_of=_size)
+    by_path: dict[str, list[str]] = {}
+    for chunk in next(stream):
+        by_path.setdefault(chunk.path, []).extend(chunk.lines)
+    assert by_path[str(short)] == [_line(0, i) for i in range(10)]  # shorter than the tail: whole
+    assert by_path[str(resumed)][0] == _line(0, 5)  # an offset is a resume point, never moved
+
+
+def test_follow_tail_of_a_file_that_appears_later(tmp_path: Path) -> None:
+    log = tmp_path / "late.out"
+    stream = follow(CountingReader(), [str(log)], None, tail_bytes=LINE_BYTES * 3, size_of=_size, sleep=lambda _s: None)
+    assert next(stream) == []
+    _write_log(log, 100)
+    assert [line for chunk in next(stream) for line in chunk.lines] == [_line(0, i) for i in range(97, 100)]
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+class RunningCluster:
+    """The real local backend (its log reading is what is under test); every job reads as RUNNING."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def status(self, job_ids: list[str]):
+        from remote.cluster import JobState, JobStatus
+
+        return {job_id: JobStatus(job_id, JobState.RUNNING) for job_id in job_ids}
+
+
+def _live_run(dinf, workdir: Path, job_id: str = "77") -> int:
+    from storage import repo
+    from storage.db import write_session
+
+    with write_session(dinf.engine) as session:
+        cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
+        run = repo.create_run(session=session, uid="live", name="live", mode="pp", spec={}, num_ranks=2,
+                              cluster_id=cluster.id)
+        for state in ("SUBMITTED", "RUNNING"):
+            repo.record_state(session=session, run=run, state=state)
+        repo.update_run(session=session, run=run, job_id=job_id, job_ids_json=f'["{job_id}"]',
+                        run_dir=str(workdir), output_dir=str(workdir / "out"), logs_dir=str(workdir / "logs"),
+                        started_at=time.time())
+        session.commit()
+        return run.id
+
+
+async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path) -> None:
+    from tui.app import DinfApp
+    from tui.services import Dinf, make_cluster
+    from worker import contract
+
+    workdir = tmp_path / "live"
+    for rank in (0, 1):
+        _write_log(workdir / "logs" / contract.launcher_log_file("77", rank), 20_000, rank)  # ~2 MB each
+    dinf = Dinf(data_dir=tmp_path / "data", config_path=tmp_path / "config.toml",
+                cluster_factory=lambda config: RunningCluster(make_cluster(config)))
+    run_id = _live_run(dinf, workdir)
+    app = DinfApp(service_factory=lambda: dinf, live_poll_s=0.1, idle_poll_s=0.2, log_tail_bytes=LINE_BYTES * 100)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: app.runs, what="the runs")
+        app.open_run(run_id)
+        logs = app.logs_for(run_id)
+        await wait_for(pilot, lambda: len(logs.ranks) == 2 and all(
+            b.lines and b.lines[-1].endswith(_line(r, 19_999)[9:]) for r, b in logs.ranks.items()
+        ), what="the last line of both ranks")
+        assert {rank: buffer.received for rank, buffer in logs.ranks.items()} == {0: 100, 1: 100}
+        assert logs.ranks[0].lines[0].endswith(_line(0, 19_900)[9:])  # whole lines, the newest ones
