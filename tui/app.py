@@ -200,15 +200,25 @@ class DinfApp(App):
         service = self.service
         delay = self.live_poll_s
         first = True
+        full_wanted, last_full, last_shape = True, 0.0, None
         while not (worker.is_cancelled or self._stopping.is_set()):
             try:
                 if first:
-                    service.reconcile()  # reattach: every unfinished run checked, finished ones ingested
+                    polled = service.reconcile()  # reattach: every unfinished run checked, finished ones ingested
                 else:
-                    service.refresh()
-                runs = service.runs()
+                    polled = service.refresh()
+                # Every run is listed (a thousand snapshots: 90 ms, bench_tui.py) only when something
+                # outside the poll may have changed: the first time, when asked ('r', a submit),
+                # when a run was added, deleted or finished, and every idle_poll_s for other
+                # processes' edits. Otherwise only the polled runs are sent.
+                shape = service.runs_shape()
+                if full_wanted or shape != last_shape or time.monotonic() - last_full >= self.idle_poll_s:
+                    runs, complete = service.runs(), True
+                    last_full, last_shape = time.monotonic(), shape
+                else:
+                    runs, complete = polled, False
                 first = False
-                self.post_message(RunsRefreshed(runs))
+                self.post_message(RunsRefreshed(runs, complete))
                 errors = dict(getattr(service, "cluster_errors", {}) or {})
                 self._report_clusters(runs, errors)
                 if errors:  # back off while a cluster can't be reached
@@ -218,7 +228,8 @@ class DinfApp(App):
             except Exception as exc:
                 self._report_trouble(getattr(exc, "cluster", None), exc)
                 delay = min(max(delay, 1.0) * 2, self.max_backoff_s)
-            self._wake_refresh.wait(delay)
+                last_shape = None  # list every run once it works again
+            full_wanted = self._wake_refresh.wait(delay)  # woken: someone asked for a fresh list
             self._wake_refresh.clear()
 
     def _report_clusters(self, runs: Iterable[Any], errors: dict[str, str]) -> None:
@@ -268,7 +279,8 @@ class DinfApp(App):
             self.post_message(ConnectionChanged(name, "reconnecting", detail))
 
     def on_runs_refreshed(self, message: RunsRefreshed) -> None:
-        self.runs = {record.id: record for record in message.runs}
+        fresh = {record.id: record for record in message.runs}
+        self.runs = fresh if message.complete else {**self.runs, **fresh}
         for record in message.runs:
             if is_finished(record):
                 self._finished_runs.add(record.id)
@@ -504,6 +516,19 @@ class DinfApp(App):
         from remote.cluster import RunBundle
         from tui.services import new_uid
 
+        resume = lambda: self.preview_run(screen, form, checked)  # noqa: E731
+        give_up = lambda why: self.post_message(ActionFailed("preview", why))  # noqa: E731
+        if self._is_remote(form.cluster):
+            # Meet a host key to trust (or a failed login) as a submit would, in the same dialog.
+            # Any other connection failure still previews: the script is worth seeing offline.
+            try:
+                self.service.cluster(form.cluster).status([])
+            except Exception as exc:
+                if _needs_the_user(exc):
+                    self.post_message(SshTroubleMet(form.cluster, exc, resume=resume, give_up=give_up))
+                    return
+            else:
+                self.post_message(ConnectionChanged(form.cluster, "connected"))
         name = form.name.strip() or "run"
         bundle = RunBundle(
             run_id=new_uid(name),
@@ -516,9 +541,7 @@ class DinfApp(App):
             script = self.service.cluster(form.cluster).preview(bundle)
         except Exception as exc:
             if _needs_the_user(exc):  # the same dialog as a submit; the preview resumes once trusted
-                self.post_message(SshTroubleMet(
-                    form.cluster, exc, resume=lambda: self.preview_run(screen, form, checked),
-                    give_up=lambda why: self.post_message(ActionFailed("preview", why))))
+                self.post_message(SshTroubleMet(form.cluster, exc, resume=resume, give_up=give_up))
             else:
                 self.post_message(ActionFailed("preview", _problem_text(exc)))
             return
@@ -548,8 +571,7 @@ class DinfApp(App):
         """From a worker: reach a remote cluster first, so an unknown host key or a failed login
         becomes a dialog (and no run is recorded) instead of a SUBMIT_FAILED run. After the user
         trusts the key, `resume` submits again; a refusal or a failed login ends the submit."""
-        config = self.cluster_configs().get(cluster)
-        if config is None or getattr(config, "backend", "") == "local":
+        if not self._is_remote(cluster):
             return True
         self.post_message(ConnectionChanged(cluster, "connecting"))
         try:
@@ -564,6 +586,10 @@ class DinfApp(App):
             return False
         self.post_message(ConnectionChanged(cluster, "connected"))
         return True
+
+    def _is_remote(self, cluster: str) -> bool:
+        config = self.cluster_configs().get(cluster)
+        return config is not None and getattr(config, "backend", "") != "local"
 
     def action_demo_run(self) -> None:
         if self.service is None:

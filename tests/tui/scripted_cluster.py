@@ -41,8 +41,6 @@ class ScriptedCluster:
         self.prepared: dict[str, PreparedRun] = {}
         self.next_job = 1001
         self.fail_status_with: BaseException | None = None
-        self.fail_preview_with: BaseException | None = None
-        """A preview that asks the cluster (sinfo) meets the connection's host-key error too."""
         self.cancelled: list[str] = []
         self.status_calls = 0
         self.break_next_stream = False
@@ -72,8 +70,6 @@ class ScriptedCluster:
     # --- the Cluster protocol -------------------------------------------------------------------
 
     def preview(self, bundle: RunBundle) -> str:
-        if self.fail_preview_with is not None:
-            raise self.fail_preview_with
         r = bundle.resources
         return (
             "#!/bin/bash\n"

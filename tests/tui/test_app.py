@@ -449,12 +449,12 @@ async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_a
     remote_cluster_config(tmp_path)
 
     def trust():
-        scripted.fail_preview_with = None
+        scripted.fail_status_with = None
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         form = await open_form_for(app, pilot, "gpu")
-        scripted.fail_preview_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", trust)
+        scripted.fail_status_with = HostKeyUnknown("gpu-login", "SHA256:abcDEF123", trust)
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
         await pilot.click("#refuse")
@@ -462,13 +462,24 @@ async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_a
         await pilot.pause(0.2)
         pane = str(form.query_one("#preview-text").render())
         assert "was refused" in pane and "rendering" not in pane, pane
-        assert not any("trust_host_key" in str(n.message) for n in app._notifications)
+        assert form.preview_script is None
 
         await pilot.press("ctrl+r")  # again, after the refusal: the same dialog, not a leaked message
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the dialog again")
         await pilot.click("#trust")
         await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script")
-        assert not any("trust_host_key" in str(n.message) for n in app._notifications)
+        assert app.connections["gpu"][0] == "connected"
+
+
+async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app, scripted, tmp_path):
+    remote_cluster_config(tmp_path)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form_for(app, pilot, "gpu")
+        scripted.fail_status_with = ClusterError("ssh: connect to gpu-login port 22: no route to host")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script, offline")
+        assert isinstance(app.screen, NewRunScreen)
 
 
 def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):

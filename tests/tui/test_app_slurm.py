@@ -140,6 +140,57 @@ async def test_unknown_host_key_is_a_dialog_and_trusting_it_connects(minicluster
         app.service.cancel(run_id)  # don't leave the job behind
 
 
+async def test_preview_after_refusing_the_host_key_asks_again_and_renders_once_trusted(minicluster, tmp_path: Path):
+    """The issue's preview: after a refusal it showed no dialog, leaked `SshConnection.trust_host_key(...)`
+    and stayed on 'rendering the script…'. Now it meets the same dialog each time, and renders once trusted."""
+    from remote.slurm_cluster import SlurmCluster
+    from remote.ssh import SshConnection, SshOptions
+    from tui.screens.dialogs import HostKeyDialog
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
+
+    def open_service():
+        from tui.services import Dinf, make_cluster
+
+        def clusters(cluster_config):
+            if cluster_config.name != "mini":
+                return make_cluster(cluster_config)
+            connection = SshConnection(minicluster.target(known_hosts=str(known_hosts)),
+                                       SshOptions(allow_agent=False, look_for_keys=False, reconnect_attempts=1))
+            return SlurmCluster(connection, name="mini", workdir=f"{minicluster.home}/tui-preview",
+                                python=minicluster.python_environment())
+
+        return Dinf(data_dir=tmp_path / "data", config_path=config, cluster_factory=clusters)
+
+    app = DinfApp(service_factory=open_service, live_poll_s=1.0, idle_poll_s=2.0, max_backoff_s=2.0)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#cluster", Select).value = "mini"
+        form.query_one("#mode", Select).value = "single"
+        form.query_one("#ranks_per_node", Input).value = "1"
+        await pilot.pause()
+        for answer in ("#refuse", "#refuse", "#trust"):
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), timeout=60, what="the host key dialog")
+            await pilot.click(answer)
+            await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen), timeout=10)
+            if answer == "#refuse":
+                await wait_for(pilot, lambda: "was refused" in str(form.query_one("#preview-text").render()),
+                               timeout=10, what="the refusal in the preview pane")
+                assert known_hosts.read_text() == ""
+        await wait_for(pilot, lambda: form.preview_script is not None, timeout=30, what="the script once trusted")
+        assert "#SBATCH" in form.preview_script and known_hosts.read_text().strip()
+        toasts = " ".join(str(toast.render()) for toast in app.screen.query("Toast"))
+        assert "trust_host_key" not in toasts, toasts
+        assert app.connections["mini"][0] == "connected"
+
+
 async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
     """A key the cluster doesn't accept: the submit stops with a dialog naming the failure."""
     import subprocess
