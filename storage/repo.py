@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy import case, func
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
@@ -194,6 +195,14 @@ def list_runs(
     if unfinished:
         query = query.where(col(Run.state).not_in(list(FINISHED_STATES)))
     return list(session.exec(query))
+
+
+def runs_shape(*, session: Session) -> tuple[int, int, int]:
+    """(how many runs, the newest id, how many unfinished): one cheap query that changes when a run
+    is added, deleted or finishes, so a poller can skip re-reading every run while it stays the same."""
+    unfinished = func.sum(case((col(Run.state).not_in(list(FINISHED_STATES)), 1), else_=0))
+    count, newest, open_runs = session.exec(select(func.count(), func.max(Run.id), unfinished)).one()
+    return int(count or 0), int(newest or 0), int(open_runs or 0)
 
 
 def update_run(*, session: Session, run: Run, **fields: Any) -> Run:

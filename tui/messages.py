@@ -31,12 +31,14 @@ class ServiceFailed(Message):
 
 @dataclass
 class RunsRefreshed(Message):
-    """A fresh snapshot of every run, live states merged in."""
+    """Fresh snapshots: of every run (`complete`), or only of the runs a poll may have changed."""
 
     runs: list[Any]
+    complete: bool = True
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunsRefreshed)
+        # A partial update replaces nothing: the runs of the one it would drop could be missing.
+        return isinstance(message, RunsRefreshed) and self.complete
 
 
 @dataclass

@@ -224,6 +224,12 @@ class Dinf:
             rows = repo.list_runs(session=session, experiment_id=experiment_id, states=states)
             return self._records(session, rows)
 
+    def runs_shape(self) -> tuple[int, int, int]:
+        """(runs, newest id, unfinished runs): cheap; when it is unchanged, `refresh()`'s runs are
+        the only ones a poll can have changed (another process's edits wait for the next full list)."""
+        with read_session(self.engine) as session:
+            return repo.runs_shape(session=session)
+
     def run(self, run_id: int | str) -> RunRecord:
         """A run by numeric id, uid, unique uid prefix or unique name; RunNotFound otherwise."""
         with read_session(self.engine) as session:

@@ -173,11 +173,11 @@ class FrameClock:
         frames, ends = self.frames, self.ends
         displayed = [False]
 
-        def display(app, screen, renderable):  # noqa: ANN001
+        def display(app, screen, renderable):
             displayed[0] = True
             original_display(app, screen, renderable)
 
-        def timed(screen):  # noqa: ANN001
+        def timed(screen):
             displayed[0] = False
             start = time.perf_counter()
             original_update(screen)
@@ -220,8 +220,8 @@ def _rss_mb() -> float:
 
 
 async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
-    from remote.logstream import follow
     from remote.local import _read_local_from  # the local backend's own reader
+    from remote.logstream import follow
     from tui.app import DinfApp
     from tui.services import RunRecord
     from worker import contract
@@ -247,6 +247,9 @@ async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
             return [record]
 
         refresh = reconcile
+
+        def runs_shape(self):
+            return (1, 1, 1)
 
         def runs(self):
             return [record]
@@ -411,13 +414,13 @@ def add_live_run(dinf, workdir: Path, job_id: str) -> int:
 class RunningCluster:
     """The real local backend (logs are read by it), except that every job reads as RUNNING."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001
+    def __init__(self, inner) -> None:
         self.inner = inner
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def status(self, job_ids: list[str]):  # noqa: ANN201
+    def status(self, job_ids: list[str]):
         from remote.cluster import JobState, JobStatus
 
         return {job_id: JobStatus(job_id, JobState.RUNNING) for job_id in job_ids}
@@ -428,7 +431,7 @@ def _cpu_s() -> float:
     return times.user + times.system
 
 
-def _open_live_service(home: Path, history: int, big_lines: int = 0):  # noqa: ANN202
+def _open_live_service(home: Path, history: int, big_lines: int = 0):
     """A real Dinf over a real SQLite file: `history` old runs, one live run with two rank logs."""
     from tui.services import Dinf, make_cluster
     from worker import contract
@@ -442,16 +445,15 @@ def _open_live_service(home: Path, history: int, big_lines: int = 0):  # noqa: A
         for rank, path in enumerate(paths):
             with open(path, "w", buffering=1 << 22) as f:
                 block = big_lines // len(paths)
-                for start in range(0, block, 10_000):
-                    f.write("".join(f"20:00:00 rank {rank} L{start + i:09d} " + "x" * 70 + "\n"
-                                    for i in range(min(10_000, block - start))))
+                f.writelines("".join(f"20:00:00 rank {rank} L{start + i:09d} " + "x" * 70 + "\n"
+                                    for i in range(min(10_000, block - start))) for start in range(0, block, 10_000))
     dinf = Dinf(db_path=home / "dinf.db", data_dir=home, cluster_factory=lambda config: RunningCluster(make_cluster(config)))
     fill_history(dinf, history)
     run_id = add_live_run(dinf, workdir, "77")
     return dinf, run_id, paths
 
 
-async def _press_timed(app, pilot, key: str, clock: FrameClock, handled: list[float]) -> float | None:  # noqa: ANN001
+async def _press_timed(app, pilot, key: str, clock: FrameClock, handled: list[float]) -> float | None:
     """Seconds from posting `key` until the first frame drawn after the app handled it."""
     from textual import events
 
@@ -479,7 +481,7 @@ async def history_case(history: int, rate: int, seconds: float, idle_s: float) -
     handled: list[float] = []
     original_toggle = RunScreen.action_toggle_follow
 
-    def toggle(screen):  # noqa: ANN001
+    def toggle(screen):
         handled.append(time.perf_counter())
         original_toggle(screen)
 
@@ -548,7 +550,7 @@ async def open_big_case(big_lines: int, tail: bool) -> dict[str, object]:
 
 def run_case(kind: str, **params: object) -> dict[str, object]:
     """One case in a fresh interpreter, so that RSS and CPU belong to it alone."""
-    out = subprocess.run([sys.executable, __file__, "--case", json.dumps({"kind": kind, **params})],
+    out = subprocess.run([sys.executable, __file__, "--case", json.dumps({"kind": kind, **params})], check=False,
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DINF_HOME": tempfile.mkdtemp()})
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
@@ -573,7 +575,7 @@ def bench_history(history: int, rate: int, seconds: float, idle_s: float, big_li
     print(f"\n## a large history: idle CPU over {idle_s:.0f} s with one live run (runs screen), then {rate} lines/s "
           f"for {seconds:.0f} s (run screen, 'f' pressed every ~0.2 s)")
     print(f"{'database':34} | idle CPU | RSS max at {rate // 1000}k/s | key -> frame p50 / max | frame p50 | dropped")
-    for label, runs in ((f"clean: 1 live run (baseline)", 0), (f"{history:,} runs + 1 live run", history)):
+    for label, runs in (("clean: 1 live run (baseline)", 0), (f"{history:,} runs + 1 live run", history)):
         r = run_case("history", history=runs, rate=rate, seconds=seconds, idle_s=idle_s)
         frames = statistics.median(r["frames"]) * 1000 if r["frames"] else float("nan")
         print(f"{label:34} | {r['idle_cpu']:6.1f} % | {r['rss_max']:10.0f} MB | {_p50_max(r['keys']):22} | "

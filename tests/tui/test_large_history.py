@@ -145,3 +145,115 @@ async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path)
         ), what="the last line of both ranks")
         assert {rank: buffer.received for rank, buffer in logs.ranks.items()} == {0: 100, 1: 100}
         assert logs.ranks[0].lines[0].endswith(_line(0, 19_900)[9:])  # whole lines, the newest ones
+
+
+def _history(dinf, count: int) -> None:  # noqa: ANN001
+    from storage import repo
+    from storage.db import write_session
+
+    with write_session(dinf.engine) as session:
+        cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
+        for i in range(count):
+            run = repo.create_run(session=session, uid=f"old-{i}", name=f"old {i}", mode="pp", spec={"i": i},
+                                  num_ranks=2, cluster_id=cluster.id, at=1000.0 + i)
+            for state in ("PENDING", "RUNNING", "COMPLETED"):
+                repo.record_state(session=session, run=run, state=state, at=1000.0 + i)
+            repo.update_run(session=session, run=run, job_id=str(500 + i), ingested_at=1100.0 + i)
+        session.commit()
+
+
+class CountingService:
+    """The real service, counting how often every run is listed and how often a poll happened."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.listed = 0
+        self.polls = 0
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+    def runs(self, **kwargs):  # noqa: ANN003, ANN201
+        self.listed += 1
+        return self.inner.runs(**kwargs)
+
+    def refresh(self, **kwargs):  # noqa: ANN003, ANN201
+        self.polls += 1
+        return self.inner.refresh(**kwargs)
+
+
+def _service(tmp_path: Path, history: int):  # noqa: ANN202
+    from tui.services import Dinf, make_cluster
+
+    dinf = Dinf(data_dir=tmp_path / "data", config_path=tmp_path / "config.toml",
+                cluster_factory=lambda config: RunningCluster(make_cluster(config)))
+    _history(dinf, history)
+    _live_run(dinf, tmp_path / "live")
+    return CountingService(dinf)
+
+
+async def test_polls_do_not_list_every_run_while_nothing_but_the_live_ones_changes(tmp_path: Path) -> None:
+    from tui.app import DinfApp
+
+    service = _service(tmp_path, 30)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=3600)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: service.polls >= 10, what="ten polls")
+        assert service.listed == 1  # the first one; the rest sent only the polled (live) run
+        assert len(app.runs) == 31
+        app.action_refresh_runs()  # 'r': the user asks for a fresh list
+        await wait_for(pilot, lambda: service.listed == 2, what="a full list after 'r'")
+
+
+async def test_runs_table_is_updated_in_place_not_rebuilt(tmp_path: Path) -> None:
+    from textual.widgets import DataTable
+
+    from tui.app import DinfApp
+    from tui.messages import RunsRefreshed
+
+    service = _service(tmp_path, 60)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=0.2)  # a full list every 0.2 s
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.runs) == 61, what="every run")
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 61
+        calls = {"clear": 0, "add_row": 0}
+        for name in calls:
+            original = getattr(table, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls[_name] += 1
+                return _original(*args, **kwargs)
+
+            setattr(table, name, counted)
+        table.move_cursor(row=table.get_row_index("30"))
+        cells_before = {key: table.get_row(key) for key in ("1", "30", "60")}
+        listed = service.listed
+        await wait_for(pilot, lambda: service.listed >= listed + 3, what="three full lists")
+        assert calls == {"clear": 0, "add_row": 0}
+        for key, cells in cells_before.items():  # unchanged runs keep their very cells
+            assert all(a is b for a, b in zip(table.get_row(key), cells))
+
+        from storage import repo
+        from storage.db import write_session
+
+        with write_session(service.inner.engine) as session:  # a run appears (another process, say)
+            cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
+            new = repo.create_run(session=session, uid="new", name="new", mode="dp", spec={}, num_ranks=2,
+                                  cluster_id=cluster.id)
+            session.commit()
+            new_id = new.id
+        await wait_for(pilot, lambda: str(new_id) in table.rows, what="the new run's row")
+        assert calls == {"clear": 0, "add_row": 1}
+        assert table.get_row_index(str(new_id)) == 0  # newest first, the default sort
+        assert app.screen.selected_run_id() == 30  # the cursor stayed on its run
+
+        app.workers.cancel_group(app, "refresh")  # no full list from here on brings run 45 back
+        await wait_for(pilot, lambda: not [w for w in app.workers if w.group == "refresh" and w.is_running],
+                       what="the refresh loop to stop")
+        gone = [record for record in app.runs.values() if record.id != 45]
+        app.post_message(RunsRefreshed(gone))  # a run disappears
+        await wait_for(pilot, lambda: "45" not in table.rows, what="run 45's row to go")
+        assert calls == {"clear": 0, "add_row": 1} and table.row_count == 61
+        assert app.screen.selected_run_id() == 30
