@@ -249,6 +249,23 @@ def record_state(
     return True
 
 
+def record_slurm_elapsed(*, session: Session, run: Run, elapsed_s: float, now: float | None = None) -> bool:
+    """Make the run's start agree with the scheduler's own elapsed time (squeue %M, sacct Elapsed).
+
+    dinf notices state changes only when it polls, so its own start and end can each be a poll late;
+    the elapsed time shown is Slurm's: the end (or now, while running) minus Slurm's elapsed.
+    False (nothing written) when the start is already within a second of it.
+    """
+    end = run.finished_at if run.finished_at is not None else (time.time() if now is None else now)
+    start = end - elapsed_s
+    if run.started_at is not None and abs(run.started_at - start) < 1.0:
+        return False
+    run.started_at = start
+    session.add(run)
+    session.flush()
+    return True
+
+
 def state_history(*, session: Session, run_id: int) -> list[StateChange]:
     return list(
         session.exec(select(StateChange).where(StateChange.run_id == run_id).order_by(col(StateChange.id)))

@@ -490,6 +490,8 @@ class Dinf:
             with write_session(self.engine) as session:
                 run = repo.get_run(session=session, run_id=record.id)
                 changed = repo.record_state(session=session, run=run, state=state, reason=status.reason)
+                if status.elapsed_s is not None and (state == JobState.RUNNING.value or state in FINISHED_STATES):
+                    changed |= repo.record_slurm_elapsed(session=session, run=run, elapsed_s=status.elapsed_s)
                 if status.exit_code is not None and state in FINISHED_STATES:
                     repo.update_run(session=session, run=run, exit_code=status.exit_code)
                     changed = True

@@ -132,3 +132,18 @@ def test_new_run_records_the_engine_its_spec_asks_for(engine, spec, expected):
         stored = repo.get_run(session=session, run_id=run.id)
         assert (stored.engine_impl, stored.engine_compiled, stored.engine_cuda_graphs) == expected
         assert stored.engine_capture_s is None
+
+
+def test_elapsed_follows_slurm_not_when_dinf_noticed(engine):
+    # dinf saw RUNNING at 100 and COMPLETED at 157 (polls late); Slurm says the job ran 29 s.
+    from tui.run_display import elapsed_s
+
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="e", name="e", mode="pp", spec={}, at=90.0)
+        repo.record_state(session=session, run=run, state="RUNNING", at=100.0)
+        assert repo.record_slurm_elapsed(session=session, run=run, elapsed_s=12.0, now=113.0)  # squeue %M
+        assert run.started_at == 101.0
+        assert not repo.record_slurm_elapsed(session=session, run=run, elapsed_s=13.0, now=114.2)  # same start
+        repo.record_state(session=session, run=run, state="COMPLETED", at=157.0)
+        assert repo.record_slurm_elapsed(session=session, run=run, elapsed_s=29.0)  # sacct Elapsed
+        assert elapsed_s(run) == 29.0
