@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from pilot_wait import wait_for
+from rich.text import Text
 
 from remote.logstream import follow
 
@@ -147,7 +148,7 @@ async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path)
         assert logs.ranks[0].lines[0].endswith(_line(0, 19_900)[9:])  # whole lines, the newest ones
 
 
-def _history(dinf, count: int) -> None:  # noqa: ANN001
+def _history(dinf, count: int) -> None:
     from storage import repo
     from storage.db import write_session
 
@@ -165,24 +166,24 @@ def _history(dinf, count: int) -> None:  # noqa: ANN001
 class CountingService:
     """The real service, counting how often every run is listed and how often a poll happened."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001
+    def __init__(self, inner) -> None:
         self.inner = inner
         self.listed = 0
         self.polls = 0
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def runs(self, **kwargs):  # noqa: ANN003, ANN201
+    def runs(self, **kwargs):
         self.listed += 1
         return self.inner.runs(**kwargs)
 
-    def refresh(self, **kwargs):  # noqa: ANN003, ANN201
+    def refresh(self, **kwargs):
         self.polls += 1
         return self.inner.refresh(**kwargs)
 
 
-def _service(tmp_path: Path, history: int):  # noqa: ANN202
+def _service(tmp_path: Path, history: int):
     from tui.services import Dinf, make_cluster
 
     dinf = Dinf(data_dir=tmp_path / "data", config_path=tmp_path / "config.toml",
@@ -222,7 +223,7 @@ async def test_runs_table_is_updated_in_place_not_rebuilt(tmp_path: Path) -> Non
         for name in calls:
             original = getattr(table, name)
 
-            def counted(*args, _name=name, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            def counted(*args, _name=name, _original=original, **kwargs):
                 calls[_name] += 1
                 return _original(*args, **kwargs)
 
@@ -257,3 +258,31 @@ async def test_runs_table_is_updated_in_place_not_rebuilt(tmp_path: Path) -> Non
         await wait_for(pilot, lambda: "45" not in table.rows, what="run 45's row to go")
         assert calls == {"clear": 0, "add_row": 1} and table.row_count == 61
         assert app.screen.selected_run_id() == 30
+
+
+async def test_an_elapsed_tick_renders_only_its_row_again(tmp_path: Path) -> None:
+    from tui.app import DinfApp
+    from tui.widgets.runs_table import RunsTable
+
+    service = _service(tmp_path, 60)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=3600)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.runs) == 61, what="every run")
+        await pilot.pause()
+        table = app.screen.query_one(RunsTable)
+        live = next(str(r.id) for r in app.runs.values() if r.state == "RUNNING")
+        rendered: list[int] = []
+        original = table._render_cell
+
+        def render_cell(row_index, column_index, *args, **kwargs):
+            rendered.append(row_index)
+            return original(row_index, column_index, *args, **kwargs)
+
+        table._render_cell = render_cell
+        await pilot.pause()
+        rendered.clear()
+        table.tick_cell(live, "elapsed", Text("12:34"))
+        await pilot.pause()
+        assert table.get_cell(live, "elapsed").plain == "12:34"
+        assert rendered and set(rendered) == {table.get_row_index(live)}  # not the other visible rows
+        assert "12:34" in table.render_lines(table.region.reset_offset)[1].text  # on screen too

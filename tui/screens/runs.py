@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from tui.run_display import clock, duration, elapsed_s, is_live, plain, ranks_of, state_of, state_text
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
+from tui.widgets.runs_table import RunsTable
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "ID"),
@@ -88,7 +89,7 @@ class RunsScreen(Screen):
         yield ConnectionBar("runs")
         yield Input(placeholder="filter runs: regex matched against each column  (/)", id="runs-filter")
         yield FieldError(id="runs-filter-error")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static(WELCOME, id="welcome")
         yield Footer()
 
@@ -190,11 +191,11 @@ class RunsScreen(Screen):
             table.refresh()
 
     def _tick_elapsed(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.query_one(RunsTable)
         for record in getattr(self.app, "runs", {}).values():
             key = str(getattr(record, "id", ""))
             if is_live(record) and key in table.rows:
-                table.update_cell(key, "elapsed", Text(duration(elapsed_s(record))))
+                table.tick_cell(key, "elapsed", Text(duration(elapsed_s(record))))  # re-renders its row only
 
     # --- actions -----------------------------------------------------------------------------
 
