@@ -116,6 +116,18 @@ def _missing_cells_note(exp: ExperimentResult) -> str | None:
     return f"{exp.name}: {len(missing)} of {len(exp.cells)} cells have no results ({detail}); they are absent from its tables."
 
 
+def _failure_notes(exp: ExperimentResult) -> list[str]:
+    """Why each failed cell failed: the first line of its run's error, which begins with the failure
+    summary (the first rank to die, its node, its signal or exit code) when the cluster gave one."""
+    notes = []
+    for cell in exp.cells:
+        if cell.failed and cell.run is not None and cell.run.error:
+            first = cell.run.error.strip().splitlines()[0] if cell.run.error.strip() else ""
+            if first:
+                notes.append(f"{exp.name}: {cell.cell.key} {cell.state}: {_cell_text(first)}")
+    return notes
+
+
 def _single_point(cell: CellState | None) -> Point | None:
     if cell is None or not cell.done or cell.run is None or not cell.run.points:
         return None
@@ -597,6 +609,7 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
         missing = _missing_cells_note(exp)
         if missing:
             notes.append(missing)
+        notes.extend(_failure_notes(exp))
         if exp.plan is not None and exp.plan.skipped:
             notes.append(f"{exp.name}: not run, as the model or cluster cannot: "
                          + "; ".join(f"{key} ({why})" for key, why in exp.plan.skipped) + ".")

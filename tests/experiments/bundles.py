@@ -115,6 +115,9 @@ def store_experiment(session: Session, plan: ExperimentPlan, bundles: dict[str, 
         if bundle is None:
             state = (states or {}).get(cell.key, "FAILED")
             repo.record_state(session=session, run=run, state=state, at=1_700_000_100.0 + index)
+            if state == "FAILED":  # as the failure summary writes it
+                repo.update_run(session=session, run=run, error="rank 1 on node2 died first: killed by signal 9 "
+                                "(SIGKILL); then rank 0 on node1: killed by signal 15 (SIGTERM)\nrank 0: peer rank lost")
             continue
         ingest_bundle(session=session, bundle_dir=bundle, run=run)
         repo.record_state(session=session, run=run, state="COMPLETED", at=1_700_000_100.0 + index)

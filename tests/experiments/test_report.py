@@ -93,6 +93,9 @@ def test_limitations_come_from_the_data(study_db):
     engine, ids = study_db
     text = section(build(engine, ids), "## Limitations")
     assert "scaling: 2 of 7 cells have no results (tp/r2 FAILED, tp/r4 NOT_SUBMITTED)" in text
+    # why the failed cell failed: the failure summary (first rank to die, its node, its signal)
+    assert ("scaling: tp/r2 FAILED: rank 1 on node2 died first: killed by signal 9 (SIGKILL); "
+            "then rank 0 on node1: killed by signal 15 (SIGTERM)") in text
     # wall times 9.8..10.2 around 10.0 move 4%; 9.1..8.9 around 9.0 is 2.2%; 5.1..4.9 around 5.0 is 4%;
     # 2.6..2.4 around 2.5 is 8%: the largest spread is 8.0%
     assert "moved by up to 8.0% between repeats of one measurement (max - min over median; scaling:dp/r4 at batch 20)" in text
