@@ -440,13 +440,22 @@ def _cpu_s() -> float:
     return times.user + times.system
 
 
-def _open_live_service(home: Path, history: int, big_lines: int = 0):
-    """A real Dinf over a real SQLite file: `history` old runs, one live run with two rank logs."""
-    from tui.services import Dinf, make_cluster
+def _live_paths(home: Path) -> tuple[Path, list[Path]]:
     from worker import contract
 
     workdir = home / "live"
-    paths = [workdir / "logs" / contract.launcher_log_file("77", r) for r in (0, 1)]
+    return workdir, [workdir / "logs" / contract.launcher_log_file("77", r) for r in (0, 1)]
+
+
+def _build_live_db(home: Path, history: int, big_lines: int = 0) -> int:
+    """The SQLite file (`history` old runs, one live run) and its two rank logs; returns the live run's id.
+
+    Runs in a child process (`run_case("build", ...)`): building 1,000 runs leaves the builder's heap
+    grown, which would be counted as the app's RSS if the measured process built them itself.
+    """
+    from tui.services import Dinf, make_cluster
+
+    workdir, paths = _live_paths(home)
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -458,7 +467,16 @@ def _open_live_service(home: Path, history: int, big_lines: int = 0):
                                     for i in range(min(10_000, block - start))) for start in range(0, block, 10_000))
     dinf = Dinf(db_path=home / "dinf.db", data_dir=home, cluster_factory=lambda config: RunningCluster(make_cluster(config)))
     fill_history(dinf, history)
-    run_id = add_live_run(dinf, workdir, "77")
+    return add_live_run(dinf, workdir, "77")
+
+
+def _open_live_service(home: Path, history: int, big_lines: int = 0):
+    """A real Dinf over a real SQLite file built by a child process: `history` old runs, one live run."""
+    from tui.services import Dinf, make_cluster
+
+    run_id = run_case("build", home=str(home), history=history, big_lines=big_lines)["run_id"]
+    _, paths = _live_paths(home)
+    dinf = Dinf(db_path=home / "dinf.db", data_dir=home, cluster_factory=lambda config: RunningCluster(make_cluster(config)))
     return dinf, run_id, paths
 
 
@@ -570,6 +588,9 @@ def run_case(kind: str, **params: object) -> dict[str, object]:
 def _case_main(spec: str) -> None:
     params = json.loads(spec)
     kind = params.pop("kind")
+    if kind == "build":
+        print(json.dumps({"run_id": _build_live_db(Path(params["home"]), params["history"], params["big_lines"])}))
+        return
     case = {"history": history_case, "open_big": open_big_case}[kind]
     print(json.dumps(asyncio.run(case(**params))))
 
