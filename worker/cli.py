@@ -160,10 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     code = run_command(argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    if code not in (contract.EXIT_OK, contract.EXIT_BAD_SPEC):
-        # A failed distributed run must not hang in process-group teardown waiting for a dead peer.
-        os._exit(code)
-    sys.exit(code)
+    # Every file the run writes is closed by now. Leave without the interpreter's teardown: a failed
+    # run must not hang there waiting for a dead peer, and a finished one must not die there either
+    # (gloo/DeepSpeed destructors racing the other rank's exit aborted a rank now and then: exit -6
+    # after "phase done").
+    os._exit(code)
 
 
 if __name__ == "__main__":
