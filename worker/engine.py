@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.generate import BatchOutput, Picker, StepClock
+from worker.generate import BatchOutput, Picker, StepClock, batch_output
 from worker.llama import FastStage, block_forward, gemv_linear
 from worker.tokenizer import PaddedBatch
 
@@ -256,16 +256,7 @@ class Session:
         """The batch's ids, top-k and token times (reads the device once)."""
         tokens = self.tokens[:, :steps].tolist()  # [B, steps]
         topk = self.topk[:, :steps].tolist()
-        times = clock.seconds(marks)
-        out_ids, out_topk, out_times = [], [], []
-        for row in range(len(tokens)):
-            n = len(tokens[row])
-            if picker.eos_id in tokens[row]:
-                n = tokens[row].index(picker.eos_id) + 1  # pad ids after eos are not outputs
-            out_ids.append(tokens[row][:n])
-            out_topk.append(topk[row][:n])
-            out_times.append(times[:n])
-        return BatchOutput(list(batch.indices), out_ids, out_topk, out_times)
+        return batch_output(batch.indices, tokens, topk, clock.seconds(marks), picker.eos_id)
 
 
 class Sessions:

@@ -110,15 +110,19 @@ class _Recorder:
         times = clock.seconds(self.marks)
         tokens = torch.stack(self.tokens, dim=1).tolist()  # [B, steps]
         topk = torch.stack(self.topk, dim=1).tolist()  # [B, steps, k]
-        out_ids, out_topk, out_times = [], [], []
-        for row in range(len(tokens)):
-            n = len(tokens[row])
-            if picker.eos_id in tokens[row]:
-                n = tokens[row].index(picker.eos_id) + 1  # pad ids after eos are not outputs
-            out_ids.append(tokens[row][:n])
-            out_topk.append(topk[row][:n])
-            out_times.append(times[:n])
-        return BatchOutput(list(batch.indices), out_ids, out_topk, out_times)
+        return batch_output(batch.indices, tokens, topk, times, picker.eos_id)
+
+
+def batch_output(indices: list[int], tokens: list[list[int]], topk: list[list[list[int]]], times: list[float],
+                 eos_id: int) -> BatchOutput:
+    """Per row, its ids, top-k and token times up to and including its eos (pad ids after it are not outputs)."""
+    out_ids, out_topk, out_times = [], [], []
+    for row_ids, row_topk in zip(tokens, topk):
+        n = row_ids.index(eos_id) + 1 if eos_id in row_ids else len(row_ids)
+        out_ids.append(row_ids[:n])
+        out_topk.append(row_topk[:n])
+        out_times.append(times[:n])
+    return BatchOutput(list(indices), out_ids, out_topk, out_times)
 
 
 def merge_outputs(parts: list[BatchOutput]) -> BatchOutput:
