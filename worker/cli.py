@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--cuda-graphs", dest="cuda_graphs", type=_bool, nargs="?", const=True,
                        help="fast impl on CUDA (default true)")
     flags.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False)
+    flags.add_argument("--quant", help="none (default) | int8 | int4: weight-only quantization (fast impl; int4 on CUDA)")
+    flags.add_argument("--score", type=_bool, nargs="?", const=True,
+                       help="judge the model against the unquantized one in the same job (single mode)")
     flags.add_argument("--pp-size", dest="pp_size", type=int)
     flags.add_argument("--micro-batches", dest="micro_batches", type=int)
     flags.add_argument("--pp-layer-split", dest="pp_layer_split", type=_int_list, help="e.g. 2,2")
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SPEC_FIELDS = (
-    "run_name", "dtype", "mode", "impl", "compile", "cuda_graphs", "pp_size", "micro_batches", "pp_layer_split", "batch_sizes", "max_new_tokens",
+    "run_name", "dtype", "mode", "impl", "compile", "cuda_graphs", "quant", "score", "pp_size", "micro_batches", "pp_layer_split", "batch_sizes", "max_new_tokens",
     "prompts_file", "num_requests", "warmup", "repeats", "profile", "ignore_eos", "top_k", "device",
     "dist_timeout_s", "output_dir",
 )

@@ -23,9 +23,13 @@ IMPLS = ("fast", "reference")
 """`fast`: the compact fused model with a static cache and captured decode steps (worker/engine.py);
 `reference`: the Hugging Face modules (and DeepSpeed AutoTP for tp), kept to check and compare against."""
 DTYPES = ("float32", "float16", "bfloat16")
+QUANT_SCHEMES = ("none", "int8", "int4")
+"""Weight-only quantization of the fast implementation's matmul weights (worker/quant.py): int8 per
+output channel; int4 in groups of 128 (CUDA only)."""
+QUANT_GROUP_SIZES = {"none": None, "int8": None, "int4": 128}
 MODEL_SOURCES = ("synthetic", "checkpoint")
 DEVICES = ("auto", "cpu", "cuda")
-PHASES = ("start", "init", "load", "warmup", "measure", "done", "failed")
+PHASES = ("start", "init", "load", "warmup", "measure", "score", "done", "failed")
 EVENT_KINDS = ("phase", "progress", "heartbeat", "error", "log")
 
 # Exit codes of `dinf-worker`: 2 is argparse's convention for bad input.
@@ -119,6 +123,12 @@ class RunSpec:
     """fast impl on CUDA: torch.compile one decoder layer (reused by every layer). Ignored on CPU."""
     cuda_graphs: bool = True
     """fast impl on CUDA: capture each decode step as a CUDA graph at warm-up. Ignored on CPU."""
+    quant: str = "none"
+    """Weight-only quantization (QUANT_SCHEMES), fast impl only; done per rank at load."""
+    score: bool = False
+    """After the measurements, judge this run's model against the unquantized one in the same job:
+    greedy ids and teacher-forced log-probs on the prompts (one rank; writes scores.jsonl and
+    result.json "accuracy")."""
     pp_size: int | None = None
     """Pipeline stages; defaults to the world size in `pp` mode."""
     micro_batches: int = 1
@@ -225,7 +235,15 @@ class RunSpec:
             p["mode"] = f"must be one of {', '.join(MODES)}, got {self.mode!r}"
         if self.impl not in IMPLS:
             p["impl"] = f"must be one of {', '.join(IMPLS)}, got {self.impl!r}"
-        for name in ("compile", "cuda_graphs"):
+        if self.quant not in QUANT_SCHEMES:
+            p["quant"] = f"must be one of {', '.join(QUANT_SCHEMES)}, got {self.quant!r}"
+        elif self.quant != "none" and self.impl != "fast":
+            p["quant"] = f"{self.quant} runs on the fast implementation only (impl is {self.impl!r}); use --impl fast"
+        elif self.quant == "int4" and self.device == "cpu":
+            p["quant"] = "int4 runs through a CUDA kernel (tinygemm); on CPU use int8 or none"
+        if self.score and self.mode != "single":
+            p["score"] = f"scoring runs on one rank (mode single), not in mode {self.mode!r}"
+        for name in ("compile", "cuda_graphs", "score"):
             if not isinstance(getattr(self, name), bool):
                 p[name] = f"must be true or false, got {getattr(self, name)!r}"
         if self.device not in DEVICES:
@@ -293,6 +311,7 @@ RESULT_FILE = "result.json"
 COMPLETIONS_FILE = "completions.jsonl"
 COMPARISON_FILE = "comparison.json"
 SPEC_FILE = "spec.json"
+SCORES_FILE = "scores.jsonl"
 
 
 def events_file(rank: int) -> str:
@@ -356,6 +375,11 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #              "capture_s": float|null (compile + capture at warm-up, before timing), "graphs": int},
 #   "ranks": [{"rank", "host", "device", "stage", "layers": [first, last_exclusive],
 #              "param_bytes", "load_time_s"}],
+#   "quant": {"scheme": str, "group_size": int|null, "weight_bytes_per_rank": [int per rank]},
+#   "accuracy": {(only with spec.score) "reference", "batch_size", "prompts", "tokens",
+#                "exact_match", "first_divergence": [...], "topk_agree_at_divergence",
+#                "kl_mean", "kl_p99", "kl_max", "top1_agreement", "nll_ref", "nll_run", "nll_ratio",
+#                "noise_floor": {same fields: the reference against itself at another batch split}},
 #   "measurements": [{
 #       "batch_size", "num_requests", "max_new_tokens", "prompt_tokens", "output_tokens",
 #       "repeats", "wall_s": [per repeat], "prefill_s": [per repeat],
@@ -368,6 +392,9 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #                     "compute_s", "comm_s", "idle_s", "bubble_pct", "exposed_comm_pct"}]
 #   }]
 # }
+#
+# scores.jsonl (with spec.score), one line per prompt, teacher-forced on the reference's greedy ids:
+# {"index", "tokens": [...], "logprob_ref": [...], "logprob_run": [...], "kl": [...], "top1_agree": [...]}
 #
 # completions.jsonl, one line per request of the first repeat, per batch size:
 # {"batch_size", "index", "prompt", "prompt_ids": [...], "output_ids": [...], "text": str,

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.generate import BatchOutput, Picker, StepClock, batch_output
-from worker.llama import FastStage, block_forward, gemv_linear
+from worker import quant
+from worker.llama import FastStage, block_forward
 from worker.tokenizer import PaddedBatch
 
 LENGTH_BUCKET = 64
@@ -69,7 +70,7 @@ _compiled_layers: dict[str, object] = {}
 
 
 def _block_forward_gemv(*args):
-    return block_forward(*args, linear=gemv_linear)
+    return block_forward(*args, linear=quant.gemv)
 
 
 def compiled_layer(kind: str = "cublas"):
@@ -191,7 +192,7 @@ class Session:
         """
         t0 = time.perf_counter()
         kinds = ["cublas"]
-        if settings.compile and settings.cuda_graphs and self.rows == 1:
+        if settings.compile and settings.cuda_graphs and self.rows == 1 and self.stage.scheme != "int4":
             kinds.append("gemv")
         timed: dict[str, tuple[float, object, object]] = {}
         for kind in kinds:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker import quant
 from worker.partition import StagePlan
 
 
@@ -159,14 +160,15 @@ def block_forward(
     heads: int,
     kv_heads: int,
     reduce: Callable[[torch.Tensor], torch.Tensor],
-    linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear,
+    linear: Callable = quant.matmul,
 ) -> torch.Tensor:
     """One layer: x [B, T, E] -> [B, T, E]; writes this step's keys and values into the caches.
 
     A free function of tensors (weights included) so one compiled graph serves every layer.
     k_cache, v_cache: [B, KV, L, D]; cos, sin: [B, T, D] in x's dtype; mask: [B, 1, T, L]; slots: [T].
     `reduce` sums a tensor-parallel partial result over the ranks (identity on one rank); `linear`
-    is how the four weight matmuls run (`F.linear`, or `gemv_linear` for one row under the compiler).
+    is how the four weight matmuls run (`quant.matmul`, or `quant.gemv` for one row under the
+    compiler); the weights are tensors or quantized weights (`worker/quant.py`).
     """
     b, t, _ = x.shape
     d = k_cache.shape[-1]
@@ -190,15 +192,6 @@ def block_forward(
     return x + reduce(linear(F.silu(gate) * up, w2))
 
 
-def gemv_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ w[N, K]^T written as a product and an fp32 sum, for the compiler only.
-
-    Under torch.compile this becomes one fused reduction kernel per matmul (a GEMV, no split-K pass);
-    eager it would materialise [..., N, K]. The engine times it against cuBLAS for one-row steps.
-    """
-    return (x.unsqueeze(-2).float() * w.float()).sum(-1).to(x.dtype)
-
-
 def no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
@@ -217,14 +210,15 @@ class FastStage(nn.Module):
         self.reduce: Callable[[torch.Tensor], torch.Tensor] = no_reduce
         self.cos: torch.Tensor | None = None  # rotary tables, made on the stage's device at load
         self.sin: torch.Tensor | None = None
+        self.scheme = "none"  # weight quantization of the matmuls (worker/quant.py), set at load
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.layers[0].wqkv.dtype
+    def dtype(self) -> torch.dtype:  # of activations and the cache (matmul weights may be quantized)
+        return self.layers[0].attn_norm.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].wqkv.device
+        return self.layers[0].attn_norm.device
 
     def new_cache(self, batch: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (keys, values) [B, KV, L, D], zeroed once (stale slots are masked, never read)."""
@@ -252,6 +246,13 @@ class FastStage(nn.Module):
         `layer_fn` runs each layer: `block_forward`, or the engine's compiled version of it.
         Returns hidden [B, T, E], or on the last stage fp32 logits of the last position [B, V].
         """
+        hidden = self.hidden_states(x, positions, slots, valid, cache, layer_fn)
+        if self.head is None:
+            return hidden
+        return quant.matmul(rms_norm(hidden[:, -1:, :], self.norm, self.shape.eps), self.head)[:, -1, :].float()
+
+    def hidden_states(self, x, positions, slots, valid, cache, layer_fn: Callable = block_forward) -> torch.Tensor:
+        """The layers' output [B, T, E] (before the final norm), arguments as `forward`'s."""
         hidden = F.embedding(x, self.embed) if self.embed is not None else x
         cos = self.cos[positions].to(hidden.dtype)  # [B, T, D]
         sin = self.sin[positions].to(hidden.dtype)
@@ -262,9 +263,11 @@ class FastStage(nn.Module):
                 hidden, block.attn_norm, block.wqkv, block.wo, block.mlp_norm, block.w13, block.w2,
                 k_cache, v_cache, cos, sin, mask, slots, s.eps, s.heads, s.kv_heads, self.reduce,
             )
-        if self.head is None:
-            return hidden
-        return F.linear(rms_norm(hidden[:, -1:, :], self.norm, s.eps), self.head)[:, -1, :].float()
+        return hidden
+
+    def all_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of every position [B, T, V] from the last stage's hidden [B, T, E] (teacher forcing)."""
+        return quant.matmul(rms_norm(hidden, self.norm, self.shape.eps), self.head).float()
 
 
 # --- loading from checkpoint names ------------------------------------------------------------
@@ -288,12 +291,14 @@ def load_fast_stage(
     device: torch.device,
     tp_rank: int = 0,
     tp_size: int = 1,
+    scheme: str = "none",
 ) -> FastStage:
     """Build a stage on `meta` and fill it from HF checkpoint names, fusing (and tp-sharding) as it goes.
 
     `source` is a SyntheticTensors or CheckpointTensors (worker/checkpoint.py). Tensor parallel shards
     q/k/v and o by heads, gate/up and down by the intermediate size; embeddings, norms and the head
-    are replicated. Each rank only ever holds its own slices on the device.
+    are replicated. Each rank only ever holds its own slices on the device. With a quantization
+    `scheme` (worker/quant.py) each matmul weight is quantized on the device as soon as it is there.
     """
     shape = Shape.of(config, tp_size)
     with torch.device("meta"):
@@ -320,25 +325,34 @@ def load_fast_stage(
             raise ValueError(f"{name}: shape {list(value.shape)} does not fit {list(param.shape)} (config mismatch)")
         return nn.Parameter(value.to(device=device, dtype=dtype).contiguous(), requires_grad=False)
 
+    def put_matmul(owner: nn.Module, attr: str, value: torch.Tensor, name: str) -> None:
+        weight = put(getattr(owner, attr), value, name)
+        if scheme == "none":
+            setattr(owner, attr, weight)
+        else:
+            delattr(owner, attr)  # a quantized weight is a tuple of tensors, not one Parameter
+            setattr(owner, attr, quant.quantize(weight.data, scheme))
+
     for local, block in enumerate(stage.layers):
         p = f"model.layers.{plan.first_layer + local}."
         q, k, v = (tensors[p + f"self_attn.{x}_proj.weight"] for x in "qkv")
-        block.wqkv = put(block.wqkv, torch.cat([_rows(q, r, n), _rows(k, r, n), _rows(v, r, n)]), p + "qkv")
-        block.wo = put(block.wo, _cols(tensors[p + "self_attn.o_proj.weight"], r, n), p + "o_proj")
+        put_matmul(block, "wqkv", torch.cat([_rows(q, r, n), _rows(k, r, n), _rows(v, r, n)]), p + "qkv")
+        put_matmul(block, "wo", _cols(tensors[p + "self_attn.o_proj.weight"], r, n), p + "o_proj")
         gate, up = tensors[p + "mlp.gate_proj.weight"], tensors[p + "mlp.up_proj.weight"]
-        block.w13 = put(block.w13, torch.cat([_rows(gate, r, n), _rows(up, r, n)]), p + "gate/up")
-        block.w2 = put(block.w2, _cols(tensors[p + "mlp.down_proj.weight"], r, n), p + "down_proj")
+        put_matmul(block, "w13", torch.cat([_rows(gate, r, n), _rows(up, r, n)]), p + "gate/up")
+        put_matmul(block, "w2", _cols(tensors[p + "mlp.down_proj.weight"], r, n), p + "down_proj")
         block.attn_norm = put(block.attn_norm, tensors[p + "input_layernorm.weight"], p + "input_layernorm")
         block.mlp_norm = put(block.mlp_norm, tensors[p + "post_attention_layernorm.weight"], p + "post_attention_layernorm")
     if plan.is_first:
         stage.embed = put(stage.embed, tensors["model.embed_tokens.weight"], "model.embed_tokens.weight")
     if plan.is_last:
         stage.norm = put(stage.norm, tensors["model.norm.weight"], "model.norm.weight")
-        stage.head = put(stage.head, tensors["lm_head.weight"], "lm_head.weight")
+        put_matmul(stage, "head", tensors["lm_head.weight"], "lm_head.weight")
     left = [name for name, t in stage.named_parameters() if t.is_meta]
     if left:
         raise ValueError(f"parameters left unassigned after loading: {left[:5]}")
     stage.cos, stage.sin = rotary_tables(shape, device)
+    stage.scheme = scheme
     return stage.eval()
 
 
@@ -361,5 +375,8 @@ def _read(source, names: list[str], dtype: torch.dtype, config) -> dict[str, tor
 
 
 def fast_parameter_bytes(stage: FastStage) -> int:
-    """Bytes of weights this rank holds (its stage, or its tp shard)."""
-    return sum(p.numel() * p.element_size() for p in stage.parameters())
+    """Bytes of weights this rank holds (its stage, or its tp shard), quantized ones included."""
+    total = sum(p.numel() * p.element_size() for p in stage.parameters())
+    quantized = [b.__dict__.get(a) for b in stage.layers for a in ("wqkv", "wo", "w13", "w2")]
+    quantized.append(stage.__dict__.get("head"))
+    return total + sum(quant.weight_bytes(w) for w in quantized if w is not None)

@@ -88,6 +88,10 @@ def preflight(spec: RunSpec, world_size: int) -> dict[str, str]:
         )
     if spec.device == "cuda" and not torch.cuda.is_available():
         problems["device"] = "cuda was asked for but this node has no usable CUDA device"
+    if spec.quant == "int4" and "quant" not in problems and not (spec.device != "cpu" and torch.cuda.is_available()):
+        problems["quant"] = "int4 runs through a CUDA kernel (tinygemm) and this node has no CUDA device; use int8 or none"
+    if spec.score and spec.impl != "fast":
+        problems["score"] = "scoring runs on the fast implementation; use --impl fast"
     if spec.mode == "dp" and spec.num_requests is not None and spec.num_requests < world_size:
         problems["num_requests"] = f"{spec.num_requests} requests cannot feed {world_size} data-parallel replicas"
     return problems
@@ -197,8 +201,37 @@ class Job:
             m, c = self._measure(batch_size)
             measurements.append(m)
             completions += c
+        accuracy = self._score() if spec.score else None
         if env.rank == 0:
-            self._write_results(load_time_s, measurements, completions)
+            self._write_results(load_time_s, measurements, completions, accuracy)
+
+    def _score(self) -> dict:
+        """The run's model against the unquantized one, loaded beside it in this job (worker/score.py)."""
+        from worker.checkpoint import DTYPES
+        from worker.llama import load_fast_stage
+        from worker.partition import StagePlan
+        from worker.score import score
+        from worker.tokenizer import encode_prompt
+
+        spec = self.spec
+        self.events.phase("score", batch_size=spec.batch_sizes[0])
+        run_stage = self.strategy.module
+        reference, name = run_stage, f"this model ({spec.dtype}), against itself"
+        if spec.quant != "none":
+            _, source, _ = self._model()
+            plan = StagePlan.whole(self.config.num_hidden_layers)
+            reference = load_fast_stage(self.config, plan, source, DTYPES[spec.dtype], self.device)
+            name = f"the unquantized model ({spec.dtype}), loaded in this job"
+        prompts = [encode_prompt(self.tokenizer, t) for t in self.prompts]
+        record, lines = score(reference, run_stage, prompts, spec.batch_sizes[0], spec.max_new_tokens,
+                              self.strategy.picker, self.config.pad_token_id, name)
+        _write_atomic(self.out / contract.SCORES_FILE, "".join(json.dumps(line) + "\n" for line in lines))
+        self.events.log(
+            f"score at batch {record['batch_size']}: KL {record['kl_mean']:.3g} nats/token, top-1 "
+            f"{record['top1_agreement']:.1%}, exact {record['exact_match']}/{record['prompts']} "
+            f"(noise floor: KL {record['noise_floor']['kl_mean']:.3g}, top-1 {record['noise_floor']['top1_agreement']:.1%})"
+        )
+        return record
 
     def _requests(self) -> tuple[list[list[int]], list[str], int]:
         """Token ids of this rank's requests (dp: a contiguous shard), their texts, and the first index."""
@@ -356,7 +389,8 @@ class Job:
     def _num_gpus(self) -> int:
         return self.env.world_size if self.device.type == "cuda" else 0
 
-    def _write_results(self, load_time_s: float, measurements: list[dict], completions: list[dict]) -> None:
+    def _write_results(self, load_time_s: float, measurements: list[dict], completions: list[dict],
+                       accuracy: dict | None) -> None:
         from worker.metrics import environment
 
         result = {
@@ -374,8 +408,15 @@ class Job:
                 {k: info[k] for k in ("rank", "host", "device", "stage", "layers", "param_bytes", "load_time_s")}
                 for info in self.rank_infos
             ],
+            "quant": {
+                "scheme": self.spec.quant,
+                "group_size": contract.QUANT_GROUP_SIZES[self.spec.quant],
+                "weight_bytes_per_rank": [info["param_bytes"] for info in self.rank_infos],
+            },
             "measurements": measurements,
         }
+        if accuracy is not None:
+            result["accuracy"] = accuracy
         _write_atomic(
             self.out / contract.COMPLETIONS_FILE, "".join(json.dumps(c) + "\n" for c in completions)
         )

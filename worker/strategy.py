@@ -70,13 +70,13 @@ class _Fast(Strategy):
 
     def _load_fast(self, config, source, dtype, plan: StagePlan, tp_rank: int = 0, tp_size: int = 1):
         from worker.engine import Sessions
-        from worker.llama import load_fast_stage
+        from worker.llama import fast_parameter_bytes, load_fast_stage
 
-        self.module = load_fast_stage(config, plan, source, dtype, self.device, tp_rank, tp_size)
+        self.module = load_fast_stage(config, plan, source, dtype, self.device, tp_rank, tp_size, self.spec.quant)
         self.settings = self._settings()
         picker = self.picker if plan.is_last else None
         self.sessions = Sessions(self.module, self.spec.max_new_tokens, picker, self.settings)
-        return {"layers": [plan.first_layer, plan.last_layer], "param_bytes": _param_bytes(self.module)}
+        return {"layers": [plan.first_layer, plan.last_layer], "param_bytes": fast_parameter_bytes(self.module)}
 
     def _rows_of(self, batch: PaddedBatch) -> list[int]:
         return [batch.input_ids.shape[0]]

@@ -1,0 +1,145 @@
+"""Weight-only quantization of the fast stage's matmul weights: int8 per output channel, int4 per group of 128.
+
+The four matmul weights of every layer and the LM head are quantized at load, on this rank's device,
+after tensor-parallel slicing, so each rank reads and converts only its own tensors. Embeddings and
+norms stay in the run's dtype (a lookup reads one row per token; quantizing it saves no bandwidth).
+
+* `int8`: symmetric, one scale per output channel (row). The matmul is `x @ q.T * scale`; under
+  `torch.compile` the int8 -> float conversion fuses into the kernel that reads the weight, so a
+  one-row decode step reads 1 byte per weight instead of 2 (gpt-fast's scheme). Runs anywhere.
+* `int4`: asymmetric, one (scale, zero) pair per 128 input columns, through torch core's tinygemm
+  kernel (`aten._weight_int4pack_mm`, the kernel torchao's default int4 weight-only layout calls
+  too). CUDA only; the kernel takes bf16 activations, so each matmul casts its input to bf16 and its
+  output back. Input widths that are not a multiple of 128 (OpenLLaMA-3B's 8,640) are zero-padded.
+
+A quantized weight is a small named tuple of tensors; `matmul` and `gemv` dispatch on its type, so
+`worker/llama.py`'s layer function stays one function of tensors that the compiler traces whole.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+SCHEMES = ("none", "int8", "int4")
+INT4_GROUP = 128
+INT4_INNER_K_TILES = 8  # tinygemm's tile layout; needs the input width to be a multiple of 8 * 16
+
+
+class QuantError(ValueError):
+    """A scheme this device or this shape cannot run."""
+
+
+class Int8Weight(NamedTuple):
+    q: torch.Tensor  # [N, K] int8
+    scale: torch.Tensor  # [N], in the activations' dtype
+
+
+class Int4Weight(NamedTuple):
+    packed: torch.Tensor  # tinygemm's tiled layout of [N, K_padded] 4-bit values
+    scales_zeros: torch.Tensor  # [K_padded / group, N, 2] bf16
+    in_features: int  # K before padding
+    padded_in: int  # K_padded
+
+
+Weight = torch.Tensor | Int8Weight | Int4Weight
+
+
+def device_problem(scheme: str, device_type: str) -> str | None:
+    """Why `scheme` cannot run on a device of this type, or None."""
+    if scheme not in SCHEMES:
+        return f"must be one of {', '.join(SCHEMES)}, got {scheme!r}"
+    if scheme == "int4" and device_type != "cuda":
+        return "int4 runs through a CUDA kernel (tinygemm); on CPU use int8 or none"
+    return None
+
+
+# --- quantizers ----------------------------------------------------------------------------------
+
+
+def quantize_int8(w: torch.Tensor) -> Int8Weight:
+    """Symmetric per-row int8: q = round(w / s), s = max|w_row| / 127."""
+    w32 = w.float()
+    scale = w32.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    q = torch.round(w32 / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(q.contiguous(), scale.to(w.dtype))
+
+
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> Int4Weight:
+    """Asymmetric int4 per (row, group of `group` columns), packed for tinygemm on w's (CUDA) device."""
+    n, k = w.shape
+    padded = -(-k // group) * group
+    w32 = F.pad(w.float(), (0, padded - k))
+    grouped = w32.reshape(n, padded // group, group)
+    lo, hi = grouped.amin(dim=-1, keepdim=True), grouped.amax(dim=-1, keepdim=True)
+    scales = (hi - lo).clamp(min=1e-6) / 15.0
+    q = torch.round((grouped - lo) / scales).clamp(0, 15).to(torch.int32).reshape(n, padded)
+    # tinygemm dequantizes (q - 8) * scale + zero, so zero = min + 8 * scale.
+    zeros = lo + 8.0 * scales
+    scales_zeros = torch.cat([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)  # [G, N, 2]
+    nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # even column in the high nibble
+    packed = torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), INT4_INNER_K_TILES)
+    return Int4Weight(packed, scales_zeros, k, padded)
+
+
+def quantize(w: torch.Tensor, scheme: str) -> Weight:
+    if scheme == "none":
+        return w
+    if scheme == "int8":
+        return quantize_int8(w)
+    if scheme == "int4":
+        return quantize_int4(w)
+    raise QuantError(f"unknown quantization scheme {scheme!r}")
+
+
+def dequantize(w: Weight, dtype: torch.dtype) -> torch.Tensor:
+    """The float weight a quantized one stands for (tests and the int4 self-check only)."""
+    if isinstance(w, torch.Tensor):
+        return w.to(dtype)
+    if isinstance(w, Int8Weight):
+        return (w.q.float() * w.scale.float()[:, None]).to(dtype)
+    eye = torch.eye(w.padded_in, dtype=torch.bfloat16, device=w.packed.device)
+    dense = torch.ops.aten._weight_int4pack_mm(eye, w.packed, INT4_GROUP, w.scales_zeros)  # [K, N] = W^T
+    return dense.t()[:, : w.in_features].to(dtype)
+
+
+# --- matmuls -------------------------------------------------------------------------------------
+
+
+def matmul(x: torch.Tensor, w: Weight) -> torch.Tensor:
+    """x [..., K] @ w^T for a plain, int8 or int4 weight w [N, K]."""
+    if isinstance(w, Int8Weight):
+        return F.linear(x, w.q.to(x.dtype)) * w.scale
+    if isinstance(w, Int4Weight):
+        return _int4_mm(x, w)
+    return F.linear(x, w)
+
+
+def gemv(x: torch.Tensor, w: Weight) -> torch.Tensor:
+    """The same product written as a multiply and an fp32 sum, for the compiler only.
+
+    Under torch.compile this becomes one fused reduction kernel per matmul (a GEMV that converts
+    int8 on the fly, no split-K pass); eager it would materialise [..., N, K]. The engine times it
+    against `matmul` for one-row steps. int4 already runs a GEMV-shaped kernel, so it is unchanged.
+    """
+    if isinstance(w, Int4Weight):
+        return _int4_mm(x, w)
+    if isinstance(w, Int8Weight):
+        return ((x.unsqueeze(-2).float() * w.q.float()).sum(-1) * w.scale.float()).to(x.dtype)
+    return (x.unsqueeze(-2).float() * w.float()).sum(-1).to(x.dtype)
+
+
+def _int4_mm(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+    if w.padded_in != w.in_features:
+        x2 = F.pad(x2, (0, w.padded_in - w.in_features))
+    out = torch.ops.aten._weight_int4pack_mm(x2, w.packed, INT4_GROUP, w.scales_zeros)
+    return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
+
+
+def weight_bytes(w: Weight) -> int:
+    tensors = [w] if isinstance(w, torch.Tensor) else [t for t in w if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
