@@ -240,7 +240,7 @@ class RunSpec:
         elif self.quant != "none" and self.impl != "fast":
             p["quant"] = f"{self.quant} runs on the fast implementation only (impl is {self.impl!r}); use --impl fast"
         elif self.quant == "int4" and self.device == "cpu":
-            p["quant"] = "int4 runs through a CUDA kernel (tinygemm); on CPU use int8 or none"
+            p["quant"] = "int4 runs through a CUDA kernel; on CPU use int8 or none"
         if self.score and self.mode != "single":
             p["score"] = f"scoring runs on one rank (mode single), not in mode {self.mode!r}"
         for name in ("compile", "cuda_graphs", "score"):

@@ -89,6 +89,9 @@ def compiled_layer(kind: str = "cublas"):
         if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
             torch._dynamo.config.accumulated_cache_size_limit = 4096
         torch._inductor.config.fx_graph_cache = True
+        # Tune the block sizes of the compiler's own reductions (the one-row GEMVs, int8 conversion
+        # fused in) instead of taking its heuristics; gpt-fast does the same. Costs compile time only.
+        torch._inductor.config.coordinate_descent_tuning = True
         _compiled_layers["cublas"] = torch.compile(block_forward, fullgraph=True, dynamic=False)
         _compiled_layers["gemv"] = torch.compile(_block_forward_gemv, fullgraph=True, dynamic=False)
     return _compiled_layers[kind]
@@ -192,7 +195,7 @@ class Session:
         """
         t0 = time.perf_counter()
         kinds = ["cublas"]
-        if settings.compile and settings.cuda_graphs and self.rows == 1 and self.stage.scheme != "int4":
+        if settings.compile and settings.cuda_graphs and self.rows == 1 and self.stage.scheme == "none":
             kinds.append("gemv")
         timed: dict[str, tuple[float, object, object]] = {}
         for kind in kinds:

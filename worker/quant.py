@@ -4,13 +4,17 @@ The four matmul weights of every layer and the LM head are quantized at load, on
 after tensor-parallel slicing, so each rank reads and converts only its own tensors. Embeddings and
 norms stay in the run's dtype (a lookup reads one row per token; quantizing it saves no bandwidth).
 
-* `int8`: symmetric, one scale per output channel (row). The matmul is `x @ q.T * scale`; under
-  `torch.compile` the int8 -> float conversion fuses into the kernel that reads the weight, so a
-  one-row decode step reads 1 byte per weight instead of 2 (gpt-fast's scheme). Runs anywhere.
-* `int4`: asymmetric, one (scale, zero) pair per 128 input columns, through torch core's tinygemm
-  kernel (`aten._weight_int4pack_mm`, the kernel torchao's default int4 weight-only layout calls
-  too). CUDA only; the kernel takes bf16 activations, so each matmul casts its input to bf16 and its
-  output back. Input widths that are not a multiple of 128 (OpenLLaMA-3B's 8,640) are zero-padded.
+* `int8`: symmetric, one scale per output channel (row): W = q * scale.
+* `int4`: asymmetric, one (scale, minimum) pair per row and 128 input columns: W = nibble * scale +
+  minimum. Input widths that are not a multiple of 128 (OpenLLaMA-3B's 8,640) are zero-padded.
+
+On CUDA, int8 runs through dinf's Triton kernel (`worker/quant_kernels.py`: int8 tiles converted in
+registers, never written back dequantized) and int4 through torch core's tinygemm kernel
+(`aten._weight_int4pack_mm`, which torchao's default int4 layout also calls; it takes bf16
+activations, so each matmul casts in and out). Both were chosen by the kernel table of
+tests/benchmarks/gpu_quant.py on H200, against torch.compile's fused conversion for int8 and a Triton
+int4 kernel of dinf's own. On CPU int8 converts and multiplies (correct, slow; what CI exercises);
+int4 is refused there.
 
 A quantized weight is a small named tuple of tensors; `matmul` and `gemv` dispatch on its type, so
 `worker/llama.py`'s layer function stays one function of tensors that the compiler traces whole.
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 
 SCHEMES = ("none", "int8", "int4")
 INT4_GROUP = 128
-INT4_INNER_K_TILES = 8  # tinygemm's tile layout; needs the input width to be a multiple of 8 * 16
+INT4_INNER_K_TILES = 8  # tinygemm's tile layout: the input width must be a multiple of 8 * 16
 
 
 class QuantError(ValueError):
@@ -39,9 +43,9 @@ class Int8Weight(NamedTuple):
 
 class Int4Weight(NamedTuple):
     packed: torch.Tensor  # tinygemm's tiled layout of [N, K_padded] 4-bit values
-    scales_zeros: torch.Tensor  # [K_padded / group, N, 2] bf16
+    scales_zeros: torch.Tensor  # [K_padded / 128, N, 2] bf16
     in_features: int  # K before padding
-    padded_in: int  # K_padded
+    padded_in: int  # K_padded, a multiple of 128
 
 
 Weight = torch.Tensor | Int8Weight | Int4Weight
@@ -52,7 +56,7 @@ def device_problem(scheme: str, device_type: str) -> str | None:
     if scheme not in SCHEMES:
         return f"must be one of {', '.join(SCHEMES)}, got {scheme!r}"
     if scheme == "int4" and device_type != "cuda":
-        return "int4 runs through a CUDA kernel (tinygemm); on CPU use int8 or none"
+        return "int4 runs through a CUDA kernel; on CPU use int8 or none"
     return None
 
 
@@ -67,21 +71,26 @@ def quantize_int8(w: torch.Tensor) -> Int8Weight:
     return Int8Weight(q.contiguous(), scale.to(w.dtype))
 
 
-def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> Int4Weight:
-    """Asymmetric int4 per (row, group of `group` columns), packed for tinygemm on w's (CUDA) device."""
+def int4_groups(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Asymmetric int4 per (row, group of `group` columns): nibbles [N, K_padded] (0..15), scales and
+    minimums [N, K_padded / group], with W = nibble * scale + minimum; and K_padded."""
     n, k = w.shape
     padded = -(-k // group) * group
-    w32 = F.pad(w.float(), (0, padded - k))
-    grouped = w32.reshape(n, padded // group, group)
-    lo, hi = grouped.amin(dim=-1, keepdim=True), grouped.amax(dim=-1, keepdim=True)
+    grouped = F.pad(w.float(), (0, padded - k)).reshape(n, padded // group, group)
+    lo, hi = grouped.amin(dim=-1), grouped.amax(dim=-1)
     scales = (hi - lo).clamp(min=1e-6) / 15.0
-    q = torch.round((grouped - lo) / scales).clamp(0, 15).to(torch.int32).reshape(n, padded)
-    # tinygemm dequantizes (q - 8) * scale + zero, so zero = min + 8 * scale.
-    zeros = lo + 8.0 * scales
-    scales_zeros = torch.cat([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)  # [G, N, 2]
-    nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # even column in the high nibble
-    packed = torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), INT4_INNER_K_TILES)
-    return Int4Weight(packed, scales_zeros, k, padded)
+    nibbles = torch.round((grouped - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
+    return nibbles.reshape(n, padded), scales, lo, padded
+
+
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> Int4Weight:
+    """int4 groups packed for torch core's tinygemm kernel, on w's (CUDA) device."""
+    nibbles, scales, lo, padded = int4_groups(w, group)
+    # tinygemm dequantizes (nibble - 8) * scale + zero, so zero = minimum + 8 * scale.
+    scales_zeros = torch.stack([scales, lo + 8.0 * scales], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    pairs = (nibbles[:, ::2] << 4 | nibbles[:, 1::2]).to(torch.uint8)  # even column in the high nibble
+    packed = torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), INT4_INNER_K_TILES)
+    return Int4Weight(packed, scales_zeros, w.shape[1], padded)
 
 
 def quantize(w: torch.Tensor, scheme: str) -> Weight:
@@ -95,7 +104,7 @@ def quantize(w: torch.Tensor, scheme: str) -> Weight:
 
 
 def dequantize(w: Weight, dtype: torch.dtype) -> torch.Tensor:
-    """The float weight a quantized one stands for (tests and the int4 self-check only)."""
+    """The float weight [N, K] a quantized one stands for (tests and the kernel check)."""
     if isinstance(w, torch.Tensor):
         return w.to(dtype)
     if isinstance(w, Int8Weight):
@@ -110,30 +119,32 @@ def dequantize(w: Weight, dtype: torch.dtype) -> torch.Tensor:
 
 def matmul(x: torch.Tensor, w: Weight) -> torch.Tensor:
     """x [..., K] @ w^T for a plain, int8 or int4 weight w [N, K]."""
-    if isinstance(w, Int8Weight):
-        return F.linear(x, w.q.to(x.dtype)) * w.scale
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w)
     if isinstance(w, Int4Weight):
-        return _int4_mm(x, w)
-    return F.linear(x, w)
+        return _tinygemm(x, w)
+    if x.is_cuda:
+        from worker.quant_kernels import int8_mm
+
+        return int8_mm(x.reshape(-1, x.shape[-1]), w.q, w.scale).reshape(*x.shape[:-1], w.q.shape[0])
+    return F.linear(x, w.q.to(x.dtype)) * w.scale  # CPU: convert and multiply (correct, not fast)
 
 
 def gemv(x: torch.Tensor, w: Weight) -> torch.Tensor:
-    """The same product written as a multiply and an fp32 sum, for the compiler only.
+    """A plain weight's product as a multiply and an fp32 sum, for the compiler only (its own GEMV).
 
-    Under torch.compile this becomes one fused reduction kernel per matmul (a GEMV that converts
-    int8 on the fly, no split-K pass); eager it would materialise [..., N, K]. The engine times it
-    against `matmul` for one-row steps. int4 already runs a GEMV-shaped kernel, so it is unchanged.
+    Under torch.compile this becomes one fused reduction kernel per matmul (no split-K pass); eager
+    it would materialise [..., N, K]. The engine times it against cuBLAS for one-row steps. Quantized
+    weights already run a kernel of their own, so they are unchanged.
     """
-    if isinstance(w, Int4Weight):
-        return _int4_mm(x, w)
-    if isinstance(w, Int8Weight):
-        return ((x.unsqueeze(-2).float() * w.q.float()).sum(-1) * w.scale.float()).to(x.dtype)
-    return (x.unsqueeze(-2).float() * w.float()).sum(-1).to(x.dtype)
+    if isinstance(w, torch.Tensor):
+        return (x.unsqueeze(-2).float() * w.float()).sum(-1).to(x.dtype)
+    return matmul(x, w)
 
 
-def _int4_mm(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
+def _tinygemm(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+    x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # the kernel takes bf16 activations
     if w.padded_in != w.in_features:
         x2 = F.pad(x2, (0, w.padded_in - w.in_features))
     out = torch.ops.aten._weight_int4pack_mm(x2, w.packed, INT4_GROUP, w.scales_zeros)

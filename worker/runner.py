@@ -89,7 +89,7 @@ def preflight(spec: RunSpec, world_size: int) -> dict[str, str]:
     if spec.device == "cuda" and not torch.cuda.is_available():
         problems["device"] = "cuda was asked for but this node has no usable CUDA device"
     if spec.quant == "int4" and "quant" not in problems and not (spec.device != "cpu" and torch.cuda.is_available()):
-        problems["quant"] = "int4 runs through a CUDA kernel (tinygemm) and this node has no CUDA device; use int8 or none"
+        problems["quant"] = "int4 runs through a CUDA kernel and this node has no CUDA device; use int8 or none"
     if spec.score and spec.impl != "fast":
         problems["score"] = "scoring runs on the fast implementation; use --impl fast"
     if spec.mode == "dp" and spec.num_requests is not None and spec.num_requests < world_size:

@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--jobs", default="bs1,bs64-8", help="which of each scheme's two jobs to run")
     p.add_argument("--config", default="open_llama_3b_v2")
     p.add_argument("--dtype", default="float16")
     p.add_argument("--device", default="cuda")
@@ -54,27 +55,40 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+LAYER_SHAPES = {"wqkv": (9600, 3200), "wo": (3200, 3200), "w13": (17280, 3200), "w2": (3200, 8640)}
+
+
 def kernel_check(device: str) -> list[str]:
-    """Max relative error of each quantized matmul against its own dequantized weight and the fp16 original."""
+    """Each quantized matmul against its own dequantized weight (relative error), then the kernel table:
+    microseconds and effective GB/s of weight read for every layer shape at 1, 8 and 64 rows, for
+    fp16 cuBLAS, dinf's Triton int8 kernel, int8 through torch.compile's fusion (gpt-fast's
+    `F.linear(x, q.to(x.dtype)) * scale`) and int4 through torch core's tinygemm (the kernel torchao's
+    default int4 layout calls; what dinf runs). Timed with triton.testing.do_bench (L2 flushed between
+    calls). A Triton int4 kernel of dinf's own lost to tinygemm at every shape here (results/issue10-H200)."""
     import torch
+    import triton.testing
 
     from worker import quant
 
     lines = []
     torch.manual_seed(0)
-    for n, k in ((3200, 3200), (3200, 8640)):  # wo and the down projection (8,640 is padded to 8,704 for int4)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    for name, (n, k) in LAYER_SHAPES.items():
         w = (torch.randn(n, k, device=device) * 0.02).half()
-        x = torch.randn(4, k, device=device).half()
-        exact = x.float() @ w.float().T
-        for scheme in ("int8", "int4"):
-            if scheme == "int4" and device != "cuda":
-                continue
-            q = quant.quantize(w, scheme)
-            got = quant.matmul(x, q).float()
-            own = x.float() @ quant.dequantize(q, torch.float32).T
-            rel = lambda a, b: ((a - b).norm() / b.norm()).item()
-            lines.append(f"{scheme} [{n}x{k}]: vs own dequantized weight {rel(got, own):.2e}, "
-                         f"vs fp16 weight {rel(got, exact):.2e}")
+        for m in (1, 8, 64):
+            x = torch.randn(m, k, device=device).half()
+            i8, i4 = quant.quantize(w, "int8"), quant.quantize(w, "int4")
+            checks = {s: rel(quant.matmul(x, q), x @ quant.dequantize(q, torch.float16).T) for s, q in (("int8", i8), ("int4", i4))}
+            compiled_i8 = torch.compile(lambda a, q=i8.q, sc=i8.scale: torch.nn.functional.linear(a, q.to(a.dtype)) * sc)
+            timings = {
+                "fp16 cuBLAS": (triton.testing.do_bench(lambda: x @ w.T), n * k * 2),
+                "int8 triton": (triton.testing.do_bench(lambda: quant.matmul(x, i8)), n * k),
+                "int8 compiled": (triton.testing.do_bench(lambda: compiled_i8(x)), n * k),
+                "int4 tinygemm": (triton.testing.do_bench(lambda: quant.matmul(x, i4)), n * k // 2),
+            }
+            cells = ", ".join(f"{label} {ms * 1e3:.1f} us {nbytes / (ms / 1e3) / 1e9:,.0f} GB/s"
+                              for label, (ms, nbytes) in timings.items())
+            lines.append(f"{name} [{n}x{k}] M={m}: err int8 {checks['int8']:.1e} int4 {checks['int4']:.1e}; {cells}")
     return lines
 
 
@@ -183,6 +197,8 @@ def main(argv=None) -> int:
     failures = 0
     for scheme in schemes:
         for inv in invocations(scheme):
+            if inv["name"] not in args.jobs.split(","):
+                continue
             run_dir = args.out / scheme / inv["name"]
             if (run_dir / "result.json").is_file():
                 continue

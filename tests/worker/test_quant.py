@@ -53,6 +53,17 @@ def test_int8_round_trip_is_within_half_a_step_per_row():
     torch.testing.assert_close(quant.gemv(x, q), quant.matmul(x, q), rtol=1e-5, atol=1e-5)
 
 
+def test_int4_groups_round_trip_within_half_a_step_per_group():
+    """The int4 arithmetic (the packing itself is tinygemm's, on CUDA: see the gpu test below)."""
+    w = torch.randn(8, 200)  # 200 columns: padded to 256, two groups of 128
+    nibbles, scales, mins, padded = quant.int4_groups(w)
+    assert padded == 256 and nibbles.shape == (8, 256) and scales.shape == mins.shape == (8, 2)
+    assert int(nibbles.min()) >= 0 and int(nibbles.max()) <= 15
+    back = (nibbles.reshape(8, 2, 128) * scales[..., None] + mins[..., None]).reshape(8, 256)[:, :200]
+    step = scales.repeat_interleave(128, dim=1)[:, :200]
+    assert ((back - w).abs() <= step / 2 + 1e-6).all()
+
+
 def test_weight_bytes_shrink_by_the_expected_factor():
     fp, q = _stage(), _stage("int8")
     matmuls = [getattr(b, a) for b in fp.layers for a in ("wqkv", "wo", "w13", "w2")] + [fp.head]
@@ -130,3 +141,17 @@ def test_unsupported_schemes_are_refused_before_any_work(tiny_checkpoint, tmp_pa
     assert proc.returncode == 2
     assert f"  {field}: " in proc.stderr
     assert not out.exists()  # nothing written, not even the spec
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the Triton kernels")
+@pytest.mark.parametrize("rows", [1, 8, 64, 300])
+def test_cuda_kernels_compute_the_dequantized_product(rows):
+    torch.manual_seed(0)
+    w = (torch.randn(3200, 8640, device="cuda") * 0.02).half()  # OpenLLaMA-3B's down projection: K padded for int4
+    x = torch.randn(rows, 8640, device="cuda").half()
+    for scheme in ("int8", "int4"):
+        q = quant.quantize(w, scheme)
+        want = x.float() @ quant.dequantize(q, torch.float32).T
+        got = quant.matmul(x, q).float()
+        assert ((got - want).norm() / want.norm()).item() < 2e-3, scheme
