@@ -19,19 +19,12 @@ Wrapped as a `torch.library` custom op, so `torch.compile` keeps it as one opaqu
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-
-_CONFIGS = [
-    triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [
-        (16, 16, 256, 4, 4), (16, 32, 256, 4, 4), (16, 16, 512, 4, 3), (16, 32, 128, 4, 5),
-        (16, 64, 128, 4, 4), (16, 16, 128, 2, 6),
-        (32, 32, 128, 4, 4), (64, 64, 64, 4, 4), (64, 64, 128, 4, 3), (64, 128, 64, 8, 3),
-        (128, 128, 64, 8, 3),
-    ]
-]
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch ship no Triton; the kernel only ever runs on CUDA
+    triton = None
 
 
 def _m_bucket(m: int) -> int:
@@ -45,23 +38,35 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})
-@triton.jit
-def _int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, M_BUCKET, stride_xm, stride_qn, stride_om,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    rm = tl.program_id(1) * BM + tl.arange(0, BM)
-    rn = tl.program_id(0) * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        q = tl.load(q_ptr + rn[:, None] * stride_qn + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0)
-        acc += tl.dot(x, tl.trans(q.to(x.dtype)))
-    scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-    acc = acc * scale[None, :]
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N))
+if triton is not None:
+    _CONFIGS = [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [
+            (16, 16, 256, 4, 4), (16, 32, 256, 4, 4), (16, 16, 512, 4, 3), (16, 32, 128, 4, 5),
+            (16, 64, 128, 4, 4), (16, 16, 128, 2, 6),
+            (32, 32, 128, 4, 4), (64, 64, 64, 4, 4), (64, 64, 128, 4, 3), (64, 128, 64, 8, 3),
+            (128, 128, 64, 8, 3),
+        ]
+    ]
+
+
+    @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _int8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, M_BUCKET, stride_xm, stride_qn, stride_om,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        rm = tl.program_id(1) * BM + tl.arange(0, BM)
+        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            q = tl.load(q_ptr + rn[:, None] * stride_qn + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0)
+            acc += tl.dot(x, tl.trans(q.to(x.dtype)))
+        scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        acc = acc * scale[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def _grid(m: int, n: int):
