@@ -93,6 +93,7 @@ def ingest_bundle(*, session: Session, bundle_dir: Path, run: Run | None = None)
         local_results_dir=str(bundle_dir.resolve()),
         ingested_at=time.time(),
         **_engine(result.get("engine"), result_path),
+        **_quant(result, result_path),
     )
     return IngestReport(
         run_id=run.id, created_run=created, measurements=measurements, completions=completions,
@@ -141,6 +142,21 @@ def _engine(engine: Any, source: Path) -> dict[str, Any]:
         "engine_cuda_graphs": _bool(engine.get("cuda_graphs"), "engine.cuda_graphs", source),
         "engine_capture_s": _number(engine.get("capture_s"), "engine.capture_s", source),
     }
+
+
+def _quant(result: dict, source: Path) -> dict[str, Any]:
+    """result.json "quant" and "accuracy" as the run's columns (a bundle without them was not quantized)."""
+    quant = result.get("quant")
+    if quant is None:
+        scheme = (result.get("spec") or {}).get("quant", "none")
+    elif not isinstance(quant, dict) or quant.get("scheme") not in contract.QUANT_SCHEMES:
+        raise IngestError(f"{source}: quant.scheme must be one of {', '.join(contract.QUANT_SCHEMES)}")
+    else:
+        scheme = quant["scheme"]
+    accuracy = result.get("accuracy")
+    if accuracy is not None and not isinstance(accuracy, dict):
+        raise IngestError(f"{source}: accuracy must be an object")
+    return {"quant_scheme": scheme, "accuracy_json": json.dumps(accuracy, sort_keys=True) if accuracy else None}
 
 
 def _store_measurements(*, session: Session, run: Run, result: dict, source: Path) -> int:

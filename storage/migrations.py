@@ -58,9 +58,16 @@ def _run_failure(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE run ADD COLUMN failure_json VARCHAR")
 
 
+def _run_quant(conn: Connection) -> None:
+    # Runs before this step had no quantization and were never scored.
+    conn.exec_driver_sql("ALTER TABLE run ADD COLUMN quant_scheme VARCHAR DEFAULT 'none' NOT NULL")
+    conn.exec_driver_sql("ALTER TABLE run ADD COLUMN accuracy_json VARCHAR")
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "runs record the worker's engine: implementation, compiled, CUDA graphs, capture time", _run_engine),
     Step(3, "runs record how a failed job ended (first rank to die, node, signal or exit code)", _run_failure),
+    Step(4, "runs record their weight quantization and, when scored, their accuracy against fp16", _run_quant),
 )
 
 DB_SCHEMA_VERSION = STEPS[-1].version if STEPS else FIRST_VERSION

@@ -117,6 +117,13 @@ class Run(SQLModel, table=True):
     node, its signal or exit code, then what followed. None for runs that did not fail (or from
     before schema step 3)."""
 
+    quant_scheme: str = Field(default="none", sa_column_kwargs={"server_default": "none"})
+    """Weight-only quantization the run asked for (spec.quant), then what its bundle reports:
+    'none', 'int8' or 'int4'."""
+    accuracy_json: str | None = None
+    """result.json "accuracy" of a run made with spec.score: the model against the unquantized one,
+    judged in the same job, with its noise floor. None when the run did not score."""
+
 
 ENGINE_BEFORE_FAST_PATH: dict[str, object] = {
     "engine_impl": "reference", "engine_compiled": False, "engine_cuda_graphs": False, "engine_capture_s": None,

@@ -115,6 +115,7 @@ def create_run(
         resources_json=json.dumps(resources or {}, sort_keys=True), num_ranks=num_ranks, num_gpus=num_gpus,
         cluster_id=cluster_id, experiment_id=experiment_id, state=state, created_at=now,
         **requested_engine(spec),
+        quant_scheme=str(spec.get("quant") or "none"),
     )
     session.add(run)
     session.flush()

@@ -333,3 +333,14 @@ def correctness_chart(result: Correctness, *, max_new_tokens: int,
         categories=tuple(str(c.index) for c in result.checks), stacks=(matched,), y_max=float(max_new_tokens),
         note=f"full bar: all {max_new_tokens} tokens identical; {result.exact_matches}/{result.n} prompts exact",
     )
+
+
+def speed_vs_accuracy(points_by_scheme: Mapping[str, Sequence[tuple[float, float]]]) -> Chart:
+    """Output tok/s (y) against top-1 agreement with the unquantized model in % (x): one marker per
+    scheme, one point per batch size (the quantization study)."""
+    title = "Output tok/s vs top-1 agreement with the unquantized model"
+    series = [Series(label, tuple(x for x, _ in pts), tuple(y for _, y in pts), connected=False)
+              for label, pts in points_by_scheme.items() if pts]
+    if not series:
+        return _empty(title, "no scored run (spec.score) in this set")
+    return Chart(title, "lines", "top-1 agreement (%)", "tok/s", _with_markers(series))

@@ -12,7 +12,7 @@ Presets (the seed's six studies):
   weak_scaling    workload (num_requests) proportional to the GPU count
   batch_sweep     every batch size in one job per configuration (no reload between sizes)
   profile         compute / communication / idle per rank (profile=True)
-  quantization    declared; refused until the worker's RunSpec gains a quantization field
+  quantization    fp16 against int8 and int4 weight-only, speed and accuracy (scored in the same job)
 plus generic paired (zip) and Cartesian (product) sweeps over spec or resource fields.
 
 Expanding a plan touches nothing: submitting cells, resubmitting failed ones and attaching
@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remote.cluster import Resources
-from worker.contract import MODEL_CONFIGS, MODES, ModelSource, RunSpec, SpecError
+from worker.contract import MODEL_CONFIGS, MODES, QUANT_SCHEMES, ModelSource, RunSpec, SpecError
 
 PARALLEL_MODES = tuple(m for m in MODES if m != "single")
-QUANTIZATION_FIELD = "quantization"
 
 
 class ExperimentError(ValueError):
@@ -90,6 +89,10 @@ class StudyConfig:
     min(2, what the cluster has))."""
     prompts_file: str | None = None
     top_k: int = 5
+    quant_schemes: tuple[str, ...] = QUANT_SCHEMES
+    """Quantization study: the schemes compared ('none' is the unquantized baseline)."""
+    quant_batch_sizes: tuple[int, ...] = (1, 64)
+    """Quantization study: one job per (scheme, batch size)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,7 +110,7 @@ class StudyConfig:
             values["shape"] = ClusterShape(**values["shape"])
         if isinstance(values.get("resources"), Mapping):
             values["resources"] = Resources(**values["resources"])
-        for name in ("modes", "batch_sizes", "rank_counts"):
+        for name in ("modes", "batch_sizes", "rank_counts", "quant_schemes", "quant_batch_sizes"):
             if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -423,18 +426,28 @@ def plan_profile(cfg: StudyConfig) -> ExperimentPlan:
     return _per_mode_jobs(cfg, "profile", "profile", profile=True)
 
 
-def quantization_available() -> bool:
-    return QUANTIZATION_FIELD in {f.name for f in dataclasses.fields(RunSpec)}
-
-
 def plan_quantization(cfg: StudyConfig) -> ExperimentPlan:
-    if not quantization_available():
-        raise ExperimentError(
-            "quantization: not available yet; the worker's RunSpec has no 'quantization' field, "
-            "so there is no quantized variant to compare with fp16. The study is declared and "
-            "fills in when the worker gains one."
-        )
-    raise ExperimentError("quantization: the worker declares a quantization field this dinf cannot plan yet")
+    """One single-rank job per (scheme, batch size); each scores its model against the unquantized one
+    loaded beside it in the same job (spec.score), so accuracy never depends on another job's numbers."""
+    if not cfg.name or not str(cfg.name).strip():
+        raise ExperimentError("name: an experiment needs a name")
+    bad = [s for s in cfg.quant_schemes if s not in QUANT_SCHEMES]
+    if bad or not cfg.quant_schemes:
+        raise ExperimentError(f"quant_schemes: choose from {', '.join(QUANT_SCHEMES)}, got {list(cfg.quant_schemes)}")
+    if not cfg.quant_batch_sizes or any(b < 1 for b in cfg.quant_batch_sizes):
+        raise ExperimentError(f"quant_batch_sizes: positive batch sizes, got {list(cfg.quant_batch_sizes)}")
+    cells, skipped = [], []
+    for scheme in dict.fromkeys(cfg.quant_schemes):
+        for b in sorted(set(cfg.quant_batch_sizes)):
+            key = f"{scheme}/b{b}"
+            if scheme == "int4" and (cfg.device == "cpu" or not cfg.shape.gpus):
+                skipped.append((key, "int4 runs through a CUDA kernel; CPU runs compare the others"))
+                continue
+            requests = cfg.num_requests or max(4 * b, 20)  # several batches per pass, whatever the size
+            cells.append(_cell(key, "baseline" if scheme == "none" else "quant", cfg, mode="single", ranks=1,
+                               batch_sizes=[b], params={"quant": scheme, "batch_size": b},
+                               num_requests=requests, quant=scheme, score=True))
+    return ExperimentPlan("quantization", cfg.name, cfg.to_dict(), tuple(cells), tuple(skipped))
 
 
 PRESETS = {
@@ -452,7 +465,8 @@ PRESET_DESCRIPTIONS = {
     "weak_scaling": "num_requests proportional to the GPU count",
     "batch_sweep": "every batch size in one job per configuration",
     "profile": "compute / communication / idle per rank (profile=True)",
-    "quantization": "fp16 vs quantized variants (not available until the worker has them)",
+    "quantization": "fp16 against int8 and int4 weight-only: speed, weight memory and accuracy (KL, top-1, "
+                    "exact ids) judged against fp16 in the same job",
 }
 
 

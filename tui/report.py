@@ -22,7 +22,6 @@ from pathlib import Path
 from tui import analysis, charts
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
-from tui.experiments import PRESET_DESCRIPTIONS, quantization_available
 from tui.results import CellState, ExperimentResult, RunResult, describe_engine
 from worker.contract import MODEL_CONFIGS
 
@@ -450,11 +449,81 @@ def sweep_section(exp: ExperimentResult) -> Section:
     return section
 
 
+QUANT_LABELS = {"none": "fp16", "int8": "int8", "int4": "int4 (g128)"}
+
+
+def _quant_label(run: RunResult) -> str:
+    label = QUANT_LABELS.get(run.quant_scheme, run.quant_scheme)
+    return label if run.quant_scheme != "none" else str(run.spec.get("dtype") or "fp16").replace("float", "fp")
+
+
 def quantization_section(exp: ExperimentResult) -> Section:
     section = Section(f"Quantization: {exp.name}")
-    section.blocks.append(PRESET_DESCRIPTIONS["quantization"])
-    section.verdicts.append(f"{exp.name}: no verdict; the worker has no quantized variants yet.")
+    section.blocks.append(
+        "Weight-only quantization of every matmul weight (embeddings stay in the run's dtype), one job per scheme "
+        "and batch size. Accuracy is judged in each job against the unquantized model loaded beside it: greedy ids "
+        "of both on the prompts (exact matches), and teacher-forced on the unquantized model's greedy "
+        "continuations: mean KL(p_ref || p_quant) per token, how often both models rank the same token first "
+        "(top-1), and the ratio of their NLLs of the reference's tokens. The noise floor is the unquantized model "
+        "against itself at another batch split: a change smaller than it is batching noise, not quantization."
+    )
+    done = _done(exp.cells)
+    if not done:
+        section.verdicts.append(f"{exp.name}: no verdict; no cell has completed.")
+        return section
+    base = {p.batch_size: p for c in done if c.run.quant_scheme == "none" for p in c.run.points}
+    rows, chart_points = [], {}
+    for cell in sorted(done, key=lambda c: (c.run.quant_scheme != "none", c.run.quant_scheme, c.cell.key)):
+        run, acc = cell.run, cell.run.accuracy or {}
+        floor = acc.get("noise_floor") or {}
+        for p in run.points:
+            ref = base.get(p.batch_size)
+            speed = analysis.ratio(p.output_tok_s, ref.output_tok_s) if ref else None
+            rows.append((
+                _quant_label(run), p.batch_size, _f(p.output_tok_s, 1), _ms(p.tpot_s),
+                "–" if speed is None else f"{speed:.2f}x", _bytes(run.weight_bytes),
+                "–" if not acc else f"{acc['exact_match']}/{acc['prompts']}",
+                _sci(acc.get("kl_mean")), _pct(acc.get("top1_agreement")), _f(acc.get("nll_ratio"), 4),
+                "–" if not floor else f"{floor['exact_match']}/{floor['prompts']}",
+                _sci(floor.get("kl_mean")), _pct(floor.get("top1_agreement")),
+            ))
+            if acc.get("top1_agreement") is not None and p.output_tok_s is not None:
+                chart_points.setdefault(_quant_label(run), []).append((acc["top1_agreement"] * 100, p.output_tok_s))
+    section.blocks.append(md_table(
+        ("scheme", "batch", "tok/s", "TPOT ms", "x unquantized", "weights per rank", "exact ids", "KL mean", "top-1",
+         "NLL ratio", "floor: exact", "floor: KL", "floor: top-1"), rows))
+    section.chart(charts.speed_vs_accuracy(chart_points))
+    for cell in done:
+        run, acc = cell.run, cell.run.accuracy
+        if run.quant_scheme == "none":
+            continue
+        for p in run.points:
+            ref = base.get(p.batch_size)
+            speed = analysis.ratio(p.output_tok_s, ref.output_tok_s) if ref else None
+            parts = [f"{_quant_label(run)} at batch {p.batch_size}:"]
+            parts.append("no unquantized run at this batch size to compare speed with" if speed is None else
+                         f"{speed:.2f}x the unquantized model's output rate" + (" (slower)" if speed < 1 else ""))
+            if acc:
+                floor = acc.get("noise_floor") or {}
+                above = (acc.get("kl_mean") or 0) > (floor.get("kl_mean") or 0)
+                parts.append(f"top-1 agreement {_pct(acc.get('top1_agreement'))} and KL {_sci(acc.get('kl_mean'))} "
+                             f"against a noise floor of {_pct(floor.get('top1_agreement'))} and "
+                             f"{_sci(floor.get('kl_mean'))}: quantization moves the outputs "
+                             + ("more than batching does" if above else "no more than batching does"))
+            section.verdicts.append(f"{exp.name}, " + " ".join(parts[:1]) + " " + "; ".join(parts[1:]) + ".")
+    if any(c.run.spec.get("model", {}).get("source") == "synthetic" for c in done):
+        section.limitations.append(
+            f"{exp.name}: the model's weights are random (synthetic). Random weights have no outlier channels, so "
+            "per-channel and per-group scales fit them well, while a random model's next-token distribution is "
+            "nearly flat, so small changes flip its top-1 often. A real checkpoint has outlier channels that "
+            "cost int8/int4 more accuracy per channel, and peaked distributions that flip less; run the study on "
+            "a local checkpoint (--checkpoint DIR) before drawing accuracy conclusions."
+        )
     return section
+
+
+def _sci(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2e}"
 
 
 def _study_section(exp: ExperimentResult, profiles: dict[tuple[str, int], Point]) -> Section:
@@ -564,7 +633,9 @@ METHOD_BY_KIND = {
                    "TTFT, TPOT and peak memory per rank, each mode compared with 1 GPU at the same batch size.",
     "profile": "Profile: with profile=True the worker times compute, communication and idle per rank "
                "(adding device synchronisations, so its absolute times are not used elsewhere).",
-    "quantization": "Quantization: fp16 vs quantized variants (declared; not available in the worker yet).",
+    "quantization": "Quantization: each scheme and batch size in its own single-GPU job; throughput and TPOT as "
+                    "in the batch sweep, weights per rank as the worker holds them, accuracy scored in the same job "
+                    "against the unquantized model (see the section).",
 }
 
 
@@ -639,8 +710,6 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
         notes.append(f"pp ran with one micro-batch in {', '.join(single_micro)}: its stages take turns on "
                      "each batch, so at most one GPU computes at a time; micro-batched pipelines were not "
                      "measured there.")
-    if not quantization_available():
-        notes.append("The quantization study is declared but not available: the worker has no quantized variants.")
     notes.append("Offline batch generation only: no request arrival process, so no serving latency under load.")
     return notes
 

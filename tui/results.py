@@ -63,6 +63,16 @@ class RunResult:
     engine_compiled: bool = False
     engine_cuda_graphs: bool = False
     engine_capture_s: float | None = None
+    quant_scheme: str = "none"
+    """Weight-only quantization: 'none', 'int8' or 'int4'."""
+    accuracy: Mapping[str, Any] | None = None
+    """result.json "accuracy" (a run made with spec.score): against the unquantized model, same job."""
+
+    @property
+    def weight_bytes(self) -> int | None:
+        """Bytes of weights on the fullest rank (quantized ones as stored), from the ranks' records."""
+        sizes = [r.get("param_bytes") for r in self.ranks if r.get("param_bytes")]
+        return max(sizes) if sizes else None
 
     @property
     def devices(self) -> int:
@@ -89,7 +99,7 @@ class RunResult:
             "environment": {k: v for k, v in self.environment.items() if k != "hosts"},
             # what ran (the spec says what was asked); capture time is measured, like the numbers
             "engine": {"impl": self.engine_impl, "compiled": self.engine_compiled,
-                       "cuda_graphs": self.engine_cuda_graphs},
+                       "cuda_graphs": self.engine_cuda_graphs, "quant": self.quant_scheme},
         }
         return record
 
@@ -216,7 +226,8 @@ def _run_result(session: Session, run: Run, clusters: Mapping[int, str]) -> RunR
         load_time_s=run.load_time_s, error=run.error, points=points, ranks=ranks,
         completions={b: tuple(lines) for b, lines in sorted(completions.items())}, accounting=accounting,
         engine_impl=run.engine_impl, engine_compiled=run.engine_compiled, engine_cuda_graphs=run.engine_cuda_graphs,
-        engine_capture_s=run.engine_capture_s,
+        engine_capture_s=run.engine_capture_s, quant_scheme=run.quant_scheme,
+        accuracy=_json(run.accuracy_json, None),
     )
 
 

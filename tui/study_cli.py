@@ -36,7 +36,6 @@ from tui.experiments import (
     parse_axis,
     plan,
     plan_sweep,
-    quantization_available,
 )
 from tui.text_table import text_table
 from tui.results import load_experiment, load_experiments, load_runs
@@ -142,6 +141,8 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale-by", choices=("gpus", "nodes"), default="gpus")
     group.add_argument("--parallel-ranks", type=int, help="ranks per parallel mode (default 2)")
     group.add_argument("--prompts-file")
+    group.add_argument("--quant-schemes", default="none,int8,int4", help="quantization study: schemes compared")
+    group.add_argument("--quant-batch-sizes", default="1,64", help="quantization study: one job per batch size")
     for flag in RESOURCE_FLAGS:
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int if flag == "cpus_per_task" else str)
 
@@ -179,6 +180,8 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         max_new_tokens=args.max_new_tokens, num_requests=args.num_requests, micro_batches=args.micro_batches,
         warmup=args.warmup, repeats=args.repeats, rank_counts=_ints(args.rank_counts, "--rank-counts"),
         scale_by=args.scale_by, parallel_ranks=args.parallel_ranks, prompts_file=args.prompts_file,
+        quant_schemes=tuple(s.strip() for s in args.quant_schemes.split(",") if s.strip()),
+        quant_batch_sizes=_ints(args.quant_batch_sizes, "--quant-batch-sizes"),
     )
 
 
@@ -248,8 +251,7 @@ def cmd_report(dinf, args) -> int:
 
 
 def cmd_presets(dinf, args) -> int:
-    rows = {name: {"description": PRESET_DESCRIPTIONS[name],
-                   "available": name != "quantization" or quantization_available()} for name in PRESETS}
+    rows = {name: {"description": PRESET_DESCRIPTIONS[name], "available": True} for name in PRESETS}
     if args.json:
         _print_json(rows)
         return 0

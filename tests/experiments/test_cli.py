@@ -101,8 +101,8 @@ def test_experiment_show_grid(fixture_cli):
 
 def test_bad_study_settings_exit_2_with_the_setting_named(fixture_cli):
     dinf, _ = fixture_cli
-    done = dinf("experiment", "plan", "quantization")
-    assert done.returncode == 2 and "quantization: not available yet" in done.stderr
+    done = dinf("experiment", "plan", "quantization", "--quant-schemes", "none,int3")
+    assert done.returncode == 2 and "quant_schemes:" in done.stderr and "int3" in done.stderr
     done = dinf("experiment", "plan", "correctness", "--modes", "pp,xp")
     assert done.returncode == 2 and "modes:" in done.stderr and "xp" in done.stderr
     done = dinf("experiment", "plan", "strong_scaling", "--rank-counts", "1,two")

@@ -146,3 +146,37 @@ def test_strong_scaling_on_the_slurm_minicluster(minicluster, tmp_path, monkeypa
         exp = wait_until_finished(dinf, "slurm-ss")
         assert exp.cell("pp/r2").cell.resources.nodes == 2
         check_strong_scaling_results(dinf, "slurm-ss", tmp_path, unit="ranks")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_quantization_study_on_the_local_backend(tmp_path, monkeypatch):
+    """fp32 and int8 of the tiny model, each job scored against the unquantized model in the same job."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with Dinf(data_dir=tmp_path / "home", config_path=tmp_path / "config.toml") as dinf:
+        cfg = tiny_study("local-q", ClusterShape(nodes=1, ranks_per_node=1, gpus=False),
+                         dinf.config.cluster("local").defaults)
+        cfg.quant_batch_sizes = (2,)
+        study = plan("quantization", cfg)
+        assert [c.key for c in study.cells] == ["none/b2", "int8/b2"]
+        assert study.skipped == (("int4/b2", "int4 runs through a CUDA kernel; CPU runs compare the others"),)
+        experiment_id = experiment_runs.record_plan(dinf, study)
+        experiment_runs.launch(dinf, experiment_id, cluster="local")
+        exp = wait_until_finished(dinf, "local-q")
+        failed = [(c.cell.key, c.state, c.run.error) for c in exp.cells if not c.done]
+        assert not failed, failed
+        runs = {c.run.quant_scheme: c.run for c in exp.cells}
+        assert runs["none"].accuracy["kl_mean"] == 0 and runs["none"].accuracy["top1_agreement"] == 1
+        assert runs["int8"].accuracy["kl_mean"] > 0 and runs["int8"].accuracy["prompts"] == 20
+        assert runs["int8"].weight_bytes < runs["none"].weight_bytes / 2  # fp32 -> int8 matmul weights
+
+        out = tmp_path / "q.md"
+        report.write_report([exp], out)
+        text = out.read_text()
+        assert "Quantization: local-q" in text
+        assert re.search(r"^\| fp32 \| 2 \| .* \| 1\.00x \| ", text, re.M), text
+        assert re.search(r"^\| int8 \| 2 \| .* \| 1\.\d MiB \| \d+/20 \| .* \| 20/20 \| ", text, re.M), text  # with the floor
+        assert "Output tok/s vs top-1 agreement with the unquantized model" in text and "key: o fp32   x int8" in text
+        assert re.search(r"^- local-q, int8 at batch 2: \d\.\d\dx the unquantized model's output rate", text, re.M), text
+        assert "Random weights have no outlier channels" in text
+        assert "int4/b2 (int4 runs through a CUDA kernel" in text

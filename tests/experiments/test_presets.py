@@ -93,10 +93,23 @@ def test_cpu_shape_asks_for_no_gpus():
     assert all(c.resources.gpus_per_node == 0 for c in plan.cells)
 
 
-def test_quantization_is_declared_but_refused_with_the_reason():
-    assert "quantization" in ex.PRESETS
-    with pytest.raises(ex.ExperimentError, match="not available yet.*quantization"):
-        ex.plan("quantization", config())
+def test_quantization_runs_each_scheme_and_batch_size_as_a_scored_single_rank_job():
+    p = ex.plan("quantization", config())
+    assert [c.key for c in p.cells] == ["none/b1", "none/b64", "int8/b1", "int8/b64", "int4/b1", "int4/b64"]
+    for c in p.cells:
+        assert c.spec.mode == "single" and c.num_ranks == 1 and c.spec.score
+        assert c.spec.quant == c.params["quant"] and c.spec.batch_sizes == [c.params["batch_size"]]
+        assert c.spec.num_requests >= 4 * c.params["batch_size"]  # several batches per timed pass
+    assert [c.role for c in p.cells][:2] == ["baseline", "baseline"]
+
+
+def test_quantization_on_cpu_skips_int4_with_the_reason_and_refuses_unknown_schemes():
+    p = ex.plan("quantization", config(shape=ex.ClusterShape(nodes=1, ranks_per_node=1, gpus=False),
+                                       quant_batch_sizes=(4,)))
+    assert [c.key for c in p.cells] == ["none/b4", "int8/b4"]
+    assert p.skipped == (("int4/b4", "int4 runs through a CUDA kernel; CPU runs compare the others"),)
+    with pytest.raises(ex.ExperimentError, match="quant_schemes: .*int3"):
+        ex.plan("quantization", config(quant_schemes=("none", "int3")))
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def _shape(path: Path) -> dict[str, dict]:
 
 def test_steps_are_numbered_one_after_another():
     assert [s.version for s in migrations.STEPS] == list(range(FIRST_VERSION + 1, DB_SCHEMA_VERSION + 1))
-    assert DB_SCHEMA_VERSION == 3
+    assert DB_SCHEMA_VERSION == 4
 
 
 def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
@@ -74,9 +74,12 @@ def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
             assert new_columns[: len(columns)] == columns, table  # old columns kept, new ones appended
             assert [row[: len(columns)] for row in new_rows] == rows, table
         assert after["run"][0][len(before["run"][0]):] == [
-            "engine_impl", "engine_compiled", "engine_cuda_graphs", "engine_capture_s", "failure_json"]
-        # runs from before the fast path ran the reference, eagerly; runs from before step 3 have no failure record
-        assert [row[len(before["run"][0]):] for row in after["run"][1]] == [("reference", 0, 0, None, None)] * 3
+            "engine_impl", "engine_compiled", "engine_cuda_graphs", "engine_capture_s", "failure_json",
+            "quant_scheme", "accuracy_json"]
+        # runs from before the fast path ran the reference, eagerly; runs from before step 3 have no failure
+        # record; runs from before step 4 were not quantized and not scored
+        assert [row[len(before["run"][0]):] for row in after["run"][1]] == [
+            ("reference", 0, 0, None, None, "none", None)] * 3
 
         with read_session(engine) as session:  # and the repository reads them as before
             runs = repo.list_runs(session=session)
