@@ -50,6 +50,7 @@ from storage.ingest import IngestError
 from tui import study_cli
 from tui.config import ConfigError
 from tui.results import describe_engine
+from tui.run_display import describe_accuracy
 from tui.services import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
 
@@ -329,6 +330,7 @@ def cmd_show(dinf, args) -> int:
     fields = [
         ("cluster", record.cluster), ("mode", record.mode), ("ranks", record.num_ranks),
         ("engine", describe_engine(record)),
+        ("accuracy", describe_accuracy(json.loads(record.accuracy_json)) if record.accuracy_json else None),
         ("state", record.state + (f" ({record.state_reason})" if record.state_reason else "")),
         ("failure", record.failure.text() if record.failure else None),
         ("job", ", ".join(record.job_ids) or "-"), ("run dir", record.run_dir),

@@ -90,6 +90,30 @@ def compare_runs(runs: Sequence[RunResult], *, baseline: RunResult | None = None
                       tuple(_charts(runs, base, batch_size, correctness)))
 
 
+QUANT_LABELS = {"none": "unquantized", "int8": "int8", "int4": "int4 (g128)"}
+
+
+def quant_label(run: RunResult) -> str:
+    """'int8', 'int4 (g128)', or the unquantized run's dtype ('fp16', 'fp32', 'bf16')."""
+    if run.quant_scheme != "none":
+        return QUANT_LABELS.get(run.quant_scheme, run.quant_scheme)
+    dtype = str(run.spec.get("dtype") or "")
+    return {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}.get(dtype, QUANT_LABELS["none"])
+
+
+def speed_accuracy_points(runs: Sequence[RunResult]) -> dict[str, list[tuple[float, float]]]:
+    """Per scheme, (top-1 agreement %, output tok/s) of every scored run at each of its batch sizes."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        top1 = (run.accuracy or {}).get("top1_agreement")
+        if top1 is None:
+            continue
+        for p in run.points:
+            if p.output_tok_s is not None:
+                out.setdefault(quant_label(run), []).append((top1 * 100, p.output_tok_s))
+    return out
+
+
 def _charts(runs: Sequence[RunResult], base: RunResult, batch_size: int | None,
             correctness: Sequence[tuple[RunResult, int, Correctness]]) -> list[Chart]:
     out: list[Chart] = []
@@ -118,6 +142,9 @@ def _charts(runs: Sequence[RunResult], base: RunResult, batch_size: int | None,
                 out.append(charts.time_split_chart(
                     point, title=f"Time split per rank: {run_label(run)}, batch {point.batch_size}"))
                 break
+    scored = speed_accuracy_points(runs)
+    if scored:
+        out.append(charts.speed_vs_accuracy(scored))
     for run, b, result in correctness:
         max_new = int(run.spec.get("max_new_tokens") or max((len(c.get("output_ids", [])) for c in
                                                             run.completions.get(b, ())), default=1))

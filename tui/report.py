@@ -22,6 +22,7 @@ from pathlib import Path
 from tui import analysis, charts
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
+from tui.comparison import quant_label, speed_accuracy_points
 from tui.results import CellState, ExperimentResult, RunResult, describe_engine
 from worker.contract import MODEL_CONFIGS
 
@@ -449,14 +450,6 @@ def sweep_section(exp: ExperimentResult) -> Section:
     return section
 
 
-QUANT_LABELS = {"none": "fp16", "int8": "int8", "int4": "int4 (g128)"}
-
-
-def _quant_label(run: RunResult) -> str:
-    label = QUANT_LABELS.get(run.quant_scheme, run.quant_scheme)
-    return label if run.quant_scheme != "none" else str(run.spec.get("dtype") or "fp16").replace("float", "fp")
-
-
 def quantization_section(exp: ExperimentResult) -> Section:
     section = Section(f"Quantization: {exp.name}")
     section.blocks.append(
@@ -472,7 +465,7 @@ def quantization_section(exp: ExperimentResult) -> Section:
         section.verdicts.append(f"{exp.name}: no verdict; no cell has completed.")
         return section
     base = {p.batch_size: p for c in done if c.run.quant_scheme == "none" for p in c.run.points}
-    rows, chart_points = [], {}
+    rows = []
     for cell in sorted(done, key=lambda c: (c.run.quant_scheme != "none", c.run.quant_scheme, c.cell.key)):
         run, acc = cell.run, cell.run.accuracy or {}
         floor = acc.get("noise_floor") or {}
@@ -480,19 +473,17 @@ def quantization_section(exp: ExperimentResult) -> Section:
             ref = base.get(p.batch_size)
             speed = analysis.ratio(p.output_tok_s, ref.output_tok_s) if ref else None
             rows.append((
-                _quant_label(run), p.batch_size, _f(p.output_tok_s, 1), _ms(p.tpot_s),
+                quant_label(run), p.batch_size, _f(p.output_tok_s, 1), _ms(p.tpot_s),
                 "–" if speed is None else f"{speed:.2f}x", _bytes(run.weight_bytes),
                 "–" if not acc else f"{acc['exact_match']}/{acc['prompts']}",
                 _sci(acc.get("kl_mean")), _pct(acc.get("top1_agreement")), _f(acc.get("nll_ratio"), 4),
                 "–" if not floor else f"{floor['exact_match']}/{floor['prompts']}",
                 _sci(floor.get("kl_mean")), _pct(floor.get("top1_agreement")),
             ))
-            if acc.get("top1_agreement") is not None and p.output_tok_s is not None:
-                chart_points.setdefault(_quant_label(run), []).append((acc["top1_agreement"] * 100, p.output_tok_s))
     section.blocks.append(md_table(
         ("scheme", "batch", "tok/s", "TPOT ms", "x unquantized", "weights per rank", "exact ids", "KL mean", "top-1",
          "NLL ratio", "floor: exact", "floor: KL", "floor: top-1"), rows))
-    section.chart(charts.speed_vs_accuracy(chart_points))
+    section.chart(charts.speed_vs_accuracy(speed_accuracy_points([c.run for c in done])))
     for cell in done:
         run, acc = cell.run, cell.run.accuracy
         if run.quant_scheme == "none":
@@ -500,7 +491,7 @@ def quantization_section(exp: ExperimentResult) -> Section:
         for p in run.points:
             ref = base.get(p.batch_size)
             speed = analysis.ratio(p.output_tok_s, ref.output_tok_s) if ref else None
-            parts = [f"{_quant_label(run)} at batch {p.batch_size}:"]
+            parts = [f"{quant_label(run)} at batch {p.batch_size}:"]
             parts.append("no unquantized run at this batch size to compare speed with" if speed is None else
                          f"{speed:.2f}x the unquantized model's output rate" + (" (slower)" if speed < 1 else ""))
             if acc:

@@ -149,4 +149,17 @@ def describe_engine(run: EngineFacts) -> str:
     text = ", ".join(settings)
     if run.engine_capture_s is not None:
         text += f"; capture {run.engine_capture_s:.1f} s"
-    return f"impl {run.engine_impl} ({text})"
+    quant = getattr(run, "quant_scheme", "none")  # runs from before quantization have none
+    return f"impl {run.engine_impl} ({text})" + ("" if quant == "none" else f", {quant} weights")
+
+
+def describe_accuracy(accuracy: dict) -> str:
+    """A scored run's accuracy against the unquantized model, beside its noise floor, in one line."""
+    floor = accuracy.get("noise_floor") or {}
+
+    def part(a: dict) -> str:
+        top1, kl = a.get("top1_agreement"), a.get("kl_mean")
+        return (f"top-1 {top1:.1%}, KL {kl:.2e}, exact {a.get('exact_match')}/{a.get('prompts')}"
+                if top1 is not None and kl is not None else "-")
+
+    return f"{part(accuracy)} at batch {accuracy.get('batch_size')} (noise floor: {part(floor)})"

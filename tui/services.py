@@ -108,6 +108,9 @@ class RunRecord:
     engine_compiled: bool = False
     engine_cuda_graphs: bool = False
     engine_capture_s: float | None = None
+    quant_scheme: str = "none"
+    accuracy_json: str | None = None
+    """result.json "accuracy" as stored (parsed only where shown: `dinf show`)."""
     failure: FailureSummary | None = None
     """How a failed job ended, told straight: the first rank to die, its node, its signal or exit
     code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
@@ -290,6 +293,7 @@ class Dinf:
                     "mode": run.mode, "num_ranks": run.num_ranks, "state": run.state,
                     "engine_impl": run.engine_impl, "engine_compiled": run.engine_compiled,
                     "engine_cuda_graphs": run.engine_cuda_graphs, "engine_capture_s": run.engine_capture_s,
+                    "quant_scheme": run.quant_scheme,
                     **{k: v for k, v in values.items() if k != "run_id"},
                 })
             return rows
@@ -760,6 +764,7 @@ def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRec
         started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
         engine_impl=run.engine_impl, engine_compiled=run.engine_compiled,
         engine_cuda_graphs=run.engine_cuda_graphs, engine_capture_s=run.engine_capture_s,
+        quant_scheme=run.quant_scheme, accuracy_json=run.accuracy_json,
         history=history, failure=_failure(run),
     )
 

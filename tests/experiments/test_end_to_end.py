@@ -9,6 +9,8 @@ carry a row, a point and a verdict for every mode at every rank count.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -180,3 +182,13 @@ def test_quantization_study_on_the_local_backend(tmp_path, monkeypatch):
         assert re.search(r"^- local-q, int8 at batch 2: \d\.\d\dx the unquantized model's output rate", text, re.M), text
         assert "Random weights have no outlier channels" in text
         assert "int4/b2 (int4 runs through a CUDA kernel" in text
+
+        comparison = compare_runs(list(runs.values()))  # what `dinf compare` and the compare screen draw
+        chart = next(c for c in comparison.charts if c.title.startswith("Output tok/s vs top-1"))
+        assert [(s.label, len(s.x)) for s in chart.series] == [("fp32", 1), ("int8", 1)]
+
+        shown = subprocess.run([str(Path(sys.executable).parent / "dinf"), "--db", str(dinf.db_path), "show",
+                                str(runs["int8"].id), "--no-refresh"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"engine +impl fast \(eager\), int8 weights", shown.stdout), shown.stdout
+        assert re.search(r"accuracy +top-1 \d+\.\d%, KL .*, exact \d+/20 at batch 2 \(noise floor: top-1 ", shown.stdout)

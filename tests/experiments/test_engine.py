@@ -44,6 +44,12 @@ def test_describe_engine(facts, text):
     assert describe_engine(facts) == text
 
 
+def test_describe_engine_names_quantized_weights():
+    facts = Facts("fast", True, True, 12.0)
+    facts.quant_scheme = "int4"
+    assert describe_engine(facts) == "impl fast (compiled, CUDA graphs; capture 12.0 s), int4 weights"
+
+
 # --- dinf show / export ---------------------------------------------------------------------------
 
 
