@@ -39,6 +39,28 @@ def _prune(configs, named_args, **kwargs):
 
 
 if triton is not None:
+    @triton.autotune(
+        configs=[triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=st)
+                 for bn, bk, w, st in [(4, 1024, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3), (16, 256, 4, 3),
+                                       (16, 512, 8, 3), (32, 256, 8, 3), (2, 2048, 4, 2)]],
+        key=["N", "K"],
+    )
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, N, K, stride_qn, BN: tl.constexpr, BK: tl.constexpr):
+        # One row of x: no tensor cores, every program streams BN weight rows and keeps BN x BK partial
+        # sums in registers, reduced once at the end.
+        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        acc = tl.zeros((BN, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            q = tl.load(q_ptr + rn[:, None] * stride_qn + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K),
+                        other=0)
+            acc += q.to(tl.float32) * x[None, :]
+        scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rn, (tl.sum(acc, axis=1) * scale).to(out_ptr.dtype.element_ty), mask=rn < N)
+
     _CONFIGS = [
         triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
@@ -79,6 +101,9 @@ def int8_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tens
     m, k = x.shape
     n = q.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 1:
+        _int8_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BN"]),)](x, q, scale, out, n, k, q.stride(0))
+        return out
     _int8_kernel[_grid(m, n)](x, q, scale, out, m, n, k, _m_bucket(m), x.stride(0), q.stride(0), out.stride(0))
     return out
 
