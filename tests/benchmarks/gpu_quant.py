@@ -52,13 +52,15 @@ def parse_args(argv=None):
     p.add_argument("--run-timeout", type=int, default=300)
     p.add_argument("--deadline-s", type=float, default=0, help="skip jobs once this many seconds have passed")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--no-compiled-kernel", action="store_true",
+                   help="leave torch.compile's int8 out of the kernel table (a compile per shape)")
     return p.parse_args(argv)
 
 
 LAYER_SHAPES = {"wqkv": (9600, 3200), "wo": (3200, 3200), "w13": (17280, 3200), "w2": (3200, 8640)}
 
 
-def kernel_check(device: str) -> list[str]:
+def kernel_check(device: str, compiled: bool = True) -> list[str]:
     """Each quantized matmul against its own dequantized weight (relative error), then the kernel table:
     microseconds and effective GB/s of weight read for every layer shape at 1, 8 and 64 rows, for
     fp16 cuBLAS, dinf's Triton int8 kernel, int8 through torch.compile's fusion (gpt-fast's
@@ -79,13 +81,14 @@ def kernel_check(device: str) -> list[str]:
             x = torch.randn(m, k, device=device).half()
             i8, i4 = quant.quantize(w, "int8"), quant.quantize(w, "int4")
             checks = {s: rel(quant.matmul(x, q), x @ quant.dequantize(q, torch.float16).T) for s, q in (("int8", i8), ("int4", i4))}
-            compiled_i8 = torch.compile(lambda a, q=i8.q, sc=i8.scale: torch.nn.functional.linear(a, q.to(a.dtype)) * sc)
             timings = {
                 "fp16 cuBLAS": (triton.testing.do_bench(lambda: x @ w.T), n * k * 2),
                 "int8 triton": (triton.testing.do_bench(lambda: quant.matmul(x, i8)), n * k),
-                "int8 compiled": (triton.testing.do_bench(lambda: compiled_i8(x)), n * k),
-                "int4 tinygemm": (triton.testing.do_bench(lambda: quant.matmul(x, i4)), n * k // 2),
             }
+            if compiled:
+                compiled_i8 = torch.compile(lambda a, q=i8.q, sc=i8.scale: torch.nn.functional.linear(a, q.to(a.dtype)) * sc)
+                timings["int8 compiled"] = (triton.testing.do_bench(lambda: compiled_i8(x)), n * k)
+            timings["int4 tinygemm"] = (triton.testing.do_bench(lambda: quant.matmul(x, i4)), n * k // 2)
             cells = ", ".join(f"{label} {ms * 1e3:.1f} us {nbytes / (ms / 1e3) / 1e9:,.0f} GB/s"
                               for label, (ms, nbytes) in timings.items())
             lines.append(f"{name} [{n}x{k}] M={m}: err int8 {checks['int8']:.1e} int4 {checks['int4']:.1e}; {cells}")
@@ -179,7 +182,7 @@ def main(argv=None) -> int:
         print(render(args.out, schemes, setup.get("bandwidth_Bps"), embed_bytes, setup.get("card", "?")))
         return 0
     clock = table.Clock(args.deadline_s)
-    checks = kernel_check(args.device)
+    checks = kernel_check(args.device, compiled=not args.no_compiled_kernel)
     print("== kernel check\n" + "\n".join(checks), flush=True)
     cards = table.run_copy_bw(args, clock)
     bw_files = sorted((args.out / "copy-bw").glob("*/copy_bw.json"))
