@@ -227,6 +227,7 @@ def cmd_compare(dinf, args) -> int:
             "correctness": [{"run": r.id, "batch_size": b, "exact": c.exact_matches, "n": c.n,
                              "first_divergences": [x.first_divergence for x in c.checks]}
                             for r, b, c in comparison.correctness],
+            "warnings": list(comparison.warnings),
         })
         return 0
     sys.stdout.write(format_comparison(comparison, with_charts=not args.no_charts, width=args.width))

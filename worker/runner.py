@@ -245,6 +245,7 @@ class Job:
         expected = sum(len(b.indices) for b in batches) * spec.max_new_tokens
         done = 0
         distributed.barrier(self.device, spec.dist_timeout_s)
+        start_unix = time.time()  # where this pass sits in the day, so overlapping runs can be found
         t0 = time.perf_counter_ns()
         for batch in batches:
             if lockstep:
@@ -258,7 +259,8 @@ class Job:
         self._sync()
         distributed.barrier(self.device, spec.dist_timeout_s)
         wall = (time.perf_counter_ns() - t0) / 1e9
-        return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs]}
+        return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs],
+                "window_unix": [start_unix, start_unix + wall]}
 
     def _measure(self, batch_size: int):
         from worker import distributed
@@ -325,8 +327,9 @@ class Job:
         per_rank = [{"rank": rec["rank"], **rec["memory"], **rec["split"]} for rec in everyone]
         measurement = summarize(
             batch_size, spec.num_requests or len(self.prompts), spec.max_new_tokens, repeats,
-            self._num_gpus(), per_rank,
+            self._num_gpus() or env.world_size, per_rank,
         )
+        measurement["timed_window_unix"] = [passes[0]["window_unix"][0], passes[-1]["window_unix"][1]]
         if spec.mode == "pp":
             measurement["micro_batches"] = min(spec.micro_batches, batch_size)
         completions = []
