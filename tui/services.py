@@ -723,8 +723,10 @@ class Dinf:
             session.commit()
 
     def _bundle(self, record: RunRecord) -> RunBundle:
+        # The cells of one experiment share a lane: on the local backend they run one at a time.
+        lane = f"experiment-{record.experiment_id}" if record.experiment_id is not None else None
         return make_bundle(uid=record.uid, name=record.name, spec=RunSpec.from_dict(record.spec),
-                           resources=Resources(**record.resources))
+                           resources=Resources(**record.resources), lane=lane)
 
     @staticmethod
     def _prepared(record: RunRecord) -> PreparedRun:
@@ -804,7 +806,7 @@ def check_run(spec: RunSpec, resources: Resources) -> int:
     return num_ranks
 
 
-def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> RunBundle:
+def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources, lane: str | None = None) -> RunBundle:
     """What a submission uploads; a local prompts_file is read here and travels with it."""
     prompts = None
     if spec.prompts_file:
@@ -813,7 +815,7 @@ def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> 
             raise ValueError(f"prompts_file: {path} does not exist on this machine")
         prompts = path.read_text()
     return RunBundle(run_id=uid, job_name=f"dinf-{name}", spec_json=spec.to_json(), prompts_jsonl=prompts,
-                     resources=resources)
+                     resources=resources, lane=lane)
 
 
 def new_uid(name: str) -> str:
