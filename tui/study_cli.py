@@ -134,7 +134,11 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=20)
     group.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="batch sweep / profile sizes")
     group.add_argument("--max-new-tokens", type=int, default=64)
-    group.add_argument("--num-requests", type=int)
+    group.add_argument("--num-requests", type=int,
+                       help="requests per measurement (scaling default: batch size x --batches-per-gpu, "
+                            "x the largest rank count for strong scaling)")
+    group.add_argument("--batches-per-gpu", type=int, default=8,
+                       help="scaling without --num-requests: batches each GPU runs (default 8)")
     group.add_argument("--micro-batches", type=int, default=1)
     group.add_argument("--warmup", type=int, default=1)
     group.add_argument("--repeats", type=int, default=3)
@@ -176,7 +180,8 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         shape=ClusterShape(nodes=args.nodes, ranks_per_node=args.ranks_per_node, gpus=not (args.cpu or local)),
         resources=resources, batch_size=args.batch_size, batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-        max_new_tokens=args.max_new_tokens, num_requests=args.num_requests, micro_batches=args.micro_batches,
+        max_new_tokens=args.max_new_tokens, num_requests=args.num_requests,
+        batches_per_gpu=args.batches_per_gpu, micro_batches=args.micro_batches,
         warmup=args.warmup, repeats=args.repeats, rank_counts=_ints(args.rank_counts, "--rank-counts"),
         scale_by=args.scale_by, parallel_ranks=args.parallel_ranks, prompts_file=args.prompts_file,
     )
