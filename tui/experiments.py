@@ -413,9 +413,11 @@ def _per_mode_jobs(cfg: StudyConfig, kind: str, role: str, **spec_changes: Any) 
     for mode in cfg.modes:
         key = f"{mode}/r{ranks}"
         why = _mode_problem(mode, ranks, cfg)
-        usable = sizes if mode != "pp" else [b for b in sizes if b >= cfg.micro_batches]
-        if why or not usable:
-            skipped.append((key, why or f"no batch size >= micro_batches ({cfg.micro_batches})"))
+        # pp runs every size: a batch with fewer rows than micro_batches runs one micro-batch per row
+        # (the worker records the count each size used), which is what batch 1 latency means for pp.
+        usable = sizes
+        if why:
+            skipped.append((key, why))
             continue
         mode_requests = requests * ranks if mode == "dp" else requests
         cells.append(_cell(key, role, cfg, mode=mode, ranks=ranks, batch_sizes=usable,

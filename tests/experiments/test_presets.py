@@ -86,7 +86,8 @@ def test_batch_sweep_one_job_per_configuration_all_sizes():
     plan = ex.plan("batch_sweep", config(batch_sizes=(8, 1, 4), micro_batches=2))
     assert [c.key for c in plan.cells] == ["single/r1", "pp/r2", "tp/r2", "dp/r2"]
     assert plan.cell("single/r1").spec.batch_sizes == [1, 4, 8]
-    assert plan.cell("pp/r2").spec.batch_sizes == [4, 8]   # batch 1 can't be cut into 2 micro-batches
+    # batch 1 runs as one micro-batch of 1 row (the worker records it), so pp measures batch-1 latency too
+    assert plan.cell("pp/r2").spec.batch_sizes == [1, 4, 8] and plan.cell("pp/r2").spec.micro_batches == 2
     assert plan.cell("dp/r2").spec.batch_sizes == [1, 4, 8]
     assert all(not c.spec.profile for c in plan.cells)
     # one request count per job: the largest size, so every size runs full batches (dp: per replica)
