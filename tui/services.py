@@ -643,6 +643,9 @@ class Dinf:
         with write_session(self.engine) as session:
             run = None if run_id is None else repo.find_run(session=session, ref=run_id)
             report = ingest_bundle(session=session, bundle_dir=Path(path), run=run)
+            if report.created_run:  # an imported bundle's files stay where they are: its results directory
+                imported = repo.get_run(session=session, run_id=report.run_id)
+                repo.update_run(session=session, run=imported, local_results_dir=str(Path(path).resolve()))
             session.commit()
             return report
 
