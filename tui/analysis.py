@@ -70,6 +70,8 @@ class Point:
     ranks: tuple[RankStat, ...] = field(default_factory=tuple)
     window: tuple[float, float] | None = None
     """Unix seconds from the first timed repeat's start to the last one's end (None: not recorded)."""
+    timeline: Any = None
+    """A profiled measurement's few decode steps per rank (`tui.timeline.Timeline`), else None."""
 
     @property
     def peak_bytes(self) -> int | None:
@@ -153,7 +155,14 @@ def point_from_measurement(
         e2e_s=_stat_median(measurement.get("e2e_s")),
         ranks=tuple(_rank_stat(r) for r in measurement.get("per_rank") or []),
         window=timed_window(measurement),
+        timeline=_timeline(measurement),
     )
+
+
+def _timeline(measurement: Mapping[str, Any]):
+    from tui.timeline import timeline_from
+
+    return timeline_from(measurement.get("timeline"))
 
 
 def timed_window(measurement: Mapping[str, Any]) -> tuple[float, float] | None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui import analysis, charts, validity
+from tui import analysis, charts, timeline, validity
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
 from tui.experiments import PRESET_DESCRIPTIONS, quantization_available
@@ -432,6 +432,19 @@ def profile_section(exp: ExperimentResult) -> Section:
             parts.append(f"at batch {p.batch_size} ranks compute {_pct(compute)}, communicate {_pct(comm)} "
                          f"and sit idle {_pct(idle)} of the time (mean over ranks)")
         section.verdicts.append(f"{cell.run.mode} on {cell.run.devices} GPUs: " + "; ".join(parts) + ".")
+    timelines = [(cell, p) for cell in _done(exp.cells) for p in cell.run.points if p.timeline is not None]
+    if timelines:
+        section.blocks.append(
+            "Timelines: the first few decode steps of each profiled measurement's first timed batch, every rank "
+            "cut at the same instants (one character is a slice of time, drawn as what filled most of it). A "
+            "rank's bubble is the share of those steps' wall time it spent not computing: waiting in a receive "
+            "or a send, or idle between calls.")
+    for cell, p in timelines:
+        title = f"{cell.run.mode} x{cell.run.devices}, batch {p.batch_size}"
+        section.blocks.append("```text\n" + timeline.render(p.timeline, 80, title=title) + "\n```")
+        bubbles = ", ".join(f"rank {r.rank} {timeline.bubble_fraction(r, p.timeline.window_s) * 100:.0f}%"
+                            for r in sorted(p.timeline.ranks, key=lambda r: r.rank))
+        section.verdicts.append(f"{title}: bubble over {p.timeline.steps} decode steps: {bubbles}.")
     return section
 
 

@@ -22,6 +22,7 @@ from storage import repo
 from storage.models import ClusterRow, Completion, Experiment, Run
 from storage.states import DONE_STATES, FAILED_STATES
 from tui.analysis import Point, RankStat, timed_window
+from tui.timeline import timeline_from
 from tui.run_display import describe_engine  # noqa: F401  (re-exported: the report and CLI import it here)
 from tui.experiments import Cell, ExperimentPlan, plan_from_parameters
 
@@ -143,6 +144,7 @@ class NotFound(repo.RunNotFound):
 
 
 def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:
+    raw = _json(measurement.raw_json, {})
     wall = [float(v) for v in _json(measurement.wall_s_json, [])]
     ordered = sorted(wall)
     wall_median = None
@@ -177,7 +179,8 @@ def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:
         tpot_s=measurement.tpot_median_s,
         e2e_s=measurement.e2e_median_s,
         ranks=ranks,
-        window=timed_window(_json(measurement.raw_json, {})),
+        window=timed_window(raw),
+        timeline=timeline_from(raw.get("timeline")),
     )
 
 

@@ -215,3 +215,42 @@ def test_sweep_section_names_the_best_cell(tmp_path):
     assert "Cartesian sweep over micro_batches = [1, 2]." in text
     assert "| micro_batches=2 | COMPLETED | 4 | 40.0 |" in text
     assert "mb, batch 4: highest output rate 40.0 tok/s with micro_batches=2." in text
+
+
+def test_profile_section_draws_each_timeline_and_states_its_bubble(tmp_path):
+    """The timeline a real 2-process pp run recorded (tests/tui/timeline_pp2_cpu.json), in a profile study."""
+    import json
+
+    from storage.db import write_session
+    from tests.experiments import bundles
+    from tui import experiments as ex
+    from tui.timeline import bubble_fraction, timeline_from
+    from worker.contract import ModelSource
+
+    recorded = json.loads((Path(__file__).parents[1] / "tui" / "timeline_pp2_cpu.json").read_text())
+    plan = ex.plan("profile", ex.StudyConfig(name="prof", model=ModelSource(config="tiny"), modes=("pp",),
+                                             batch_sizes=(4,), num_requests=8, micro_batches=2,
+                                             shape=ex.ClusterShape(nodes=1, ranks_per_node=2)))
+    dirs = {}
+    for cell in plan.cells:
+        per_rank = [bundles.rank_record(r, peak=bundles.GIB, compute=1.0, comm=2.0, idle=1.0)
+                    for r in range(cell.num_ranks)]
+        m = bundles.measurement(batch_size=4, num_requests=8, max_new_tokens=6, wall_s=[4.0], ttft_s=0.1,
+                                tpot_s=0.05, per_rank=per_rank, num_gpus=cell.num_ranks)
+        if cell.spec.mode == "pp":
+            m["timeline"] = recorded["timeline"]
+        result = bundles.result(cell.spec.to_dict(), world_size=cell.num_ranks, num_gpus=cell.num_ranks,
+                                measurements=[m])
+        dirs[cell.key] = bundles.write_bundle(tmp_path / cell.key.replace("/", "_"), result)
+    engine = make_engine(tmp_path / "prof.db")
+    with write_session(engine) as session:
+        exp_id = bundles.store_experiment(session, plan, dirs)
+    text = section(build(engine, {"prof": exp_id}), "## 1. Profile: prof")
+    engine.dispose()
+    timeline = timeline_from(recorded["timeline"])
+    expected = ", ".join(f"rank {r.rank} {bubble_fraction(r, timeline.window_s) * 100:.0f}%" for r in timeline.ranks)
+    assert f"- pp x2, batch 4: bubble over 4 decode steps: {expected}." in text
+    block = text[text.index("```text\npp x2, batch 4: 4 decode steps x 2 micro-batches"):]
+    rows = [line for line in block.splitlines()[:8] if line.startswith("rank ")]
+    assert [r[:8] for r in rows] == ["rank 0 |", "rank 1 |"] and all(len(r) <= 80 for r in rows)
+    assert "A rank's bubble is the share of those steps' wall time it spent not computing" in text
