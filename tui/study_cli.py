@@ -356,7 +356,16 @@ def cmd_show(dinf, args) -> int:
                        str(c["attempts"])] for c in cells]))
     for key, why in (exp.plan.skipped if exp.plan else ()):
         print(f"not run: {key}: {why}")
+    if any(_backend(dinf, c.run.cluster) == "local" for c in exp.cells if c.run is not None):
+        print("cells on the local backend run one at a time (each waits, PENDING (Lane), for the one before)")
     return 0
+
+
+def _backend(dinf, cluster: str | None) -> str | None:
+    try:
+        return dinf.config.cluster(cluster).backend if cluster else None
+    except Exception:  # noqa: BLE001 - a cluster since removed from the configuration
+        return None
 
 
 def cmd_submit(dinf, args) -> int:
