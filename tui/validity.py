@@ -47,7 +47,9 @@ def run_window(run: Any) -> tuple[float, float] | None:
 
 
 def _label(run: Any) -> str:
-    return f"#{run.id} {run.name}"
+    from tui.run_display import printable
+
+    return f"#{run.id} {printable(run.name)}"  # a run's name is outside text: every character shown as itself
 
 
 def overlap_flags(runs: Sequence[Any]) -> list[Flag]:

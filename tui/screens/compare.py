@@ -324,7 +324,8 @@ class CompareScreen(Screen):
         holder.remove_children()
         warnings = self.query_one("#compare-warnings", Static)
         shown = comparison.warnings if comparison is not None else ()
-        warnings.update(Text("\n".join(f"! {w}" for w in shown)))  # run names inside are data, not markup
+        # run names inside are outside text: shown as written, never markup, no control characters
+        warnings.update(Text("\n".join(f"! {printable(w)}" for w in shown)))
         warnings.display = bool(shown)
         if comparison is None:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from tui.run_display import printable
 from tui.timeline import Timeline, render
 
 
@@ -33,4 +34,4 @@ class PipelineTimeline(Static):
         if self.timeline is None:
             return Text("")
         width = self.size.width or 80
-        return Text(render(self.timeline, width, title=self.title))
+        return Text(render(self.timeline, width, title=printable(self.title)))
