@@ -668,12 +668,14 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
 
 def measurement_warnings(experiments: Sequence[ExperimentResult], sections: Sequence[Section]) -> list[str]:
     """Every efficiency above 1, every pair of runs that overlapped on shared hosts, every timed part
-    shorter than `validity.MIN_TIMED_S` (correctness cells are not timings and are left out)."""
+    shorter than `validity.MIN_TIMED_S` (correctness and profile cells are left out of the last: their
+    times are not compared, and a profile's device syncs make them longer than the work anyway)."""
     flags = [f for section in sections for f in section.flags]
     runs = _all_runs(experiments)
     flags += validity.overlap_flags([r for r in runs if r.points])
-    timed_ids = {c.run.id for e in experiments if e.kind != "correctness" for c in e.cells if c.run is not None}
-    timed_ids |= {r.id for e in experiments if e.kind != "correctness" and not e.cells for r in e.runs}
+    untimed = ("correctness", "profile")
+    timed_ids = {c.run.id for e in experiments if e.kind not in untimed for c in e.cells if c.run is not None}
+    timed_ids |= {r.id for e in experiments if e.kind not in untimed and not e.cells for r in e.runs}
     flags += validity.short_flags([r for r in runs if r.id in timed_ids])
     return [f.text for f in flags]
 

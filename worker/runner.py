@@ -375,11 +375,12 @@ class Job:
         from worker import trace
 
         prefill_calls = min(self.spec.micro_batches, batch_size) if self.spec.mode == "pp" else 1
-        span = trace.window(everyone[0]["timeline"], prefill_calls=prefill_calls)
+        steps = min(trace.TIMELINE_STEPS, self.spec.max_new_tokens - 1)
+        span = trace.window(everyone[0]["timeline"], prefill_calls=prefill_calls, steps=steps) if steps else None
         if span is None:
             return None
         start, end = span
-        return {"steps": trace.TIMELINE_STEPS, "window_s": (end - start) / 1e9, "micro_batches": prefill_calls,
+        return {"steps": steps, "window_s": (end - start) / 1e9, "micro_batches": prefill_calls,
                 "ranks": [{"rank": rec["rank"], "spans": trace.clip(rec["timeline"], start, end)} for rec in everyone]}
 
     def _prompt_ids(self, index: int, texts: list[str]) -> list[int]:
