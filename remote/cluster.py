@@ -146,6 +146,10 @@ class RunBundle:
     """worker.contract.RunSpec.to_json(); its output_dir is rewritten to the run directory's."""
     prompts_jsonl: str | None
     resources: Resources = field(default_factory=Resources)
+    lane: str | None = None
+    """Jobs of one lane run one after another where the backend queues them itself (the local
+    backend: the cells of one experiment, so no two time themselves on the same cores). Slurm
+    places jobs itself and ignores it."""
 
 
 @dataclass(frozen=True)

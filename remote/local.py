@@ -7,8 +7,13 @@ States go PENDING → RUNNING → COMPLETED / FAILED(exit code) / CANCELLED / TI
 cancel kills the job's whole process group. The state is kept in the run directory, so a new
 `LocalCluster` (after the app restarted) reports on jobs an earlier process started.
 
-What it doesn't: schedule (jobs start at once, side by side) or isolate GPUs beyond setting
-CUDA_VISIBLE_DEVICES to the local rank.
+Jobs start at once, side by side, except jobs of one lane (`RunBundle.lane`: the cells of one
+experiment): those run one at a time, each PENDING (reason "Lane") until the one before it has
+ended, because cells timed side by side on the same cores measure each other. Set
+`one_lane_at_a_time=False` to start them together anyway.
+
+What it doesn't: schedule beyond that, or isolate GPUs beyond setting CUDA_VISIBLE_DEVICES to the
+local rank.
 """
 
 from __future__ import annotations
@@ -58,8 +63,10 @@ class LocalCluster:
         python: PythonEnvironment | None = None,
         job_command: list[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        one_lane_at_a_time: bool = True,
     ):
         self.name = name
+        self.one_lane_at_a_time = one_lane_at_a_time
         self.workdir = Path(workdir).expanduser().absolute()
         self.environment = python or PythonEnvironment(python=sys.executable)
         self.job_command = job_command
@@ -114,6 +121,9 @@ class LocalCluster:
             # A free rendezvous port: the worker's default derives it from the job id, and job ids of
             # two local work directories (or two test sessions) collide.
             "env": {"MASTER_PORT": str(_free_port()), **{k: str(v) for k, v in self.environment.env.items()}},
+            # Jobs holding the same lock file run one at a time (the launcher waits for it).
+            "lane_lock": (str(self.workdir / "lanes" / f"{_lane_file(bundle.lane)}.lock")
+                          if bundle.lane and self.one_lane_at_a_time else None),
         }
 
     # --- Cluster interface ---------------------------------------------------------------------
@@ -309,6 +319,11 @@ class LocalCluster:
     def close(self) -> None:
         for child in self._children.values():
             child.poll()
+
+
+def _lane_file(lane: str) -> str:
+    """A lane name as a file name (lanes are made by dinf, but never trusted as paths)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in lane)[:100] or "lane"
 
 
 def _free_port() -> int:

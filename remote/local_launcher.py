@@ -19,6 +19,7 @@ Standard library only; it imports nothing from dinf but the contract's file name
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from remote.slurm import SIGNAL_DESCRIPTIONS
@@ -113,6 +115,29 @@ def task_end_line(rank: int, returncode: int) -> str:
     return f"srun: error: localhost: task {rank}: {how}"
 
 
+LANE_POLL_S = 0.1
+
+
+def wait_for_lane(lock_path: str | None, cancelled: Callable[[], bool]):
+    """Hold the lane's lock (an open file with an exclusive flock), waiting while another job holds it.
+
+    Returns the open file (the lock lasts until this process exits) or None without a lane. Polls
+    rather than blocks, so a cancel (SIGTERM) while waiting is seen; returns None then too."""
+    if not lock_path:
+        return None
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    held = open(lock_path, "a+")  # noqa: SIM115 - kept open: the lock is held for the job's life
+    while True:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return held
+        except BlockingIOError:
+            if cancelled():
+                held.close()
+                return None
+            time.sleep(LANE_POLL_S)
+
+
 def run(run_dir: Path, job_id: str) -> int:
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     state = read_state(run_dir)
@@ -123,6 +148,15 @@ def run(run_dir: Path, job_id: str) -> int:
         cancelled = True
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if plan.get("lane_lock"):
+        state.update(reason="Lane", launcher_pid=os.getpid(), pgid=os.getpgrp())
+        write_state(run_dir, state)
+        lane = wait_for_lane(plan["lane_lock"], lambda: cancelled)
+        if cancelled:
+            state.update(state="CANCELLED", reason=None, end_time=time.time(), exit_code=0, signal=0)
+            write_state(run_dir, state)
+            return 0
+        # `lane` stays open (and locked) until this process exits, after the end state is written.
     ntasks = plan["nodes"] * plan["tasks_per_node"]
     logs_dir = Path(plan["logs_dir"])
     procs = []

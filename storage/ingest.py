@@ -181,6 +181,10 @@ def _store_measurements(*, session: Session, run: Run, result: dict, source: Pat
         for key in ("decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
                     "per_gpu_output_tok_s"):
             values[key] = _number(record.get(key), f"{where}.{key}", source)
+        world_size = result.get("world_size")
+        if num_gpus == 0 and isinstance(world_size, int) and world_size > 1 and values["output_throughput_tok_s"]:
+            # A CPU run's rate per device is per rank; workers before that fix divided by max(num_gpus, 1) = 1.
+            values["per_gpu_output_tok_s"] = values["output_throughput_tok_s"] / world_size
         for field, prefix in STAT_COLUMNS.items():
             stat = record.get(field)
             if stat is None:

@@ -68,6 +68,10 @@ class Point:
     tpot_s: float | None = None
     e2e_s: float | None = None
     ranks: tuple[RankStat, ...] = field(default_factory=tuple)
+    window: tuple[float, float] | None = None
+    """Unix seconds from the first timed repeat's start to the last one's end (None: not recorded)."""
+    timeline: Any = None
+    """A profiled measurement's few decode steps per rank (`tui.timeline.Timeline`), else None."""
 
     @property
     def peak_bytes(self) -> int | None:
@@ -150,7 +154,25 @@ def point_from_measurement(
         tpot_s=_stat_median(measurement.get("tpot_s")),
         e2e_s=_stat_median(measurement.get("e2e_s")),
         ranks=tuple(_rank_stat(r) for r in measurement.get("per_rank") or []),
+        window=timed_window(measurement),
+        timeline=_timeline(measurement),
     )
+
+
+def _timeline(measurement: Mapping[str, Any]):
+    from tui.timeline import timeline_from
+
+    return timeline_from(measurement.get("timeline"))
+
+
+def timed_window(measurement: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A measurement's `timed_window_unix` as (start, end), or None when absent or malformed."""
+    window = measurement.get("timed_window_unix")
+    if (isinstance(window, (list, tuple)) and len(window) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+            and window[1] >= window[0]):
+        return float(window[0]), float(window[1])
+    return None
 
 
 def points_from_result(result: Mapping[str, Any], *, run_id: Any = None, label: str | None = None) -> list[Point]:

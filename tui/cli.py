@@ -9,6 +9,7 @@
     dinf resubmit RUN [--wait]               a new run with the same cluster, spec and resources
     dinf ingest DIR [--run RUN]              store a result bundle from disk (idempotent)
     dinf export [--format csv|json] [--run RUN ...] [--experiment ID] [-o FILE]
+    dinf trace RUN|DIR [-o FILE]             a profiled run's rank traces merged into one Perfetto file
     dinf clusters                            the configured clusters
     dinf trust CLUSTER [--fingerprint FP]    show / record a cluster's SSH host key
     dinf compare | report | experiment ...   studies over many runs (tui/study_cli.py)
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     trust = command("trust", cmd_trust, "check a cluster's SSH host key; record it once you confirm it")
     trust.add_argument("cluster")
     trust.add_argument("--fingerprint", help="the SHA256:... fingerprint you verified (out of band)")
+    trace = command("trace", cmd_trace, "merge a profiled run's per-rank traces into one file for Perfetto")
+    trace.add_argument("run", help="run id, uid or name, or a results directory holding rank<r>.trace.json")
+    trace.add_argument("-o", "--output", type=Path, help="file to write (default: <run uid>.trace.json here)")
     study_cli.register(commands)  # compare, report, experiment ... (tui/study_cli.py)
     return parser
 
@@ -448,6 +452,24 @@ def cmd_ingest(dinf, args) -> int:
     _emit(args, dataclasses.asdict(report),
           f"run {report.run_id}: {report.measurements} measurements, {report.completions} completions, "
           f"{report.correctness} correctness results" + (" (new imported run)" if report.created_run else ""))
+    return EXIT_OK
+
+
+def cmd_trace(dinf, args) -> int:
+    from tui.traces import TraceError, write_merged
+
+    as_dir = Path(args.run)
+    if as_dir.is_dir():
+        directory, title = as_dir, as_dir.name
+    else:
+        record = dinf.run(args.run)
+        if not record.local_results_dir:
+            raise TraceError(f"run {record.id} ({record.name}) has no fetched results yet ({record.state}); "
+                             "its traces come with them")
+        directory, title = Path(record.local_results_dir), record.uid
+    output = args.output or Path(f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', title).strip('-.') or 'run'}.trace.json")
+    written = write_merged(directory, output, title=title)
+    _emit(args, {"written": str(written)}, f"{written}  (open it at https://ui.perfetto.dev)")
     return EXIT_OK
 
 

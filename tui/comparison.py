@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tui import analysis, charts
+from tui import analysis, charts, validity
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
 from tui.results import RunResult
@@ -37,6 +37,9 @@ class Comparison:
     derived: tuple[DerivedRow, ...]
     correctness: tuple[tuple[RunResult, int, Correctness], ...]
     charts: tuple[Chart, ...]
+    warnings: tuple[str, ...] = ()
+    """In words: every efficiency above 1, every pair of runs that overlapped on shared hosts, every
+    timed part under `validity.MIN_TIMED_S` (tui/validity.py)."""
 
 
 def run_label(run: RunResult) -> str:
@@ -86,8 +89,13 @@ def compare_runs(runs: Sequence[RunResult], *, baseline: RunResult | None = None
             b = shared[-1]
             correctness.append((run, b, analysis.compare_completions(base.completions[b], run.completions[b])))
 
+    flags = [f for d in derived if d.run.id != base.id
+             for f in [validity.efficiency_flag(f"{run_label(d.run)} at batch {d.point.batch_size} vs "
+                                                f"#{base.id}", d.efficiency)] if f is not None]
+    flags += validity.overlap_flags([r for r in runs if r.points])
+    flags += validity.short_flags(runs)
     return Comparison(runs, base, diff, tuple(derived), tuple(correctness),
-                      tuple(_charts(runs, base, batch_size, correctness)))
+                      tuple(_charts(runs, base, batch_size, correctness)), tuple(f.text for f in flags))
 
 
 QUANT_LABELS = {"none": "unquantized", "int8": "int8", "int4": "int4 (g128)"}
@@ -198,6 +206,8 @@ def format_comparison(comparison: Comparison, *, with_charts: bool = True, width
                   text_table(DERIVED_HEADERS, derived_rows(comparison)), ""]
     else:
         parts += ["no measurements to derive from (runs without results)", ""]
+    if comparison.warnings:
+        parts += ["warnings:", *(f"  ! {w}" for w in comparison.warnings), ""]
     for run, b, result in comparison.correctness:
         verdict = analysis.correctness_verdict(result, None)
         parts.append(f"correctness of {run_label(run)} vs {run_label(comparison.baseline)} at batch {b}: "

@@ -76,7 +76,13 @@ class StudyConfig:
     """Sizes of the batch sweep and the profile study."""
     max_new_tokens: int = 64
     num_requests: int | None = None
-    """Requests per measurement (None: one per prompt). Weak scaling multiplies it by N."""
+    """Requests per measurement (None: one per prompt; the scaling studies size it from
+    batches_per_gpu). Weak scaling multiplies it by N."""
+    batches_per_gpu: int = 8
+    """Scaling studies without num_requests: strong scaling gives the whole workload
+    batch_size x batches_per_gpu x the largest rank count requests (so even there each GPU still
+    runs that many batches), weak scaling batch_size x batches_per_gpu per GPU. A timed part of
+    one or two batches is over before launch overheads and clock reads stop mattering."""
     micro_batches: int = 1
     warmup: int = 1
     repeats: int = 3
@@ -351,7 +357,10 @@ def plan_correctness(cfg: StudyConfig) -> ExperimentPlan:
 def _scaling(cfg: StudyConfig, kind: str) -> ExperimentPlan:
     _check_common(cfg)
     counts = rank_counts(cfg)
-    base_requests = cfg.num_requests or 20
+    if isinstance(cfg.batches_per_gpu, bool) or not isinstance(cfg.batches_per_gpu, int) or cfg.batches_per_gpu < 1:
+        raise ExperimentError(f"batches_per_gpu: must be an integer >= 1, got {cfg.batches_per_gpu!r}")
+    per_gpu = cfg.batch_size * cfg.batches_per_gpu
+    base_requests = cfg.num_requests or (per_gpu if kind == "weak_scaling" else per_gpu * max(counts))
     cells, skipped = [], []
     baseline_count = counts[0]
     if baseline_count == 1:
@@ -407,9 +416,11 @@ def _per_mode_jobs(cfg: StudyConfig, kind: str, role: str, **spec_changes: Any) 
     for mode in cfg.modes:
         key = f"{mode}/r{ranks}"
         why = _mode_problem(mode, ranks, cfg)
-        usable = sizes if mode != "pp" else [b for b in sizes if b >= cfg.micro_batches]
-        if why or not usable:
-            skipped.append((key, why or f"no batch size >= micro_batches ({cfg.micro_batches})"))
+        # pp runs every size: a batch with fewer rows than micro_batches runs one micro-batch per row
+        # (the worker records the count each size used), which is what batch 1 latency means for pp.
+        usable = sizes
+        if why:
+            skipped.append((key, why))
             continue
         mode_requests = requests * ranks if mode == "dp" else requests
         cells.append(_cell(key, role, cfg, mode=mode, ranks=ranks, batch_sizes=usable,

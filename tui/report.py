@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui import analysis, charts
+from tui import analysis, charts, timeline, validity
 from tui.analysis import Correctness, Point
 from tui.charts import Chart
 from tui.comparison import quant_label, speed_accuracy_points
@@ -28,8 +28,6 @@ from worker.contract import MODEL_CONFIGS
 
 SCALES_WELL = 0.8
 """Efficiency from which a mode is said to scale (80% of linear)."""
-SUPERLINEAR = 1.1
-"""Efficiency above which a speedup is flagged: more GPUs alone cannot make each one faster."""
 PAYS_FOR_ITS_GPUS = 0.9
 """Batch sweep: a mode pays for its N GPUs when it delivers at least 90% of N times the 1-GPU rate."""
 
@@ -88,6 +86,8 @@ class Section:
     verdicts: list[str] = field(default_factory=list)
     limitations: list[str] = field(default_factory=list)
     charts: list[Chart] = field(default_factory=list)
+    flags: list[validity.Flag] = field(default_factory=list)
+    """Efficiencies above 1 found in this section's tables (overlaps and short timings are whole-report)."""
 
     def chart(self, chart: Chart) -> None:
         """Append a chart at this point of the text (rendered later, so PNG links can go beside)."""
@@ -256,8 +256,13 @@ def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
                 continue  # the 1-GPU row heads every series; print it once
             derived = (_f(r.efficiency),) if weak else (_f(r.speedup), _f(r.efficiency))
             rows.append((p.mode, p.num_gpus, p.num_nodes, p.num_requests, f"{_f(p.wall_s, 3)} (n={p.repeats})",
-                         _f(p.output_tok_s, 1), *derived, _f(r.throughput_scaling), _f(r.memory_ratio)))
-    headers = ("mode", unit, "nodes", "requests", "T median s", "tok/s",
+                         validity.spread_text(p.wall_samples), _f(p.output_tok_s, 1), *derived,
+                         _f(r.throughput_scaling), _f(r.memory_ratio)))
+            flag = validity.efficiency_flag(f"{exp.name}: {p.mode} on {p.num_gpus} {unit}", r.efficiency,
+                                            name="E_w" if weak else "E")
+            if flag is not None:
+                section.flags.append(flag)
+    headers = ("mode", unit, "nodes", "requests", "T median s", "T min–max s, ±95% (t)", "tok/s",
                *(("E_w",) if weak else ("S", "E")), "X(N)/(N·X(1))", "memory ratio")
     section.blocks.append(md_table(headers, rows))
     section.chart(charts.throughput_vs_gpus(series, title=f"{study}: output tokens/s vs {unit}", unit=unit))
@@ -288,10 +293,9 @@ def _scaling_verdict(mode: str, row: analysis.ScalingRow, baseline: Point, *, we
             return f"{where}: weak scaling holds, E_w = {_f(row.efficiency)} ({times}){memory}."
         return f"{where}: weak scaling breaks down, E_w = {_f(row.efficiency)} ({times}){memory}."
     s, e = _f(row.speedup), _f(row.efficiency)
-    if row.efficiency is not None and row.efficiency > SUPERLINEAR:
-        return (f"{where}: scales above linear, S = {s}, E = {e} ({times}){memory}. More GPUs alone cannot "
-                f"explain E > 1: the runs also differ in how the requests were batched and padded, or in "
-                f"warm-up; treat this ratio with care.")
+    if row.efficiency is not None and row.efficiency > validity.EFFICIENCY_LIMIT:
+        return (f"{where}: no verdict; S = {s}, E = {e} ({times}){memory}. More GPUs alone cannot give E > 1, "
+                "so this ratio is not a measurement of scaling (see the measurement warnings).")
     if row.efficiency is not None and row.efficiency >= SCALES_WELL:
         return f"{where}: scales, S = {s}, E = {e} ({times}){memory}."
     if row.speedup is not None and row.speedup > 1:
@@ -351,6 +355,10 @@ def batch_sweep_section(exp: ExperimentResult, profiles: dict[tuple[str, int], P
              for r in rows],
         ))
         section.verdicts.extend(_batch_verdicts(mode, gpus, rows, profiles))
+        for r in rows:
+            flag = validity.efficiency_flag(f"{exp.name}: {mode} on {gpus} GPUs at batch {r.batch_size}", r.efficiency)
+            if flag is not None:
+                section.flags.append(flag)
     section.chart(charts.throughput_vs_batch(by_label))
     section.chart(charts.memory_vs_batch(by_label))
     section.chart(charts.ttft_vs_batch(by_label))
@@ -424,6 +432,19 @@ def profile_section(exp: ExperimentResult) -> Section:
             parts.append(f"at batch {p.batch_size} ranks compute {_pct(compute)}, communicate {_pct(comm)} "
                          f"and sit idle {_pct(idle)} of the time (mean over ranks)")
         section.verdicts.append(f"{cell.run.mode} on {cell.run.devices} GPUs: " + "; ".join(parts) + ".")
+    timelines = [(cell, p) for cell in _done(exp.cells) for p in cell.run.points if p.timeline is not None]
+    if timelines:
+        section.blocks.append(
+            "Timelines: the first few decode steps of each profiled measurement's first timed batch, every rank "
+            "cut at the same instants (one character is a slice of time, drawn as what filled most of it). A "
+            "rank's bubble is the share of those steps' wall time it spent not computing: waiting in a receive "
+            "or a send, or idle between calls.")
+    for cell, p in timelines:
+        title = f"{cell.run.mode} x{cell.run.devices}, batch {p.batch_size}"
+        section.blocks.append("```text\n" + timeline.render(p.timeline, 80, title=title) + "\n```")
+        bubbles = ", ".join(f"rank {r.rank} {timeline.bubble_fraction(r, p.timeline.window_s) * 100:.0f}%"
+                            for r in sorted(p.timeline.ranks, key=lambda r: r.rank))
+        section.verdicts.append(f"{title}: bubble over {p.timeline.steps} decode steps: {bubbles}.")
     return section
 
 
@@ -705,6 +726,20 @@ def limitations(experiments: Sequence[ExperimentResult], sections: Sequence[Sect
     return notes
 
 
+def measurement_warnings(experiments: Sequence[ExperimentResult], sections: Sequence[Section]) -> list[str]:
+    """Every efficiency above 1, every pair of runs that overlapped on shared hosts, every timed part
+    shorter than `validity.MIN_TIMED_S` (correctness and profile cells are left out of the last: their
+    times are not compared, and a profile's device syncs make them longer than the work anyway)."""
+    flags = [f for section in sections for f in section.flags]
+    runs = _all_runs(experiments)
+    flags += validity.overlap_flags([r for r in runs if r.points])
+    untimed = ("correctness", "profile")
+    timed_ids = {c.run.id for e in experiments if e.kind not in untimed for c in e.cells if c.run is not None}
+    timed_ids |= {r.id for e in experiments if e.kind not in untimed and not e.cells for r in e.runs}
+    flags += validity.short_flags([r for r in runs if r.id in timed_ids])
+    return [f.text for f in flags]
+
+
 # --- assembly ------------------------------------------------------------------------------------
 
 
@@ -729,6 +764,11 @@ def build_report(experiments: Sequence[ExperimentResult], *, png_dir: Path | Non
     for section in sections:
         for verdict in section.verdicts:
             out.append(f"- {verdict}")
+    out += ["", "## Measurement warnings", ""]
+    warnings = measurement_warnings(experiments, sections)
+    out += [f"- {w}" for w in warnings] or [
+        f"None: no efficiency above {validity.EFFICIENCY_LIMIT:g}, no two runs at the same time on the same "
+        f"host, no timed part under {validity.MIN_TIMED_S:g} s."]
     out += ["", "## Setup", ""]
     for block in setup_blocks(experiments):
         out += [block, ""]

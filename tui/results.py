@@ -21,7 +21,8 @@ from sqlmodel import Session, col, select
 from storage import repo
 from storage.models import ClusterRow, Completion, Experiment, Run
 from storage.states import DONE_STATES, FAILED_STATES
-from tui.analysis import Point, RankStat
+from tui.analysis import Point, RankStat, timed_window
+from tui.timeline import timeline_from
 from tui.run_display import describe_engine  # noqa: F401  (re-exported: the report and CLI import it here)
 from tui.experiments import Cell, ExperimentPlan, plan_from_parameters
 
@@ -63,6 +64,9 @@ class RunResult:
     engine_compiled: bool = False
     engine_cuda_graphs: bool = False
     engine_capture_s: float | None = None
+    started_at: float | None = None
+    """When the scheduler saw the job start and end (Unix seconds; None for imported bundles)."""
+    finished_at: float | None = None
     quant_scheme: str = "none"
     """Weight-only quantization: 'none', 'int8' or 'int4'."""
     accuracy: Mapping[str, Any] | None = None
@@ -150,6 +154,7 @@ class NotFound(repo.RunNotFound):
 
 
 def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:
+    raw = _json(measurement.raw_json, {})
     wall = [float(v) for v in _json(measurement.wall_s_json, [])]
     ordered = sorted(wall)
     wall_median = None
@@ -184,6 +189,8 @@ def _point(run: Run, measurement, rank_rows, hosts: int) -> Point:
         tpot_s=measurement.tpot_median_s,
         e2e_s=measurement.e2e_median_s,
         ranks=ranks,
+        window=timed_window(raw),
+        timeline=timeline_from(raw.get("timeline")),
     )
 
 
@@ -226,8 +233,9 @@ def _run_result(session: Session, run: Run, clusters: Mapping[int, str]) -> RunR
         load_time_s=run.load_time_s, error=run.error, points=points, ranks=ranks,
         completions={b: tuple(lines) for b, lines in sorted(completions.items())}, accounting=accounting,
         engine_impl=run.engine_impl, engine_compiled=run.engine_compiled, engine_cuda_graphs=run.engine_cuda_graphs,
-        engine_capture_s=run.engine_capture_s, quant_scheme=run.quant_scheme,
-        accuracy=_json(run.accuracy_json, None),
+        engine_capture_s=run.engine_capture_s, started_at=run.started_at,
+        finished_at=run.finished_at if run.started_at is not None else None,
+        quant_scheme=run.quant_scheme, accuracy=_json(run.accuracy_json, None),
     )
 
 

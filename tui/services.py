@@ -647,6 +647,9 @@ class Dinf:
         with write_session(self.engine) as session:
             run = None if run_id is None else repo.find_run(session=session, ref=run_id)
             report = ingest_bundle(session=session, bundle_dir=Path(path), run=run)
+            if report.created_run:  # an imported bundle's files stay where they are: its results directory
+                imported = repo.get_run(session=session, run_id=report.run_id)
+                repo.update_run(session=session, run=imported, local_results_dir=str(Path(path).resolve()))
             session.commit()
             return report
 
@@ -727,8 +730,10 @@ class Dinf:
             session.commit()
 
     def _bundle(self, record: RunRecord) -> RunBundle:
+        # The cells of one experiment share a lane: on the local backend they run one at a time.
+        lane = f"experiment-{record.experiment_id}" if record.experiment_id is not None else None
         return make_bundle(uid=record.uid, name=record.name, spec=RunSpec.from_dict(record.spec),
-                           resources=Resources(**record.resources))
+                           resources=Resources(**record.resources), lane=lane)
 
     @staticmethod
     def _prepared(record: RunRecord) -> PreparedRun:
@@ -809,7 +814,7 @@ def check_run(spec: RunSpec, resources: Resources) -> int:
     return num_ranks
 
 
-def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> RunBundle:
+def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources, lane: str | None = None) -> RunBundle:
     """What a submission uploads; a local prompts_file is read here and travels with it."""
     prompts = None
     if spec.prompts_file:
@@ -818,7 +823,7 @@ def make_bundle(*, uid: str, name: str, spec: RunSpec, resources: Resources) -> 
             raise ValueError(f"prompts_file: {path} does not exist on this machine")
         prompts = path.read_text()
     return RunBundle(run_id=uid, job_name=f"dinf-{name}", spec_json=spec.to_json(), prompts_jsonl=prompts,
-                     resources=resources)
+                     resources=resources, lane=lane)
 
 
 def new_uid(name: str) -> str:

@@ -133,7 +133,11 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=20)
     group.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="batch sweep / profile sizes")
     group.add_argument("--max-new-tokens", type=int, default=64)
-    group.add_argument("--num-requests", type=int)
+    group.add_argument("--num-requests", type=int,
+                       help="requests per measurement (scaling default: batch size x --batches-per-gpu, "
+                            "x the largest rank count for strong scaling)")
+    group.add_argument("--batches-per-gpu", type=int, default=8,
+                       help="scaling without --num-requests: batches each GPU runs (default 8)")
     group.add_argument("--micro-batches", type=int, default=1)
     group.add_argument("--warmup", type=int, default=1)
     group.add_argument("--repeats", type=int, default=3)
@@ -177,7 +181,8 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         shape=ClusterShape(nodes=args.nodes, ranks_per_node=args.ranks_per_node, gpus=not (args.cpu or local)),
         resources=resources, batch_size=args.batch_size, batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-        max_new_tokens=args.max_new_tokens, num_requests=args.num_requests, micro_batches=args.micro_batches,
+        max_new_tokens=args.max_new_tokens, num_requests=args.num_requests,
+        batches_per_gpu=args.batches_per_gpu, micro_batches=args.micro_batches,
         warmup=args.warmup, repeats=args.repeats, rank_counts=_ints(args.rank_counts, "--rank-counts"),
         scale_by=args.scale_by, parallel_ranks=args.parallel_ranks, prompts_file=args.prompts_file,
         quant_schemes=tuple(s.strip() for s in args.quant_schemes.split(",") if s.strip()),
@@ -230,6 +235,7 @@ def cmd_compare(dinf, args) -> int:
             "correctness": [{"run": r.id, "batch_size": b, "exact": c.exact_matches, "n": c.n,
                              "first_divergences": [x.first_divergence for x in c.checks]}
                             for r, b, c in comparison.correctness],
+            "warnings": list(comparison.warnings),
         })
         return 0
     sys.stdout.write(format_comparison(comparison, with_charts=not args.no_charts, width=args.width))
@@ -352,7 +358,16 @@ def cmd_show(dinf, args) -> int:
                        str(c["attempts"])] for c in cells]))
     for key, why in (exp.plan.skipped if exp.plan else ()):
         print(f"not run: {key}: {why}")
+    if any(_backend(dinf, c.run.cluster) == "local" for c in exp.cells if c.run is not None):
+        print("cells on the local backend run one at a time (each waits, PENDING (Lane), for the one before)")
     return 0
+
+
+def _backend(dinf, cluster: str | None) -> str | None:
+    try:
+        return dinf.config.cluster(cluster).backend if cluster else None
+    except Exception:  # noqa: BLE001 - a cluster since removed from the configuration
+        return None
 
 
 def cmd_submit(dinf, args) -> int:

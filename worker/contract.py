@@ -324,6 +324,11 @@ def log_file(rank: int) -> str:
     return f"rank{rank}.log"
 
 
+def trace_file(rank: int) -> str:
+    """Per-rank Chrome / Perfetto trace-event file of a profiled run (worker/trace.py)."""
+    return f"rank{rank}.trace.json"
+
+
 def launcher_log_file(job_id: str, rank: int) -> str:
     """Per-rank stdout/stderr captured by the launcher (srun --output / the local backend)."""
     return f"{job_id}-rank{rank}.out"
@@ -386,8 +391,12 @@ def parse_event(line: str) -> dict[str, Any] | None:
 #       "ttft_s", "tpot_s", "itl_s", "e2e_s": Stat,  # Stat = {"n","median","p90","p99","mean","std","min","max","ci95"}
 #       "prefill_latency_s": Stat,
 #       "decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
-#       "per_gpu_output_tok_s": float (medians over repeats),
+#       "per_gpu_output_tok_s": float (medians over repeats; per GPU, or per rank on CPU),
+#       "timed_window_unix": [start, end] (rank 0's clock: first timed repeat's start, last one's end),
 #       "micro_batches": int (pp only: min(spec.micro_batches, batch_size), what this batch size ran),
+#       "timeline": (profile only) {"steps", "window_s", "micro_batches",
+#                   "ranks": [{"rank", "spans": [[kind, start_s, end_s], ...]}]}: a few decode steps of the
+#                   first timed batch, every rank cut at the same instants (kind: compute|send|recv|wait|comm),
 #       "per_rank": [{"rank", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes",
 #                     "compute_s", "comm_s", "idle_s", "bubble_pct", "exposed_comm_pct"}]
 #   }]

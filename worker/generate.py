@@ -136,12 +136,23 @@ def merge_outputs(parts: list[BatchOutput]) -> BatchOutput:
     return merged
 
 
+MAX_TRACE_SPANS = 200_000
+"""Spans one rank keeps for its trace file; later ones are counted, not kept (a long profiled run)."""
+
+
 @dataclass
 class StageTimer:
     """Compute and communication time of one rank (only filled when profiling; syncs the device).
 
     Communication timed while a compute call runs (tp's all-reduces inside the forward, see
     `timing_deepspeed_all_reduces`) counts as comm and is taken out of that call's compute time.
+
+    `kind` is "compute", or one of the communication kinds: "send", "recv", "wait" (for sends to
+    complete) or plain "comm" (a collective). With `spans` set (a list, when profiling), every timed
+    call is also kept as (kind, start_ns, end_ns, where) for the rank's trace file, `where` being
+    the step and micro-batch the caller set last (`at`). The clock is read after a device sync on
+    both sides of each call, so on a GPU a span is the device's own time for that call, on one clock
+    with the other ranks' (CUDA events would need a common clock of their own).
     """
 
     enabled: bool = False
@@ -149,10 +160,37 @@ class StageTimer:
     compute_ns: int = 0
     comm_ns: int = 0
     in_compute: bool = False  # inside a timed compute call right now
+    spans: list | None = None
+    """(kind, start_ns, end_ns, where) per timed call and per `span` block; None: not kept."""
+    dropped: int = 0
+    where: dict | None = None
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def at(self, **where) -> None:
+        """Label the calls that follow (step, micro-batch) in the trace; a no-op unless spans are kept."""
+        if self.spans is not None:
+            self.where = where
+
+    def _keep(self, kind: str, start_ns: int, end_ns: int, where: dict | None) -> None:
+        if len(self.spans) < MAX_TRACE_SPANS:
+            self.spans.append((kind, start_ns, end_ns, where))
+        else:
+            self.dropped += 1
+
+    @contextmanager
+    def span(self, name: str, **where):
+        """A parent span (a repeat, a batch, a step) around the timed calls inside it, for the trace."""
+        if not self.enabled or self.spans is None:
+            yield
+            return
+        start = _now_ns()
+        try:
+            yield
+        finally:
+            self._keep(name, start, _now_ns(), where or None)
 
     def timed(self, kind: str, fn: Callable, *args):
         if not self.enabled:
@@ -166,11 +204,14 @@ class StageTimer:
         finally:
             self.in_compute = outer
         self._sync()
-        elapsed = _now_ns() - t0
+        t1 = _now_ns()
+        elapsed = t1 - t0
         if kind == "compute":
             self.compute_ns += elapsed - (self.comm_ns - comm_before)
         else:
             self.comm_ns += elapsed
+        if self.spans is not None:
+            self._keep(kind, t0, t1, self.where)
         return result
 
 

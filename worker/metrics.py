@@ -63,10 +63,13 @@ def summarize(
     num_requests: int,
     max_new_tokens: int,
     repeats: list[RepeatTiming],
-    num_gpus: int,
+    devices: int,
     per_rank: list[dict],
 ) -> dict:
-    """One measurement record of result.json (layout in worker/contract.py)."""
+    """One measurement record of result.json (layout in worker/contract.py).
+
+    `devices` is what the per-GPU rate divides by: the GPUs used (PP x TP x DP), or the ranks of a
+    CPU run (dividing a 2-rank CPU run by one "GPU" doubled its per-device rate)."""
     pooled: dict[str, list[float]] = {"ttft": [], "e2e": [], "tpot": [], "itl": []}
     decode_tps, output_tps, total_tps = [], [], []
     for rep in repeats:
@@ -101,7 +104,7 @@ def summarize(
         "decode_throughput_tok_s": statistics.median(decode_tps),
         "output_throughput_tok_s": output_median,
         "total_throughput_tok_s": statistics.median(total_tps),
-        "per_gpu_output_tok_s": output_median / max(num_gpus, 1),
+        "per_gpu_output_tok_s": output_median / max(devices, 1),
         "raw": {
             "output_throughput_tok_s": output_tps,
             "decode_throughput_tok_s": decode_tps,

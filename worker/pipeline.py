@@ -77,24 +77,24 @@ class _Link:
     def send(self, tensor: torch.Tensor, dst: int) -> None:
         import torch.distributed as dist
 
-        self.sends[id(tensor)] = (dist.isend(tensor, dst, group=self.group), tensor)
+        self.sends[id(tensor)] = (self.timer.timed("send", dist.isend, tensor, dst, self.group), tensor)
 
     def before_write(self, tensor: torch.Tensor) -> None:
         """Order a write into `tensor` after its pending send (a stream wait on NCCL, not a host wait)."""
         pending = self.sends.pop(id(tensor), None)
         if pending is not None:
-            pending[0].wait()
+            self.timer.timed("send", pending[0].wait)
 
     def recv(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
         import torch.distributed as dist
 
         work = dist.irecv(tensor, src, group=self.group)
-        self.timer.timed("comm", work.wait)
+        self.timer.timed("recv", work.wait)
         return tensor
 
     def drain(self) -> None:
         for work, _ in self.sends.values():
-            work.wait()
+            self.timer.timed("wait", work.wait)
         self.sends = {}
 
 
@@ -130,6 +130,7 @@ def generate_pipeline_fast(
 
     # Prompt: every micro-batch's prefill, so the later stages start while stage 0 goes on.
     for m, part in enumerate(parts):
+        timer.at(step=0, mb=m)
         if first:
             x = part.input_ids
         else:
@@ -143,19 +144,22 @@ def generate_pipeline_fast(
             link_out.send(out.contiguous(), nxt)
 
     # Decode: the same order of (step, micro-batch) on every rank, so sends and receives pair up.
-    for _ in range(1, max_new_tokens):
-        for m in range(len(parts)):
-            session = mbs[m]
-            link_in.recv(session.inp, num_stages - 1 if first else prev)
-            link_out.before_write(session.out)
-            timer.timed("compute", session.decode)
-            if last:
-                marks[m].append(clock.mark())
-                if len(marks[m]) < max_new_tokens:
-                    link_out.send(session.out, 0)
-            else:
-                link_out.send(session.out, nxt)
+    for step in range(1, max_new_tokens):
+        with timer.span("step", step=step):
+            for m in range(len(parts)):
+                timer.at(step=step, mb=m)
+                session = mbs[m]
+                link_in.recv(session.inp, num_stages - 1 if first else prev)
+                link_out.before_write(session.out)
+                timer.timed("compute", session.decode)
+                if last:
+                    marks[m].append(clock.mark())
+                    if len(marks[m]) < max_new_tokens:
+                        link_out.send(session.out, 0)
+                else:
+                    link_out.send(session.out, nxt)
         pacer.step_done()
+    timer.at(step=None, mb=None)
     link_out.drain()
     pacer.drain()
     if not last:
@@ -176,12 +180,12 @@ class _Sends:
     def send(self, tensor: torch.Tensor, dst: int) -> None:
         import torch.distributed as dist
 
-        self.pending.append((dist.isend(tensor, dst), tensor))
+        self.pending.append((self.timer.timed("send", dist.isend, tensor, dst), tensor))
         self.pending = [(w, t) for (w, t) in self.pending if not w.is_completed()]
 
     def drain(self) -> None:
         for work, _ in self.pending:
-            self.timer.timed("comm", work.wait)
+            self.timer.timed("wait", work.wait)
         self.pending = []
 
 
@@ -189,7 +193,7 @@ def _recv(shape, dtype, device, src: int, timer: StageTimer) -> torch.Tensor:
     import torch.distributed as dist
 
     buf = torch.empty(shape, dtype=dtype, device=device)
-    timer.timed("comm", dist.recv, buf, src)
+    timer.timed("recv", dist.recv, buf, src)
     return buf
 
 
@@ -225,6 +229,7 @@ def generate_pipeline_reference(
         states = [new_state(mb) for mb in range(len(parts))]
         for mb, part in enumerate(parts):  # prefill every micro-batch: stages overlap from here on
             seq, cache = states[mb]
+            timer.at(step=0, mb=mb)
             h = timer.timed("compute", stage, part.input_ids, seq, cache)  # [B_mb, T_prompt, H]
             sends.send(header(mb, 0, part.input_ids.shape[1], 0), 1)
             sends.send(h.contiguous(), 1)
@@ -240,6 +245,7 @@ def generate_pipeline_reference(
                     continue
                 seq, cache = states[mb]
                 seq.advance()
+                timer.at(step=step[mb], mb=mb)
                 h = timer.timed("compute", stage, msg[:-1, None], seq, cache)  # ids [B_mb, 1] -> [B_mb, 1, H]
                 sends.send(header(mb, step[mb], 1, 0), 1)
                 sends.send(h.contiguous(), 1)
@@ -263,6 +269,7 @@ def generate_pipeline_reference(
         else:
             states[mb][0].advance()
         seq, cache = states[mb]
+        timer.at(step=step, mb=mb)
         out = timer.timed("compute", stage, h, seq, cache)  # hidden [B_mb, T, H], or logits [B_mb, V] last
         if stage_index < last:
             sends.send(header(mb, step, seq_len, 0), stage_index + 1)

@@ -196,11 +196,19 @@ class Job:
         self.rank_infos = distributed.gather_objects(rank_info, env.world_size)
         self.prompts = read_prompts(spec.prompts_file)
 
+        # perf_counter_ns -> Unix ns, read once: trace files of all ranks share the Unix time axis
+        self.clock_offset_ns = time.time_ns() - time.perf_counter_ns()
+        self.trace_events: list[dict] = []
+        self.trace_dropped = 0
         measurements, completions = [], []
         for batch_size in spec.batch_sizes:
             m, c = self._measure(batch_size)
             measurements.append(m)
             completions += c
+        if spec.profile:
+            from worker import trace
+
+            trace.write_trace(self.out / contract.trace_file(env.rank), self.trace_events, dropped=self.trace_dropped)
         accuracy = self._score() if spec.score else None
         if env.rank == 0:
             self._write_results(load_time_s, measurements, completions, accuracy)
@@ -259,7 +267,7 @@ class Job:
 
         distributed.wait_device(self.device, self.spec.dist_timeout_s)
 
-    def _pass(self, batches, batch_size: int, timed: bool, timer) -> dict:
+    def _pass(self, batches, batch_size: int, timed: bool, timer, repeat: int | None = None) -> dict:
         """One pass over this rank's batches: prefill-only runs, then the timed generation pass."""
         from worker import distributed
         from worker.generate import StageTimer
@@ -278,20 +286,24 @@ class Job:
         expected = sum(len(b.indices) for b in batches) * spec.max_new_tokens
         done = 0
         distributed.barrier(self.device, spec.dist_timeout_s)
+        start_unix = time.time()  # where this pass sits in the day, so overlapping runs can be found
         t0 = time.perf_counter_ns()
-        for batch in batches:
-            if lockstep:
-                distributed.barrier(self.device, spec.dist_timeout_s)
-            out = self._generate(batch, spec.max_new_tokens, timer)
-            if out is not None:
-                outputs.append(out)
-            done += len(batch.indices) * spec.max_new_tokens
-            if timed:
-                self.events.progress(batch_size, done, expected)
+        with timer.span("repeat", repeat=repeat):
+            for index, batch in enumerate(batches):
+                if lockstep:
+                    distributed.barrier(self.device, spec.dist_timeout_s)
+                with timer.span("batch", repeat=repeat, index=index):
+                    out = self._generate(batch, spec.max_new_tokens, timer)
+                if out is not None:
+                    outputs.append(out)
+                done += len(batch.indices) * spec.max_new_tokens
+                if timed:
+                    self.events.progress(batch_size, done, expected)
         self._sync()
         distributed.barrier(self.device, spec.dist_timeout_s)
         wall = (time.perf_counter_ns() - t0) / 1e9
-        return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs]}
+        return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs],
+                "window_unix": [start_unix, start_unix + wall]}
 
     def _measure(self, batch_size: int):
         from worker import distributed
@@ -313,12 +325,12 @@ class Job:
             self._pass(batches[:1], batch_size, False, StageTimer())
         reset_peak_memory(self.device)
         self.events.phase("measure", batch_size=batch_size)
-        timer = StageTimer(enabled=spec.profile, device=self.device)
+        timer = StageTimer(enabled=spec.profile, device=self.device, spans=[] if spec.profile else None)
         # tp all-reduces inside the forward: profiled, they count as comm rather than compute.
         deepspeed_tp = self.strategy.impl == "deepspeed"
         collectives = timing_deepspeed_all_reduces(timer) if deepspeed_tp else contextlib.nullcontext()
-        with collectives:
-            passes = [self._pass(batches, batch_size, True, timer) for _ in range(spec.repeats)]
+        with collectives, timer.span("measure", batch_size=batch_size):
+            passes = [self._pass(batches, batch_size, True, timer, repeat) for repeat in range(spec.repeats)]
         for p in passes[1:]:  # top-k ids are kept for the completions of the first pass only
             for o in p["outputs"]:
                 o["topk_ids"] = []
@@ -333,6 +345,16 @@ class Job:
                 wall_total,
             ),
         }
+        if spec.profile:
+            from worker import trace
+
+            self.trace_events += trace.trace_events(
+                timer.spans, rank=env.rank, offset_ns=self.clock_offset_ns, extra={"batch_size": batch_size},
+                label=f"rank {env.rank} ({spec.mode}) on {self.rank_infos[env.rank].get('host')}")
+            self.trace_dropped += timer.dropped
+            # the first timed batch, on the Unix clock (ranks on other hosts have other perf counters)
+            mine["timeline"] = [(k, a + self.clock_offset_ns, b + self.clock_offset_ns, w)
+                                for k, a, b, w in trace.first_batch(timer.spans)]
         everyone = distributed.gather_objects(mine, env.world_size)
         if env.rank != 0:
             return None, []
@@ -358,10 +380,13 @@ class Job:
         per_rank = [{"rank": rec["rank"], **rec["memory"], **rec["split"]} for rec in everyone]
         measurement = summarize(
             batch_size, spec.num_requests or len(self.prompts), spec.max_new_tokens, repeats,
-            self._num_gpus(), per_rank,
+            self._num_gpus() or env.world_size, per_rank,
         )
+        measurement["timed_window_unix"] = [passes[0]["window_unix"][0], passes[-1]["window_unix"][1]]
         if spec.mode == "pp":
             measurement["micro_batches"] = min(spec.micro_batches, batch_size)
+        if spec.profile:
+            measurement["timeline"] = self._timeline(everyone, batch_size)
         completions = []
         for out in repeats[0].outputs:
             for i, out_ids, topk in zip(out.indices, out.output_ids, out.topk_ids):
@@ -376,6 +401,20 @@ class Job:
                 })
         completions.sort(key=lambda c: c["index"])
         return measurement, completions
+
+    def _timeline(self, everyone: list[dict], batch_size: int) -> dict | None:
+        """A few decode steps of the first timed batch on every rank, cut at the same instants (rank 0's
+        steps), for the terminal timeline; None when rank 0 recorded too few calls."""
+        from worker import trace
+
+        prefill_calls = min(self.spec.micro_batches, batch_size) if self.spec.mode == "pp" else 1
+        steps = min(trace.TIMELINE_STEPS, self.spec.max_new_tokens - 1)
+        span = trace.window(everyone[0]["timeline"], prefill_calls=prefill_calls, steps=steps) if steps else None
+        if span is None:
+            return None
+        start, end = span
+        return {"steps": steps, "window_s": (end - start) / 1e9, "micro_batches": prefill_calls,
+                "ranks": [{"rank": rec["rank"], "spans": trace.clip(rec["timeline"], start, end)} for rec in everyone]}
 
     def _prompt_ids(self, index: int, texts: list[str]) -> list[int]:
         from worker.tokenizer import encode_prompt

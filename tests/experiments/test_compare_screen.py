@@ -169,3 +169,18 @@ def test_compare_screen_charts_snapshot(app_factory, snap_compare):
         await pilot.pause()
 
     assert snap_compare(app_factory(), terminal_size=SIZE, run_before=show_charts)
+
+
+async def test_warnings_are_shown_in_words_and_the_grid_says_cells_run_one_at_a_time(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 1)  # scaling: 10 s timings, E <= 1: nothing to warn about
+        warnings = screen.query_one("#compare-warnings", Static)
+        assert not warnings.display
+        await open_experiment(pilot, screen, 2)  # sweep: its batch-16 timings last 1.28 s and 0.64 s
+        await wait_for(pilot, lambda: warnings.display, what="the warnings")
+        text = str(warnings.render())
+        assert "the timed part lasted 1.280 s, under the 2 s a timing needs" in text
+        assert "the timed part lasted 0.640 s" in text
+        assert "run one at a time" in str(screen.query_one("#compare-grid-note", Static).render())

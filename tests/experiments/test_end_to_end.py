@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from remote.cluster import Resources
+from storage import repo
 from storage.db import read_session
-from tui import charts, experiment_runs, report
+from tui import charts, experiment_runs, report, validity
 from tui.comparison import compare_runs, format_comparison
 from tui.experiments import ClusterShape, StudyConfig, plan
 from tui.results import load_experiment
@@ -91,6 +92,18 @@ def test_strong_scaling_on_the_local_backend(tmp_path, monkeypatch):
         launches = experiment_runs.launch(dinf, experiment_id, cluster="local")
         assert [l.run.state for l in launches] != [] and all(l.run.job_id for l in launches)
         check_strong_scaling_results(dinf, "local-ss", tmp_path, unit="ranks")
+        # submitted together, the cells ran one at a time: no two timed windows (load included) overlap
+        exp = experiment_runs.load(dinf, "local-ss")
+        windows = sorted(validity.run_window(c.run) for c in exp.cells)
+        assert all(w is not None for w in windows) and len(windows) == 3
+        for earlier, later in zip(windows, windows[1:]):
+            assert earlier[1] <= later[0], windows
+        assert validity.overlap_flags([c.run for c in exp.cells]) == []
+        # and the worker's per-GPU rate of a CPU run is per rank (it once divided a 2-rank run by 1)
+        with read_session(dinf.engine) as session:
+            for c in exp.cells:
+                (m,) = repo.measurements_for_runs(session=session, run_ids=[c.run.id])
+                assert m.per_gpu_output_tok_s == pytest.approx(m.output_throughput_tok_s / c.cell.num_ranks)
 
 
 @pytest.mark.dist

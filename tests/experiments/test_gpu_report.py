@@ -11,14 +11,23 @@ from pathlib import Path
 from tui import cli
 
 GPU = Path(__file__).parent / "gpu"
-COMMON = ("--model open_llama_3b_v2 --seed 0 --dtype float16 --device cuda --modes pp,dp --nodes 1 "
-          "--ranks-per-node 2 --warmup 1")
-PLANS = {  # as gpu/README.md records them
-    "gpu-correctness": "correctness --batch-size 20 --max-new-tokens 32 --repeats 1",
-    "gpu-scaling": "strong_scaling --batch-size 16 --num-requests 64 --max-new-tokens 32 --repeats 3 --rank-counts 1,2",
-    "gpu-sweep": "batch_sweep --batch-sizes 1,8,64 --num-requests 64 --max-new-tokens 16 --repeats 2",
-    "gpu-profile": "profile --batch-sizes 1,64 --num-requests 64 --max-new-tokens 16 --repeats 1",
-}
+
+
+def read_plans(path: Path) -> tuple[str, dict[str, str]]:
+    """COMMON options and NAME -> 'PRESET OPTIONS...' of a plans file (the format gpu/plan_2gpu.sh reads)."""
+    common, plans = "", {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(" ")
+        if name == "COMMON":
+            common = rest
+        else:
+            plans[name] = rest
+    return common, plans
+
+
+COMMON, PLANS = read_plans(GPU / "plans-2xH200.txt")  # the plans the committed bundles were run from
 
 
 def test_gpu_report_regenerates_from_the_committed_bundles(tmp_path, monkeypatch, capsys):

@@ -56,8 +56,18 @@ def test_strong_scaling_counts_and_skips_what_the_model_cannot_do():
     assert "divisible by 8" in skipped["tp/r8"]
     eight = plan.cell("dp/r8")
     assert (eight.resources.nodes, eight.resources.tasks_per_node) == (2, 4)
-    # fixed workload everywhere
-    assert {c.spec.num_requests for c in plan.cells} == {20}
+    # fixed workload everywhere, sized so that even at 8 GPUs each runs 8 batches of 20
+    assert {c.spec.num_requests for c in plan.cells} == {20 * 8 * 8}
+    assert {c.spec.num_requests for c in ex.plan("strong_scaling", config(num_requests=20)).cells} == {20}
+
+
+def test_scaling_workloads_default_to_batches_per_gpu():
+    weak = ex.plan("weak_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
+    assert [(c.key, c.spec.num_requests) for c in weak.cells] == [("single/r1", 64), ("dp/r2", 128), ("dp/r4", 256)]
+    strong = ex.plan("strong_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
+    assert {c.spec.num_requests for c in strong.cells} == {16 * 4 * 4}
+    with pytest.raises(ex.ExperimentError, match="batches_per_gpu: must be an integer >= 1, got 0"):
+        ex.plan("strong_scaling", config(batches_per_gpu=0))
 
 
 def test_weak_scaling_grows_requests_with_ranks():
@@ -76,7 +86,8 @@ def test_batch_sweep_one_job_per_configuration_all_sizes():
     plan = ex.plan("batch_sweep", config(batch_sizes=(8, 1, 4), micro_batches=2))
     assert [c.key for c in plan.cells] == ["single/r1", "pp/r2", "tp/r2", "dp/r2"]
     assert plan.cell("single/r1").spec.batch_sizes == [1, 4, 8]
-    assert plan.cell("pp/r2").spec.batch_sizes == [4, 8]   # batch 1 can't be cut into 2 micro-batches
+    # batch 1 runs as one micro-batch of 1 row (the worker records it), so pp measures batch-1 latency too
+    assert plan.cell("pp/r2").spec.batch_sizes == [1, 4, 8] and plan.cell("pp/r2").spec.micro_batches == 2
     assert plan.cell("dp/r2").spec.batch_sizes == [1, 4, 8]
     assert all(not c.spec.profile for c in plan.cells)
     # one request count per job: the largest size, so every size runs full batches (dp: per replica)

@@ -28,7 +28,7 @@ def test_sections_in_order(study_db):
     text = build(engine, ids)
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings == [
-        "## Findings", "## Setup", "## Method", "## Metric definitions",
+        "## Findings", "## Measurement warnings", "## Setup", "## Method", "## Metric definitions",
         "## 1. Correctness: correctness", "## 2. Strong scaling: scaling", "## 3. Batch sweep: sweep",
         "## 4. Profile: profile", "## Limitations",
     ]
@@ -55,10 +55,10 @@ def test_correctness_numbers_and_verdicts(study_db):
 def test_strong_scaling_numbers_and_verdicts(study_db):
     engine, ids = study_db
     text = section(build(engine, ids), "## 2. Strong scaling")
-    assert "| single | 1 | 1 | 20 | 10.000 (n=3) | 128.0 | 1.00 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| single | 1 | 1 | 20 | 10.000 (n=3) | 9.800–10.200, ±0.497 | 128.0 | 1.00 | 1.00 | 1.00 | 1.00 |" in text
     assert text.count("| single | 1 |") == 1
-    assert "| pp | 2 | 1 | 20 | 8.000 (n=3) | 160.0 | 1.25 | 0.62 | 0.62 | 0.50 |" in text
-    assert "| dp | 4 | 1 | 20 | 2.500 (n=3) | 512.0 | 4.00 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| pp | 2 | 1 | 20 | 8.000 (n=3) | 8.000–8.000, ±0.000 | 160.0 | 1.25 | 0.62 | 0.62 | 0.50 |" in text
+    assert "| dp | 4 | 1 | 20 | 2.500 (n=3) | 2.400–2.600, ±0.248 | 512.0 | 4.00 | 1.00 | 1.00 | 1.00 |" in text
     assert "dp on 4 GPUs: scales, S = 4.00, E = 1.00" in text
     assert "pp on 4 GPUs: faster than 1 GPU but far from linear, S = 1.11, E = 0.28" in text
     assert "tp: no verdict; none of its runs has results (tp/r2 FAILED, tp/r4 NOT_SUBMITTED)." in text
@@ -160,8 +160,8 @@ def test_superlinear_speedup_is_flagged_not_celebrated():
     row = ScalingRow(point=dp, n=2, speedup=5.0 / 1.9, efficiency=5.0 / 3.8, throughput_scaling=None,
                      memory_ratio=None)
     text = report._scaling_verdict("dp", row, base, weak=False)
-    assert text.startswith("dp on 2 GPUs: scales above linear, S = 2.63, E = 1.32")
-    assert "treat this ratio with care" in text
+    assert text.startswith("dp on 2 GPUs: no verdict; S = 2.63, E = 1.32")
+    assert "More GPUs alone cannot give E > 1" in text and "scales" not in text
 
 
 def _store(engine, plan, walls_and_requests, tmp_path):
@@ -196,7 +196,7 @@ def test_weak_scaling_section(tmp_path):
     text = build(engine, {"weak": exp_id})
     engine.dispose()
     assert "## 1. Weak scaling: weak" in text
-    assert "| dp | 2 | 1 | 40 | 12.500 (n=1) | 204.8 | 0.80 | 0.80 | 1.00 |" in text
+    assert "| dp | 2 | 1 | 40 | 12.500 (n=1) | 12.500–12.500, no interval (n=1) | 204.8 | 0.80 | 0.80 | 1.00 |" in text
     assert "dp on 2 GPUs: weak scaling holds, E_w = 0.80" in text
     assert "pp on 2 GPUs: weak scaling breaks down, E_w = 0.40" in text
 
@@ -215,3 +215,42 @@ def test_sweep_section_names_the_best_cell(tmp_path):
     assert "Cartesian sweep over micro_batches = [1, 2]." in text
     assert "| micro_batches=2 | COMPLETED | 4 | 40.0 |" in text
     assert "mb, batch 4: highest output rate 40.0 tok/s with micro_batches=2." in text
+
+
+def test_profile_section_draws_each_timeline_and_states_its_bubble(tmp_path):
+    """The timeline a real 2-process pp run recorded (tests/tui/timeline_pp2_cpu.json), in a profile study."""
+    import json
+
+    from storage.db import write_session
+    from tests.experiments import bundles
+    from tui import experiments as ex
+    from tui.timeline import bubble_fraction, timeline_from
+    from worker.contract import ModelSource
+
+    recorded = json.loads((Path(__file__).parents[1] / "tui" / "timeline_pp2_cpu.json").read_text())
+    plan = ex.plan("profile", ex.StudyConfig(name="prof", model=ModelSource(config="tiny"), modes=("pp",),
+                                             batch_sizes=(4,), num_requests=8, micro_batches=2,
+                                             shape=ex.ClusterShape(nodes=1, ranks_per_node=2)))
+    dirs = {}
+    for cell in plan.cells:
+        per_rank = [bundles.rank_record(r, peak=bundles.GIB, compute=1.0, comm=2.0, idle=1.0)
+                    for r in range(cell.num_ranks)]
+        m = bundles.measurement(batch_size=4, num_requests=8, max_new_tokens=6, wall_s=[4.0], ttft_s=0.1,
+                                tpot_s=0.05, per_rank=per_rank, num_gpus=cell.num_ranks)
+        if cell.spec.mode == "pp":
+            m["timeline"] = recorded["timeline"]
+        result = bundles.result(cell.spec.to_dict(), world_size=cell.num_ranks, num_gpus=cell.num_ranks,
+                                measurements=[m])
+        dirs[cell.key] = bundles.write_bundle(tmp_path / cell.key.replace("/", "_"), result)
+    engine = make_engine(tmp_path / "prof.db")
+    with write_session(engine) as session:
+        exp_id = bundles.store_experiment(session, plan, dirs)
+    text = section(build(engine, {"prof": exp_id}), "## 1. Profile: prof")
+    engine.dispose()
+    timeline = timeline_from(recorded["timeline"])
+    expected = ", ".join(f"rank {r.rank} {bubble_fraction(r, timeline.window_s) * 100:.0f}%" for r in timeline.ranks)
+    assert f"- pp x2, batch 4: bubble over 4 decode steps: {expected}." in text
+    block = text[text.index("```text\npp x2, batch 4: 4 decode steps x 2 micro-batches"):]
+    rows = [line for line in block.splitlines()[:8] if line.startswith("rank ")]
+    assert [r[:8] for r in rows] == ["rank 0 |", "rank 1 |"] and all(len(r) <= 80 for r in rows)
+    assert "A rank's bubble is the share of those steps' wall time it spent not computing" in text

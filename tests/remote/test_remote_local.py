@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -260,3 +261,62 @@ def test_bad_input_is_refused_and_leaves_nothing(tmp_path):
     cluster.prepare(b)
     with pytest.raises(ClusterError, match="already exists"):
         cluster.prepare(b)
+
+
+# --- lanes: the cells of one experiment run one at a time --------------------------------------
+
+WINDOW_SCRIPT = 'python3 -c "import time; print(time.time())"; sleep 0.6; python3 -c "import time; print(time.time())"'
+
+
+def _windows(cluster, bundles: list[RunBundle]) -> list[tuple[float, float]]:
+    """Submit every bundle at once, wait for all, and read back each job's (start, end) as its ranks saw it."""
+    jobs = []
+    for b in bundles:
+        prepared = cluster.prepare(b)
+        jobs.append((prepared, cluster.submit(prepared, b)))
+    windows = []
+    for prepared, job_id in jobs:
+        assert wait_terminal(cluster, job_id).state == JobState.COMPLETED
+        stamps = [float(v) for v in Path(prepared.logs_dir, launcher_log_file(job_id, 0)).read_text().split()]
+        windows.append((stamps[0], stamps[1]))
+    return windows
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return min(a[1], b[1]) - max(a[0], b[0])
+
+
+def test_jobs_of_one_lane_run_one_after_another(tmp_path):
+    cluster = make_cluster(tmp_path, ["bash", "-c", WINDOW_SCRIPT])
+    lane = [dataclasses.replace(bundle(nodes=1), lane="experiment-7") for _ in range(3)]
+    windows = sorted(_windows(cluster, lane))
+    for earlier, later in zip(windows, windows[1:]):
+        assert _overlap(earlier, later) < 0, windows  # the next started after the one before had ended
+
+
+def test_jobs_without_a_lane_or_with_lanes_off_start_together(tmp_path):
+    cluster = make_cluster(tmp_path / "a", ["bash", "-c", WINDOW_SCRIPT])
+    a, b = _windows(cluster, [bundle(nodes=1), bundle(nodes=1)])
+    assert _overlap(a, b) > 0
+    off = LocalCluster(workdir=tmp_path / "b", python=cluster.environment, job_command=["bash", "-c", WINDOW_SCRIPT],
+                       one_lane_at_a_time=False)
+    a, b = _windows(off, [dataclasses.replace(bundle(nodes=1), lane="x") for _ in range(2)])
+    assert _overlap(a, b) > 0
+
+
+def test_a_job_waiting_for_its_lane_is_pending_and_can_be_cancelled(tmp_path):
+    cluster = make_cluster(tmp_path, ["sleep", "30"])
+    first, second = (dataclasses.replace(bundle(nodes=1), lane="experiment-1") for _ in range(2))
+    p1 = cluster.prepare(first)
+    job1 = cluster.submit(p1, first)
+    deadline = time.monotonic() + 20
+    while cluster.status([job1])[job1].state != JobState.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p2 = cluster.prepare(second)
+    job2 = cluster.submit(p2, second)
+    time.sleep(0.5)
+    waiting = cluster.status([job2])[job2]
+    assert waiting.state == JobState.PENDING and waiting.reason == "Lane"
+    assert cluster.cancel(job2).state == JobState.CANCELLED
+    assert cluster.cancel(job1).state == JobState.CANCELLED

@@ -28,6 +28,8 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from tui.run_display import plain, printable
 
 CHART_WIDTH = 76
+GRID_NOTE = ("On the local backend the cells of an experiment run one at a time (each waits for the one "
+             "before), so no two share the machine they time; on Slurm the scheduler places them.")
 DONE_STATES = ("COMPLETED", "IMPORTED")
 
 
@@ -65,6 +67,8 @@ class CompareScreen(Screen):
     CompareScreen #compare-runs { height: 2fr; }
     CompareScreen #compare-experiments { height: 1fr; border-top: solid $panel-lighten-2; }
     CompareScreen #compare-status { height: auto; padding: 0 1; color: $text-muted; }
+    CompareScreen #compare-warnings { height: auto; max-height: 8; padding: 0 1; color: $warning; display: none; }
+    CompareScreen #compare-grid-note { height: auto; padding: 0 1; color: $text-muted; }
     CompareScreen #compare-tabs { width: 1fr; }
     CompareScreen #compare-charts Static { margin-bottom: 1; }
     """
@@ -93,6 +97,7 @@ class CompareScreen(Screen):
             with Vertical(id="compare-tabs"):
                 yield Static("Mark runs with space (b: baseline); Enter on an experiment marks its runs.",
                              id="compare-status")
+                yield Static("", id="compare-warnings", markup=False)
                 with TabbedContent(id="compare-tabbed"):
                     with TabPane("Differs", id="tab-diff"):
                         yield DataTable(id="compare-diff", zebra_stripes=True)
@@ -101,6 +106,7 @@ class CompareScreen(Screen):
                     with TabPane("Charts", id="tab-charts"):
                         yield VerticalScroll(id="compare-charts")
                     with TabPane("Grid", id="tab-grid"):
+                        yield Static(GRID_NOTE, id="compare-grid-note", markup=False)
                         yield DataTable(id="compare-grid", zebra_stripes=True)
         yield Footer()
 
@@ -316,6 +322,11 @@ class CompareScreen(Screen):
         derived.clear(columns=True)
         holder = self.query_one("#compare-charts", VerticalScroll)
         holder.remove_children()
+        warnings = self.query_one("#compare-warnings", Static)
+        shown = comparison.warnings if comparison is not None else ()
+        # run names inside are outside text: shown as written, never markup, no control characters
+        warnings.update(Text("\n".join(f"! {printable(w)}" for w in shown)))
+        warnings.display = bool(shown)
         if comparison is None:
             return
         diff.add_columns("field", *(plain(run_label(r) + (" ★" if r.id == comparison.baseline.id else ""))

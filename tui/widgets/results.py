@@ -1,4 +1,5 @@
-"""A finished run's measurements table (one row per batch size) and its correctness summary.
+"""A finished run's measurements table (one row per batch size), its correctness summary and, for a
+profiled run, the timeline of a few pipeline steps per rank (`PipelineTimeline`).
 
 Reads attributes of the service's measurement and correctness records by name (the columns of
 storage.models.Measurement / CorrectnessResult); a missing value shows as '-'.
@@ -14,6 +15,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from tui.run_display import plain
+from tui.timeline import first_timeline
+from tui.widgets.timeline import PipelineTimeline
 
 # (attribute, header, format)
 MEASUREMENT_COLUMNS: list[tuple[str, str, str]] = [
@@ -82,6 +85,7 @@ class ResultsPanel(VerticalScroll):
         yield Static("[dim]Results appear here when the run has finished.[/]", id="results-status")
         yield DataTable(id="measurements", cursor_type="row", zebra_stripes=True)
         yield Static("", id="correctness")
+        yield PipelineTimeline(id="timeline")
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -101,3 +105,6 @@ class ResultsPanel(VerticalScroll):
         else:
             status.update("[yellow]The run finished without measurements (see the logs for why).[/]")
         self.query_one("#correctness", Static).update(correctness_text(correctness))
+        found = first_timeline(measurements)  # profiled runs only
+        self.query_one(PipelineTimeline).show(found[1] if found else None,
+                                              f"timeline, batch {found[0]}" if found else "")

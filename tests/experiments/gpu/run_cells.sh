@@ -7,7 +7,8 @@
 #   bash tests/experiments/gpu/run_cells.sh SPECS OUT [CELL_GLOB] [DEADLINE_S]   # on the GPU machine
 #   dinf experiment attach NAME OUT/NAME/*
 #
-# CELL_GLOB picks cells (e.g. 'gpu-corr/*'); cells are skipped once DEADLINE_S seconds have passed,
+# CELL_GLOB picks cells (e.g. 'gpu-corr/*', or several joined by commas: 'gpu-scaling/*,gpu-weak/*'), in
+# that order; cells are skipped once DEADLINE_S seconds have passed,
 # so a call under a time limit returns with the bundles it finished. A failing cell does not stop
 # the others; its launcher log stays beside where its bundle would be.
 set -uo pipefail
@@ -21,7 +22,12 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export PYTHONPATH="$(cd "$(dirname "$0")/../../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 port=29500
-for spec in "$SPECS"/$GLOB/spec.json; do
+specs=()
+IFS=',' read -r -a globs <<<"$GLOB"
+for glob in "${globs[@]}"; do
+  for spec in "$SPECS"/$glob/spec.json; do specs+=("$spec"); done
+done
+for spec in "${specs[@]}"; do
   [ -f "$spec" ] || continue
   cell_dir=$(dirname "$spec")
   rel=${cell_dir#"$SPECS"/}
