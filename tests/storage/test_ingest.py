@@ -231,14 +231,16 @@ def test_misshapen_engine_names_the_field_and_writes_nothing(engine, bundle_dir,
     assert all(count == 0 for count in row_counts(engine).values())
 
 
-def test_a_cpu_runs_per_device_rate_is_per_rank(engine, bundle_dir):
-    # a 2-rank CPU bundle from a worker that divided by max(num_gpus, 1) = 1
-    result = json.loads((bundle_dir / "result.json").read_text())
-    result.update(num_gpus=0, world_size=2)
-    for m in result["measurements"]:
-        m["per_gpu_output_tok_s"] = m["output_throughput_tok_s"]
-    (bundle_dir / "result.json").write_text(json.dumps(result))
-    report = ingest(engine, bundle_dir)
+def test_a_cpu_runs_per_device_rate_is_per_rank(engine, bundle_dir, tmp_path):
+    # a 2-rank CPU bundle from a worker that divided by max(num_gpus, 1) = 1 (a copy: the fixture stays as committed)
+    def as_cpu_run(result):
+        result.update(num_gpus=0, world_size=2)
+        for m in result["measurements"]:
+            m["per_gpu_output_tok_s"] = m["output_throughput_tok_s"]
+
+    copy = _with_result(bundle_dir, tmp_path, as_cpu_run)
+    result = json.loads((copy / "result.json").read_text())
+    report = ingest(engine, copy)
     with read_session(engine) as session:
         rows = repo.measurements_for_runs(session=session, run_ids=[report.run_id])
         assert [r.per_gpu_output_tok_s for r in rows] == [m["output_throughput_tok_s"] / 2
