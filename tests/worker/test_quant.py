@@ -150,8 +150,10 @@ def test_cuda_kernels_compute_the_dequantized_product(rows):
     torch.manual_seed(0)
     w = (torch.randn(3200, 8640, device="cuda") * 0.02).half()  # OpenLLaMA-3B's down projection: K padded for int4
     x = torch.randn(rows, 8640, device="cuda").half()
-    for scheme in ("int8", "int4"):
+    # int8 multiplies fp16 activations (3e-4 measured on H200); tinygemm casts them to bf16, whose
+    # 8-bit mantissa alone gives ~2e-3 (2.3-2.4e-3 measured): the bars sit above what was seen.
+    for scheme, bar in (("int8", 1e-3), ("int4", 4e-3)):
         q = quant.quantize(w, scheme)
         want = x.float() @ quant.dequantize(q, torch.float32).T
         got = quant.matmul(x, q).float()
-        assert ((got - want).norm() / want.norm()).item() < 2e-3, scheme
+        assert ((got - want).norm() / want.norm()).item() < bar, scheme
