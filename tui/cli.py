@@ -205,10 +205,11 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition")
     group.add_argument("--account")
     group.add_argument("--qos")
-    group.add_argument("--time", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
+    group.add_argument("--time-limit", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
     group.add_argument("--constraint")
     group.add_argument("--mem")
-    group.add_argument("--container", dest="container_image", help="Apptainer image")
+    group.add_argument("--container-image", dest="container_image", help="Apptainer image")
+    study_cli.add_flag_aliases(group)  # --time, --container
 
 
 # --- commands ------------------------------------------------------------------------------------

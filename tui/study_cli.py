@@ -144,6 +144,17 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompts-file")
     for flag in RESOURCE_FLAGS:
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int if flag == "cpus_per_task" else str)
+    add_flag_aliases(group)
+
+
+FLAG_ALIASES = {"--time": "time_limit", "--container": "container_image"}
+"""Other spellings of resource flags, accepted by `submit` and `experiment` alike and left out of
+--help: the canonical names are the resource fields' own (`--time-limit`, `--container-image`)."""
+
+
+def add_flag_aliases(group: argparse._ActionsContainer) -> None:
+    for flag, dest in FLAG_ALIASES.items():
+        group.add_argument(flag, dest=dest, help=argparse.SUPPRESS)
 
 
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:

@@ -190,3 +190,24 @@ def test_hosts_and_workdirs_slurm_cannot_use_are_named(tmp_path, capsys, section
     config.write_text(f"[clusters.gpu]\n{section}\n")
     code, err = cli(tmp_path, capsys, "--config", str(config), "clusters")
     assert code == EXIT_BAD_INPUT and message in err, err
+
+
+def test_resource_flags_have_one_name_and_take_both_spellings(dinf):
+    """`submit` and `experiment` spell resource flags alike (--time-limit, --container-image), and
+    both accept the short spellings (--time, --container) without listing them in --help."""
+    killed = {}
+    for flag in ("--time", "--time-limit"):
+        result = dinf("submit", "--dry-run", flag, "00:11:00")
+        assert result.code == EXIT_OK, result.err
+        killed[flag] = [line for line in result.out.splitlines() if "killed after" in line]
+    assert killed["--time"] == killed["--time-limit"] and "killed after 660 s" in killed["--time"][0]
+    for flag in ("--time", "--time-limit"):
+        for image in ("--container", "--container-image"):
+            plan = dinf("experiment", "plan", "correctness", "--json", flag, "00:10:00", image, "a.sif")
+            assert plan.code == EXIT_OK, plan.err
+            resources = plan.json()["cells"][0]["resources"]
+            assert (resources["time_limit"], resources["container_image"]) == ("00:10:00", "a.sif")
+    for command in (("submit",), ("experiment", "create")):
+        shown = dinf(*command, "--help").out
+        assert "--time-limit" in shown and "--container-image" in shown
+        assert "--time " not in shown and "--container " not in shown
