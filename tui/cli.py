@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
     logs.add_argument("--rank", type=int, action="append", help="only this rank (repeatable)")
     logs.add_argument("--kind", action="append", choices=("worker", "events", "launcher"),
-                      help="which file per rank (default: worker and launcher)")
+                      help="which file per rank (default: launcher, the rank's whole output; worker "
+                           "where there is none)")
     logs.add_argument("--idle", type=float, default=1.0,
                       help="without -f: stop after this many seconds without new lines")
 
@@ -364,7 +365,9 @@ def cmd_show(dinf, args) -> int:
 
 def cmd_logs(dinf, args) -> int:
     record = dinf.run(args.run)
-    kinds = args.kind or ["worker", "launcher"]
+    # The launcher's log holds what the rank printed: every line of the worker's own log (it echoes
+    # them) and what only the process saw (tracebacks, srun). Both by default printed each line twice.
+    kinds = args.kind or (["launcher"] if record.job_id is not None and record.logs_dir else ["worker"])
     if record.output_dir is None:
         raise UsageError(f"run {record.id} is {record.state} and has no logs yet")
     stream = dinf.stream_logs(record.id, ranks=args.rank, kinds=kinds)
