@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(dinf, args)
     except (SpecError, ConfigError, UsageError, IngestError) as exc:
         return _fail(exc, EXIT_BAD_INPUT)
+    except BrokenPipeError:
+        # The reader went away (`dinf logs 3 | head`): not an error. Before the OSError below (it is
+        # one). Point stdout at /dev/null so the interpreter's final flush doesn't complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except RunNotFound as exc:
         return _fail(exc, EXIT_NOT_FOUND)
     except DatabaseError as exc:
@@ -87,11 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`dinf logs 3 | head`): not an error. Point stdout at /dev/null so
-        # the interpreter's final flush doesn't complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 def run() -> None:

@@ -211,3 +211,18 @@ def test_resource_flags_have_one_name_and_take_both_spellings(dinf):
         shown = dinf(*command, "--help").out
         assert "--time-limit" in shown and "--container-image" in shown
         assert "--time " not in shown and "--container " not in shown
+
+
+@pytest.mark.parametrize("args", [("runs",), ("runs", "--json"), ("experiment", "presets"), ("submit", "--dry-run")])
+def test_a_reader_that_goes_away_is_not_an_error(dinf, args):
+    """`dinf runs | head`: stdout closed before dinf writes. Exit 0 and no '[Errno 32] Broken pipe'."""
+    import subprocess
+
+    from tests.cli.conftest import DINF, REPO_ROOT
+
+    process = subprocess.Popen([str(DINF), *args], cwd=REPO_ROOT, env=dinf.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line is written
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == EXIT_OK, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
