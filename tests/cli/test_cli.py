@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from tests.cli.conftest import FIXTURE_BUNDLE
-from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_NOT_FOUND, EXIT_OK
+from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
 
 
 def test_empty_database(dinf):
@@ -226,3 +226,40 @@ def test_a_reader_that_goes_away_is_not_an_error(dinf, args):
     err = process.stderr.read()
     assert process.wait(timeout=120) == EXIT_OK, err
     assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("greeting", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"SSH-2.0-bogus\r\n" + bytes(range(256)) * 4],
+                         ids=["not-ssh", "broken-ssh"])
+def test_a_failed_ssh_handshake_is_one_message_not_a_traceback(dinf, tmp_path, greeting):
+    """A host that answers but is no SSH server (a wrong Port): dinf's message alone, naming the host
+    and what to check; not paramiko's logged traceback before it, nor an empty reason."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            with client:
+                client.sendall(greeting)
+
+    threading.Thread(target=answer, daemon=True).start()
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("")  # never the developer's own
+    dinf.home.mkdir(parents=True, exist_ok=True)
+    (dinf.home / "config.toml").write_text(f'[clusters.gpu]\nhost = "u@127.0.0.1:{port}"\nssh_config = "{ssh_config}"\n')
+    try:
+        for args in (("trust", "gpu"), ("submit", "--cluster", "gpu", "--dry-run")):
+            result = dinf(*args, timeout=120)
+            assert result.code == EXIT_FAILED, (args, result.err)
+            assert result.err.startswith(f"dinf: SSH handshake with u@127.0.0.1:{port} failed: "), result.err
+            assert "Traceback" not in result.err and "Exception (client)" not in result.err, result.err
+            assert "failed: ." not in result.err and "check HostName and Port" in result.err
+            assert len(result.err.strip().splitlines()) == 1
+    finally:
+        server.close()
