@@ -492,3 +492,76 @@ def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):
     with pytest.raises(SystemExit) as exited:
         main([])
     assert exited.value.code == 1
+
+
+# --- issue 14: keys on the run screen ------------------------------------------------------------
+
+
+async def test_escape_in_the_search_box_leaves_the_box_not_the_screen(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        await pilot.press("slash")
+        assert app.focused is app.screen.query_one("#log-search", Input)
+        await pilot.press("e", "r", "r", "escape")
+        assert isinstance(app.screen, RunScreen) and app.screen.run_id == run_id
+        assert not isinstance(app.focused, Input)
+        await pilot.press("d")  # lands on the run screen, which has no 'd': no demo run starts
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, RunScreen) and len(app.runs) == 1
+        await pilot.press("escape")  # from the screen itself: back to the list
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list")
+
+
+async def test_digit_keys_open_rank_tabs_and_search_counts_matches(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.write(job, 0, "launcher", [f"step {i} {'WARN slow' if i % 50 == 0 else 'ok'}" for i in range(500)])
+        scripted.write(job, 1, "launcher", ["rank one WARN", "rank one ok"])
+        logs = app.logs_for(run_id)
+        await wait_for(pilot, lambda: logs.merged.received == 502, what="every line")
+        tabs = app.screen.query_one(TabbedContent)
+        await pilot.press("1")
+        assert tabs.active == "rank-1"
+        await pilot.press("0")
+        assert tabs.active == "rank-0"
+        await pilot.press("7")  # the demo has ranks 0 and 1 only: nothing happens
+        assert tabs.active == "rank-0"
+        await pilot.press("slash", *"WARN")
+        count = app.screen.query_one("#search-count")
+        await wait_for(pilot, lambda: count.text.plain == "10 matching lines", what="rank 0's count")
+        await pilot.press("escape", "1")
+        await wait_for(pilot, lambda: count.text.plain == "1 matching line", what="rank 1's count")
+        await pilot.press("m")
+        await wait_for(pilot, lambda: count.text.plain == "11 matching lines", what="the merged count")
+
+
+async def test_a_finished_run_offers_no_cancel(make_app, scripted):
+    from textual.widgets._footer import FooterKey
+
+    def footer(app) -> list[str]:
+        return [key.description for key in app.screen.query(FooterKey)]
+
+    app = make_app()
+    async with app.run_test(size=(200, 44)) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: app.runs[run_id].state == "RUNNING")
+        await wait_for(pilot, lambda: "Cancel run" in footer(app), what="cancel offered while it runs")
+        scripted.set_state(job, JobState.COMPLETED)
+        await wait_for(pilot, lambda: app.runs[run_id].state == "COMPLETED")
+        await wait_for(pilot, lambda: "Cancel run" not in footer(app), what="no cancel once it finished")
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmDialog)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await wait_for(pilot, lambda: app.screen.selected_run_id() == run_id)
+        await pilot.pause(0.2)
+        assert "Cancel run" not in footer(app)  # the list too, with the cursor on a finished run
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmDialog)

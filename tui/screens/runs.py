@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui.run_display import clock, duration, elapsed_s, is_live, ranks_of, state_of, state_text
+from tui.run_display import clock, duration, elapsed_s, is_finished, is_live, ranks_of, state_of, state_text
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
 from tui.widgets.runs_table import PlainCell, RunsTable
@@ -174,6 +174,7 @@ class RunsScreen(Screen):
             row = table.get_row_index(str(selected))
             if row != table.cursor_row:
                 table.move_cursor(row=row)
+        self.refresh_bindings()  # the selected run may have finished
         has_runs = bool(getattr(self.app, "runs", {}))
         self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
 
@@ -224,6 +225,16 @@ class RunsScreen(Screen):
         run_id = self.selected_run_id()
         if run_id is not None:
             self.app.confirm_cancel(run_id)  # type: ignore[attr-defined]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_run":  # offered for a run that can still be cancelled, not a finished one
+            record = getattr(self.app, "runs", {}).get(self.selected_run_id())
+            return record is not None and not is_finished(record)
+        return True
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self) -> None:
+        self.refresh_bindings()
 
     @on(DataTable.HeaderSelected)
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
