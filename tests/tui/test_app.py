@@ -70,6 +70,8 @@ async def test_new_run_form_validates_each_field_inline(make_app):
         screen.query_one("#time_limit", Input).value = "0:30:00"
         screen.query_one("#mode", Select).value = "single"
         await pilot.pause()
+        screen.query_one("#ranks_per_node", Input).value = "2"  # single sets 1 rank; the user insists on 2
+        await pilot.pause()
         assert "exactly one rank" in str(screen.query_one("#error-mode").render())
         screen.query_one("#ranks_per_node", Input).value = "1"
         await pilot.pause()
@@ -565,3 +567,38 @@ async def test_a_finished_run_offers_no_cancel(make_app, scripted):
         await pilot.press("c")
         await pilot.pause(0.2)
         assert not isinstance(app.screen, ConfirmDialog)
+
+
+# --- issue 14: the new-run form's defaults -------------------------------------------------------
+
+
+async def test_new_run_form_defaults_stay_coherent(make_app, tmp_path):
+    """A cluster with 4 GPUs a node opens valid (4 ranks, float16); single is one rank; CPU is float32."""
+    (tmp_path / "config.toml").write_text('[defaults]\ncluster = "gpu"\n[clusters.gpu]\nhost = "gpu-login"\n'
+                                          '[clusters.gpu.slurm]\npartition = "debug"\ngpus_per_node = 4\n')
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+
+        def values() -> tuple[str, ...]:
+            v = form.form_values()
+            return v.cluster, v.mode, v.nodes, v.ranks_per_node, v.gpus_per_node, v.dtype
+
+        await wait_for(pilot, lambda: values() == ("gpu", "pp", "1", "4", "4", "float16"), what="a rank per GPU")
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        form.query_one("#mode", Select).value = "single"
+        await wait_for(pilot, lambda: values()[1:] == ("single", "1", "1", "1", "float16"), what="one rank")
+        assert not form.checked.problems, form.checked.problems
+        form.query_one("#mode", Select).value = "tp"
+        await wait_for(pilot, lambda: values()[1:] == ("tp", "1", "2", "2", "float16"), what="two ranks again")
+        form.query_one("#gpus_per_node", Input).value = "0"
+        await wait_for(pilot, lambda: values()[5] == "float32", what="CPU ranks in float32")
+        form.query_one("#gpus_per_node", Input).value = "4"
+        await wait_for(pilot, lambda: values()[3:] == ("4", "4", "float16"), what="ranks following the GPUs")
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        assert not form.query_one("#submit", Button).disabled
