@@ -602,3 +602,61 @@ async def test_new_run_form_defaults_stay_coherent(make_app, tmp_path):
         await pilot.pause()
         assert not form.checked.problems, form.checked.problems
         assert not form.query_one("#submit", Button).disabled
+
+
+# --- issue 14: the run screen after a run ended ----------------------------------------------------
+
+
+async def test_a_failed_run_shows_how_each_rank_ended_and_its_whole_error(make_app, scripted):
+    from storage import repo
+    from storage.db import write_session
+
+    error = " ".join(f"Sentence {i} of the rank's long report says what went wrong." for i in range(12)) + " END."
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        scripted.write(job, 0, "events", [event_line("phase", 0, phase="load")])  # rank 1 never reports
+        await wait_for(pilot, lambda: app.logs_for(run_id).rank_state(0).phase == "load", what="rank 0's phase")
+        scripted.set_state(job, JobState.FAILED, reason="NonZeroExitCode")
+        await wait_for(pilot, lambda: app.runs[run_id].state == "FAILED", what="FAILED")
+        with write_session(app.service.engine) as session:
+            repo.update_run(session=session, run=repo.get_run(session=session, run_id=run_id), error=error)
+            session.commit()
+        await wait_for(pilot, lambda: app.runs[run_id].error == error, what="the error")
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+
+        def detail(rank: int) -> str:
+            return rows[rank].query_one(".rank-detail").text.plain
+
+        await wait_for(pilot, lambda: detail(1) == "run ended FAILED before this rank reported", what="rank 1")
+        assert detail(0).startswith("run ended FAILED in phase load")
+        assert "waiting" not in detail(0) + detail(1)
+        await pilot.pause(0.3)
+        summary = app.screen.query_one("#run-summary")
+        wrapped = summary.text.wrap(app.console, summary.size.width)
+        assert error in summary.text.plain and summary.size.height >= len(wrapped) > 6  # grown, not cut
+        assert any("END." in line.plain for line in wrapped)
+
+
+async def test_an_imported_run_is_not_shown_as_waiting(make_app):
+    from pathlib import Path
+
+    from textual.widgets import ProgressBar
+
+    bundle = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        run_id = app.service.ingest_dir(bundle).run_id
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: run_id in app.runs, what="the imported run")
+        app.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        await pilot.pause(0.3)
+        rows = list(app.screen.query(RankProgressRow))
+        assert len(rows) == 2
+        for row in rows:
+            assert row.query_one(".rank-detail").text.plain.startswith("imported results"), row.rank
+            assert row.query_one(ProgressBar).percentage == 1.0  # not "0%"

@@ -45,6 +45,7 @@ from tui.widgets.results import ResultsPanel
 
 
 PROGRESS_REDRAW_S = 0.25
+HEADER_MIN_LINES, HEADER_MAX_LINES = 6, 16
 
 
 class RunScreen(Screen):
@@ -143,7 +144,9 @@ class RunScreen(Screen):
         if getattr(record, "engine_impl", None):
             lines.append(Text.assemble("engine ", (describe_engine(record), "bold")))
         lines.extend(_failure_lines(record))
-        self.query_one("#run-summary", FixedText).update(Text("\n").join(lines))
+        summary = Text("\n").join(lines)
+        self.query_one("#run-summary", FixedText).update(summary)
+        self._fit_header(summary)
         rows = [Text("timeline", style="bold")] + [
             Text.assemble(f"{clock(at)}  ", state_text(entry_state), " " if reason else "",
                           plain(reason, "dim") if reason else "")
@@ -151,13 +154,29 @@ class RunScreen(Screen):
         ]
         self.query_one("#run-timeline", FixedText).update(Text("\n").join(rows))
 
+    def _fit_header(self, summary: Text) -> None:
+        """Grow the header to the lines the summary wraps to (6 to HEADER_MAX_LINES), so an error is
+        shown whole instead of cut mid-sentence. It changes size only when that count changes."""
+        width = self.query_one("#run-summary", FixedText).size.width or max(20, self.size.width // 2 - 1)
+        height = min(max(HEADER_MIN_LINES, len(summary.wrap(self.app.console, width))), HEADER_MAX_LINES)
+        header = self.query_one("#run-header")
+        if header.styles.height is None or header.styles.height.value != height:
+            for widget in (header, self.query_one("#run-summary"), self.query_one("#run-timeline")):
+                widget.styles.height = height
+
+    def on_resize(self) -> None:
+        record = self.record
+        if record is not None:
+            self.call_after_refresh(self._draw_header, record)  # the summary wraps to its new width
+
     def _draw_progress(self) -> None:
         record = self.record
         live = record is not None and is_live(record)
         running_since = getattr(record, "started_at", None) if record is not None else None
         now = time.time()
+        ended = state_of(record) if record is not None and is_finished(record) else None
         for row in self.query(RankProgressRow):
-            row.show(self.logs.rank_state(row.rank), live=live, now=now, running_since=running_since)
+            row.show(self.logs.rank_state(row.rank), live=live, now=now, running_since=running_since, ended=ended)
 
     def _tick(self) -> None:
         record = self.record
