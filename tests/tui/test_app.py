@@ -660,3 +660,24 @@ async def test_an_imported_run_is_not_shown_as_waiting(make_app):
         for row in rows:
             assert row.query_one(".rank-detail").text.plain.startswith("imported results"), row.rank
             assert row.query_one(ProgressBar).percentage == 1.0  # not "0%"
+
+
+async def test_rank_rows_say_what_a_starting_rank_is_doing(make_app, scripted):
+    """Not 'start · 0%' for the ~10 s a rank imports torch: the job's wait, then each phase in words."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+
+        def detail(rank: int) -> str:
+            return rows[rank].query_one(".rank-detail").text.plain
+
+        scripted.set_state(job, JobState.PENDING)
+        await wait_for(pilot, lambda: detail(0) == "waiting for the job to start", what="the job's wait")
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: detail(0) == "loading Python and torch", what="torch loading")
+        scripted.write(job, 0, "events", [event_line("phase", 0, phase="load")])
+        scripted.write(job, 1, "events", [event_line("phase", 1, phase="init")])
+        await wait_for(pilot, lambda: detail(0).startswith("loading weights"), what="rank 0 loading weights")
+        await wait_for(pilot, lambda: detail(1).startswith("joining the other ranks"), what="rank 1 joining")
