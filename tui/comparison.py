@@ -55,11 +55,12 @@ def _shared_batch(runs: Sequence[RunResult], wanted: int | None) -> int | None:
 
 def compare_runs(runs: Sequence[RunResult], *, baseline: RunResult | None = None,
                  batch_size: int | None = None) -> Comparison:
-    """Everything the compare views show. The baseline defaults to the first run given."""
+    """Everything the compare views show. The baseline defaults to the first single-rank run given
+    (the 1-GPU reference that speed-up and efficiency are defined against), else the first run."""
     if not runs:
         raise ValueError("runs: pick at least one run to compare")
     runs = tuple(runs)
-    base = baseline or runs[0]
+    base = baseline or next((r for r in runs if r.num_ranks == 1), runs[0])
     if base.id not in {r.id for r in runs}:
         runs = (base, *runs)
     diff = tuple((name, tuple(values)) for name, values in analysis.diff_fields([r.comparable_fields() for r in runs]))

@@ -58,7 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("runs", nargs="*", metavar="RUN", help="run id, uid or name")
     compare.add_argument("--experiment", action="append", default=[], metavar="EXP",
                          help="add every run with results of this experiment (repeatable)")
-    compare.add_argument("--baseline", metavar="RUN", help="the run others are measured against (default: first)")
+    compare.add_argument("--baseline", metavar="RUN", help="the run others are measured against (default: an experiment's baseline cell, else "
+                              "the first single-rank run, else the first)")
     compare.add_argument("--batch-size", type=int, help="only this batch size")
     compare.add_argument("--no-charts", action="store_true")
     compare.add_argument("--width", type=int, default=76, help="chart width in columns")
@@ -222,6 +223,11 @@ def cmd_compare(dinf, args) -> int:
             exp = load_experiment(session, ref)
             runs += [c.run for c in exp.cells if c.done and c.run is not None] or [r for r in exp.runs if r.points]
         baseline = load_runs(session, [args.baseline])[0] if args.baseline else None
+        for ref in args.experiment if baseline is None else ():
+            cells = load_experiment(session, ref).completed("baseline")
+            baseline = cells[0].run if cells else None
+            if baseline is not None:
+                break
     if not runs:
         raise ExperimentError("compare: name runs (RUN...) or experiments (--experiment EXP) to compare")
     unique = list({r.id: r for r in runs}.values())

@@ -230,7 +230,9 @@ class CompareScreen(Screen):
         with_results = [c.run.id for c in exp.cells if c.done and c.run is not None]
         if with_results:
             self.marked = with_results
-            self.baseline_id = with_results[0]
+            # the experiment's own baseline cell (its single-rank reference), not whichever ran first
+            baselines = [c.run.id for c in exp.completed("baseline")]
+            self.baseline_id = (baselines or with_results)[0]
             self._refresh_marks()
             self._rebuild()
         self._show_grid(exp)
