@@ -157,6 +157,9 @@ def derived_rows(comparison: Comparison) -> list[list[str]]:
 
 
 DERIVED_HEADERS = ("run", "batch", "tok/s", "S", "E", "mem ratio", "TTFT ms", "TPOT ms", "T s")
+DERIVED_LEGEND = ("S = X/X_baseline, the speed-up at the same batch size · E = S/N, the efficiency over N GPUs · "
+                  "mem ratio = peak memory / the baseline's · T s = median wall time of the whole workload, in seconds")
+"""What the derived columns mean; shown under the table (text and screen alike)."""
 
 
 def format_comparison(comparison: Comparison, *, with_charts: bool = True, width: int = charts.DEFAULT_WIDTH,
@@ -168,8 +171,8 @@ def format_comparison(comparison: Comparison, *, with_charts: bool = True, width
     else:
         parts += ["no field differs between these runs", ""]
     if comparison.derived:
-        parts += ["derived against the baseline (S = X/X_baseline at the same batch size, E = S/N):",
-                  text_table(DERIVED_HEADERS, derived_rows(comparison)), ""]
+        parts += ["derived against the baseline:", text_table(DERIVED_HEADERS, derived_rows(comparison)),
+                  DERIVED_LEGEND, ""]
     else:
         parts += ["no measurements to derive from (runs without results)", ""]
     for run, b, result in comparison.correctness:

@@ -80,6 +80,7 @@ def test_compare_experiment_json_and_text(fixture_cli):
 
     text = dinf("compare", "--experiment", "scaling", "--width", "70").stdout
     assert "fields that differ:" in text
+    assert "T s = median wall time of the whole workload, in seconds" in text  # every column explained
     assert "Output tokens/s vs GPUs at batch 20" in text and "ideal (N x 1-GPU rate)" in text
 
 

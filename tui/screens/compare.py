@@ -31,6 +31,12 @@ CHART_WIDTH = 76
 DONE_STATES = ("COMPLETED", "IMPORTED")
 
 
+def derived_legend() -> str:
+    from tui.comparison import DERIVED_LEGEND  # with its charts: loaded when the screen opens
+
+    return DERIVED_LEGEND
+
+
 @dataclass
 class CompareListsLoaded(Message):
     """The runs with results and the experiments, for the pickers."""
@@ -67,6 +73,8 @@ class CompareScreen(Screen):
     CompareScreen #compare-status { height: auto; padding: 0 1; color: $text-muted; }
     CompareScreen #compare-tabs { width: 1fr; }
     CompareScreen #compare-charts Static { margin-bottom: 1; }
+    CompareScreen #compare-derived { max-height: 1fr; }
+    CompareScreen #compare-derived-legend { height: auto; padding: 0 1; color: $text-muted; }
     """
 
     BINDINGS = [
@@ -98,6 +106,7 @@ class CompareScreen(Screen):
                         yield DataTable(id="compare-diff", zebra_stripes=True)
                     with TabPane("Vs baseline", id="tab-derived"):
                         yield DataTable(id="compare-derived", zebra_stripes=True)
+                        yield Static(derived_legend(), id="compare-derived-legend", markup=False)
                     with TabPane("Charts", id="tab-charts"):
                         yield VerticalScroll(id="compare-charts")
                     with TabPane("Grid", id="tab-grid"):
