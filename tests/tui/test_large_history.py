@@ -331,3 +331,26 @@ async def test_a_run_in_the_list_costs_the_app_little_memory(tmp_path: Path) -> 
     finally:
         tracemalloc.stop()
     assert per_run < 7_000, f"each run adds {per_run:.0f} bytes to the app"
+
+
+async def test_polls_do_not_redraw_the_footer(tmp_path: Path) -> None:
+    """'Cancel run' follows the selected run, but the bindings (and so the footer) are refreshed only
+    when whether it can be cancelled changes: every poll of a live run refreshing them kept the idle
+    app at ~4% CPU (bench_tui.py)."""
+    from tui.app import DinfApp
+
+    service = _service(tmp_path, 5)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=0.1)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.runs) == 6, what="every run")
+        await pilot.pause(0.3)
+        screen = app.screen
+        refreshed = []
+        original = screen.refresh_bindings
+        screen.refresh_bindings = lambda: (refreshed.append(1), original())[1]
+        polls = service.polls
+        await wait_for(pilot, lambda: service.polls >= polls + 10 and service.listed >= 3, what="ten polls")
+        assert refreshed == []
+        screen.query_one("#runs-table").move_cursor(row=1)  # from the live run to a finished one
+        await pilot.pause()
+        assert refreshed == [1]

@@ -79,6 +79,7 @@ class RunScreen(Screen):
         self._views: dict[str, RankLog] = {}
         """pane id -> its mounted log view."""
         self._progress_pending = False
+        self._finished_shown: bool | None = None
 
     @property
     def record(self) -> Any:
@@ -122,7 +123,9 @@ class RunScreen(Screen):
         record = self.record
         if record is None:
             return
-        self.refresh_bindings()  # "Cancel run" only while there is something to cancel
+        if is_finished(record) != self._finished_shown:  # "Cancel run" only while there is something to cancel
+            self._finished_shown = is_finished(record)
+            self.refresh_bindings()  # (only on a change: it redraws the footer)
         self._draw_header(record)
         self._draw_progress()
         if is_finished(record) and not self.results_shown:

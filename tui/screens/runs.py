@@ -84,6 +84,7 @@ class RunsScreen(Screen):
         """Row keys (run ids) in the order the table shows them."""
         self._shown_records: dict[str, Any] = {}
         """Row key -> the run snapshot its cells were drawn from."""
+        self._offered_cancel: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
@@ -174,7 +175,7 @@ class RunsScreen(Screen):
             row = table.get_row_index(str(selected))
             if row != table.cursor_row:
                 table.move_cursor(row=row)
-        self.refresh_bindings()  # the selected run may have finished
+        self._update_bindings()  # the selected run may have finished
         has_runs = bool(getattr(self.app, "runs", {}))
         self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
 
@@ -226,15 +227,23 @@ class RunsScreen(Screen):
         if run_id is not None:
             self.app.confirm_cancel(run_id)  # type: ignore[attr-defined]
 
+    def _cancel_offered(self) -> bool:
+        record = getattr(self.app, "runs", {}).get(self.selected_run_id())
+        return record is not None and not is_finished(record)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_run":  # offered for a run that can still be cancelled, not a finished one
-            record = getattr(self.app, "runs", {}).get(self.selected_run_id())
-            return record is not None and not is_finished(record)
+            return self._cancel_offered()
         return True
 
     @on(DataTable.RowHighlighted)
-    def _row_highlighted(self) -> None:
-        self.refresh_bindings()
+    def _update_bindings(self) -> None:
+        # Only when it changes: refreshing the bindings redraws the footer, and every poll of a
+        # live run redraws the list (it kept the idle app at ~4% CPU, bench_tui.py).
+        offered = self._cancel_offered()
+        if offered != self._offered_cancel:
+            self._offered_cancel = offered
+            self.refresh_bindings()
 
     @on(DataTable.HeaderSelected)
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
