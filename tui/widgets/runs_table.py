@@ -9,6 +9,8 @@ tests/tui/test_large_history.py checks that a tick shows and renders only its ro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowKey
@@ -47,7 +49,7 @@ class RunsTable(DataTable):
     """A DataTable with a cheap way to change one cell whose width stays the same, and no
     renderables kept for rows that are not on screen."""
 
-    def _update_dimensions(self, new_rows) -> None:  # noqa: ANN001 - DataTable's own signature
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
         super()._update_dimensions(new_rows)
         # Measuring new rows builds every cell's renderable and caches it by row: after the first
         # listing of a thousand runs that cache held 9,000 Texts no frame would ever draw (~1.8 MB).
