@@ -46,7 +46,7 @@ from remote.local_launcher import PLAN_FILE, STATE_FILE, read_state, write_state
 from remote.logstream import MAX_READ, follow
 from remote.quoting import export_lines, join_argv
 from remote.results import copy_run_files
-from remote.slurm_cluster import JOB_ID_FILE, PROMPTS_FILE, check_run_id, expand_command, rewrite_spec
+from remote.run_dir import JOB_ID_FILE, PROMPTS_FILE, check_run_id, expand_command, rewrite_spec
 
 SCRIPT_FILE = "job.sh"
 CANCEL_MARKER = "cancel_requested"

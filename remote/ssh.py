@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import logging
 import os
 import socket
 import stat as stat_module
@@ -39,6 +40,12 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 # Transport-level failures after which a reconnect may help (auth and host-key errors are not among them).
 CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError, socket.timeout)
+
+# paramiko logs a failed handshake with its traceback at ERROR ("Exception (client): Error reading SSH
+# protocol banner", then the stack); with no handler configured Python prints that to stderr before
+# dinf's own message. What went wrong reaches the user as our exception; paramiko's records stay
+# available to anyone who configures logging.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshError(ClusterError):
@@ -375,7 +382,7 @@ class SshConnection:
                 f"{t.display} refused authentication as {t.user or '(default user)'} (tried {tried}): {exc}. "
                 "Check User and IdentityFile in ~/.ssh/config, or load the key into ssh-agent."
             ) from exc
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, EOFError, OSError) as exc:
             # Past the handshake but not logged in, the failure is about our keys (an unreadable or
             # unsupported key file raises SSHException, not AuthenticationException): say so.
             handshaken = client.get_transport() is not None and client.get_transport().is_active()
@@ -387,7 +394,10 @@ class SshConnection:
                     f"(keys tried: {tried}). Check IdentityFile in ~/.ssh/config; convert an old PEM key with "
                     "`ssh-keygen -p -f KEY` or load it into ssh-agent."
                 ) from exc
-            raise HostUnreachable(f"SSH handshake with {t.display} failed: {exc}") from exc
+            reason = str(exc) or ("the server closed the connection" if isinstance(exc, EOFError)
+                                  else type(exc).__name__)
+            raise HostUnreachable(f"SSH handshake with {t.display} failed: {reason}. Is {t.display} an SSH "
+                                  "server (check HostName and Port in ~/.ssh/config)?") from exc
         transport = client.get_transport()
         transport.set_keepalive(self.options.keepalive_s)
         return client
@@ -407,7 +417,7 @@ class SshConnection:
                 last = exc
         raise ConnectionLost(
             f"lost the connection to {self.target.display} and {self.options.reconnect_attempts} "
-            f"reconnect attempts failed: {last}"
+            f"reconnect attempts failed: {last or type(last).__name__}"
         ) from cause
 
     @contextmanager

@@ -52,8 +52,10 @@ def loaded_by(*targets: str) -> tuple[list[str], set[str]]:
         (["storage.*"], HEAVY | {"textual", "paramiko", "plotext", "remote", "tui"}),
         (["remote.*"], HEAVY | {"textual", "tui", "storage", "sqlmodel"}),
         (["worker.contract"], HEAVY | {"textual", "paramiko", "sqlmodel"}),
+        # The local backend needs no SSH; paramiko's import alone held ~4 MB of the app's RSS.
+        (["remote.local", "tui.app"], HEAVY | {"paramiko", "cryptography"}),
     ],
-    ids=["cli", "services", "storage", "remote", "contract"],
+    ids=["cli", "services", "storage", "remote", "contract", "local-backend"],
 )
 def test_laptop_side_stays_light(targets, forbidden):
     imported, loaded = loaded_by(*targets)

@@ -274,8 +274,9 @@ def by_batch_size(points_by_label: Mapping[str, Sequence[Point]], value: Callabl
             sizes += [b for b, _ in pairs]
     if not lines:
         return _empty(title, "no measurement has this value")
-    # Batch sizes are usually powers of two; a log axis spaces them evenly.
-    log_x = len(set(sizes)) > 2 and max(sizes) / min(sizes) >= 8
+    # Batch sizes are usually powers of two: a log2 axis spaces them evenly, whatever their range
+    # (a linear one squeezed 1, 2, 4 into its left third).
+    log_x = len(set(sizes)) > 1 and min(sizes) > 0
     return Chart(title, "lines", "batch size", ylabel, _with_markers(lines), xticks=_ticks(sizes), log_x=log_x)
 
 

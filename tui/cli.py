@@ -78,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(dinf, args)
     except (SpecError, ConfigError, UsageError, IngestError) as exc:
         return _fail(exc, EXIT_BAD_INPUT)
+    except BrokenPipeError:
+        # The reader went away (`dinf logs 3 | head`): not an error. Before the OSError below (it is
+        # one). Point stdout at /dev/null so the interpreter's final flush doesn't complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except RunNotFound as exc:
         return _fail(exc, EXIT_NOT_FOUND)
     except DatabaseError as exc:
@@ -89,11 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`dinf logs 3 | head`): not an error. Point stdout at /dev/null so
-        # the interpreter's final flush doesn't complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 def run() -> None:
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
     logs.add_argument("--rank", type=int, action="append", help="only this rank (repeatable)")
     logs.add_argument("--kind", action="append", choices=("worker", "events", "launcher"),
-                      help="which file per rank (default: worker and launcher)")
+                      help="which file per rank (default: launcher, the rank's whole output; worker "
+                           "where there is none)")
     logs.add_argument("--idle", type=float, default=1.0,
                       help="without -f: stop after this many seconds without new lines")
 
@@ -210,10 +211,11 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition")
     group.add_argument("--account")
     group.add_argument("--qos")
-    group.add_argument("--time", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
+    group.add_argument("--time-limit", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
     group.add_argument("--constraint")
     group.add_argument("--mem")
-    group.add_argument("--container", dest="container_image", help="Apptainer image")
+    group.add_argument("--container-image", dest="container_image", help="Apptainer image")
+    study_cli.add_flag_aliases(group)  # --time, --container
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -369,7 +371,9 @@ def cmd_show(dinf, args) -> int:
 
 def cmd_logs(dinf, args) -> int:
     record = dinf.run(args.run)
-    kinds = args.kind or ["worker", "launcher"]
+    # The launcher's log holds what the rank printed: every line of the worker's own log (it echoes
+    # them) and what only the process saw (tracebacks, srun). Both by default printed each line twice.
+    kinds = args.kind or (["launcher"] if record.job_id is not None and record.logs_dir else ["worker"])
     if record.output_dir is None:
         raise UsageError(f"run {record.id} is {record.state} and has no logs yet")
     stream = dinf.stream_logs(record.id, ranks=args.rank, kinds=kinds)

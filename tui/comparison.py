@@ -58,11 +58,12 @@ def _shared_batch(runs: Sequence[RunResult], wanted: int | None) -> int | None:
 
 def compare_runs(runs: Sequence[RunResult], *, baseline: RunResult | None = None,
                  batch_size: int | None = None) -> Comparison:
-    """Everything the compare views show. The baseline defaults to the first run given."""
+    """Everything the compare views show. The baseline defaults to the first single-rank run given
+    (the 1-GPU reference that speed-up and efficiency are defined against), else the first run."""
     if not runs:
         raise ValueError("runs: pick at least one run to compare")
     runs = tuple(runs)
-    base = baseline or runs[0]
+    base = baseline or next((r for r in runs if r.num_ranks == 1), runs[0])
     if base.id not in {r.id for r in runs}:
         runs = (base, *runs)
     diff = tuple((name, tuple(values)) for name, values in analysis.diff_fields([r.comparable_fields() for r in runs]))
@@ -191,6 +192,9 @@ def derived_rows(comparison: Comparison) -> list[list[str]]:
 
 
 DERIVED_HEADERS = ("run", "batch", "tok/s", "S", "E", "mem ratio", "TTFT ms", "TPOT ms", "T s")
+DERIVED_LEGEND = ("S = X/X_baseline, the speed-up at the same batch size · E = S/N, the efficiency over N GPUs · "
+                  "mem ratio = peak memory / the baseline's · T s = median wall time of the whole workload, in seconds")
+"""What the derived columns mean; shown under the table (text and screen alike)."""
 
 
 def format_comparison(comparison: Comparison, *, with_charts: bool = True, width: int = charts.DEFAULT_WIDTH,
@@ -202,8 +206,8 @@ def format_comparison(comparison: Comparison, *, with_charts: bool = True, width
     else:
         parts += ["no field differs between these runs", ""]
     if comparison.derived:
-        parts += ["derived against the baseline (S = X/X_baseline at the same batch size, E = S/N):",
-                  text_table(DERIVED_HEADERS, derived_rows(comparison)), ""]
+        parts += ["derived against the baseline:", text_table(DERIVED_HEADERS, derived_rows(comparison)),
+                  DERIVED_LEGEND, ""]
     else:
         parts += ["no measurements to derive from (runs without results)", ""]
     if comparison.warnings:

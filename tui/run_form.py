@@ -73,6 +73,32 @@ class CheckedForm:
         return not self.problems and self.spec is not None and self.resources is not None
 
 
+def follow_change(form: RunForm, changed: str) -> dict[str, str]:
+    """The fields that follow from one the user just changed, so that defaults stay coherent: a
+    rank per GPU (ranks follow GPUs per node), single means one rank on one node, CPU ranks compute
+    in float32 and GPU ranks in float16. Returns only fields whose text would change; the user may
+    still edit any of them afterwards (the checks then say what is inconsistent)."""
+    gpus = int(form.gpus_per_node) if form.gpus_per_node.strip().isdigit() else None
+    updates: dict[str, str] = {}
+    if changed == "mode" and form.mode == "single":
+        updates.update(nodes="1", ranks_per_node="1")
+        if gpus:
+            updates["gpus_per_node"] = "1"
+    elif changed == "mode" and form.ranks_per_node.strip() == "1":  # leaving single: 2 ranks, or a rank per GPU
+        ranks = gpus if gpus and gpus > 1 else 2
+        updates["ranks_per_node"] = str(ranks)
+        if gpus:
+            updates["gpus_per_node"] = str(ranks)
+    elif changed == "gpus_per_node" and gpus is not None:
+        if gpus > 0 and form.mode != "single":
+            updates["ranks_per_node"] = str(gpus)
+        if gpus == 0 and form.dtype != "float32":
+            updates["dtype"] = "float32"  # half precision on CPUs is slow, and not every op has it
+        elif gpus > 0 and form.dtype == "float32":
+            updates["dtype"] = "float16"
+    return {name: value for name, value in updates.items() if getattr(form, name) != value}
+
+
 def _integer(text: str, name: str, problems: dict[str, str], minimum: int) -> int | None:
     try:
         value = int(text.strip())

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,16 +64,21 @@ RunNotFound = repo.RunNotFound
 # --- snapshots handed to callers ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a thousand runs hold four of these each
 class StateEntry:
     state: str
     at: float
     reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunRecord:
-    """A run as stored, at one moment. Safe to pass between threads; refresh by asking again."""
+    """A run as stored, at one moment. Safe to pass between threads; refresh by asking again.
+
+    The app holds one per run in the database, so a record is kept light (dinf-tui's RSS with 1,000
+    runs, bench_tui.py): slots instead of an instance dict, and the spec and resources kept as the
+    JSON text stored, decoded only when `spec` / `resources` are read (each read gives a new dict).
+    """
 
     id: int
     uid: str
@@ -87,8 +93,8 @@ class RunRecord:
     job_ids: tuple[str, ...]
     num_ranks: int
     num_gpus: int
-    spec: dict[str, Any]
-    resources: dict[str, Any]
+    spec_json: str
+    resources_json: str
     run_dir: str | None
     output_dir: str | None
     logs_dir: str | None
@@ -116,6 +122,14 @@ class RunRecord:
     code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
 
     @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return json.loads(self.resources_json)
+
+    @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
 
@@ -124,7 +138,9 @@ class RunRecord:
         return self.ingested_at is not None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {("spec" if k == "spec_json" else "resources" if k == "resources_json" else k): v
+                for k, v in dataclasses.asdict(self).items()}
+        data["spec"], data["resources"] = self.spec, self.resources
         data["job_ids"] = list(self.job_ids)
         data["history"] = [dataclasses.asdict(h) for h in self.history]
         data["failure"] = None if self.failure is None else self.failure.to_dict()
@@ -752,7 +768,9 @@ class Dinf:
         clusters = {c.id: c for c in repo.list_clusters(session=session)}
         histories: dict[int, list[StateEntry]] = {}
         for change in repo.state_histories(session=session, run_ids=[run.id for run in runs]):
-            histories.setdefault(change.run_id, []).append(StateEntry(change.state, change.at, change.reason))
+            # interned: "COMPLETED" read from SQLite is a new string in every row otherwise
+            entry = StateEntry(sys.intern(change.state), change.at, change.reason)
+            histories.setdefault(change.run_id, []).append(entry)
         return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ()))) for run in runs]
 
 
@@ -762,7 +780,7 @@ def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRec
         cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
         experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
         job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
-        num_gpus=run.num_gpus, spec=json.loads(run.spec_json), resources=json.loads(run.resources_json),
+        num_gpus=run.num_gpus, spec_json=run.spec_json, resources_json=run.resources_json,
         run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
         local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
         load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,

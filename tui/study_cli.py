@@ -57,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("runs", nargs="*", metavar="RUN", help="run id, uid or name")
     compare.add_argument("--experiment", action="append", default=[], metavar="EXP",
                          help="add every run with results of this experiment (repeatable)")
-    compare.add_argument("--baseline", metavar="RUN", help="the run others are measured against (default: first)")
+    compare.add_argument("--baseline", metavar="RUN", help="the run others are measured against (default: an experiment's baseline cell, else "
+                              "the first single-rank run, else the first)")
     compare.add_argument("--batch-size", type=int, help="only this batch size")
     compare.add_argument("--no-charts", action="store_true")
     compare.add_argument("--width", type=int, default=76, help="chart width in columns")
@@ -149,6 +150,17 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quant-batch-sizes", default="1,64", help="quantization study: one job per batch size")
     for flag in RESOURCE_FLAGS:
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int if flag == "cpus_per_task" else str)
+    add_flag_aliases(group)
+
+
+FLAG_ALIASES = {"--time": "time_limit", "--container": "container_image"}
+"""Other spellings of resource flags, accepted by `submit` and `experiment` alike and left out of
+--help: the canonical names are the resource fields' own (`--time-limit`, `--container-image`)."""
+
+
+def add_flag_aliases(group: argparse._ActionsContainer) -> None:
+    for flag, dest in FLAG_ALIASES.items():
+        group.add_argument(flag, dest=dest, help=argparse.SUPPRESS)
 
 
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
@@ -219,6 +231,11 @@ def cmd_compare(dinf, args) -> int:
             exp = load_experiment(session, ref)
             runs += [c.run for c in exp.cells if c.done and c.run is not None] or [r for r in exp.runs if r.points]
         baseline = load_runs(session, [args.baseline])[0] if args.baseline else None
+        for ref in args.experiment if baseline is None else ():
+            cells = load_experiment(session, ref).completed("baseline")
+            baseline = cells[0].run if cells else None
+            if baseline is not None:
+                break
     if not runs:
         raise ExperimentError("compare: name runs (RUN...) or experiments (--experiment EXP) to compare")
     unique = list({r.id: r for r in runs}.values())

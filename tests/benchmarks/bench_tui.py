@@ -239,8 +239,8 @@ async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
     paths = [workdir / "logs" / contract.launcher_log_file("77", r) for r in (0, 1)]
     record = RunRecord(
         id=1, uid="bench", name="bench", cluster="local", backend="local", experiment_id=None, mode="pp",
-        state="RUNNING", state_reason=None, job_id="77", job_ids=("77",), num_ranks=2, num_gpus=0, spec={},
-        resources={}, run_dir=str(workdir), output_dir=str(workdir / "out"), logs_dir=str(workdir / "logs"),
+        state="RUNNING", state_reason=None, job_id="77", job_ids=("77",), num_ranks=2, num_gpus=0, spec_json="{}",
+        resources_json="{}", run_dir=str(workdir), output_dir=str(workdir / "out"), logs_dir=str(workdir / "logs"),
         script_path=None, local_results_dir=None, error=None, exit_code=None, load_time_s=None,
         created_at=time.time(), submitted_at=time.time(), started_at=time.time(), finished_at=None,
         ingested_at=None,

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from tests.cli.conftest import FIXTURE_BUNDLE
-from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_NOT_FOUND, EXIT_OK
+from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
 
 
 def test_empty_database(dinf):
@@ -190,3 +190,76 @@ def test_hosts_and_workdirs_slurm_cannot_use_are_named(tmp_path, capsys, section
     config.write_text(f"[clusters.gpu]\n{section}\n")
     code, err = cli(tmp_path, capsys, "--config", str(config), "clusters")
     assert code == EXIT_BAD_INPUT and message in err, err
+
+
+def test_resource_flags_have_one_name_and_take_both_spellings(dinf):
+    """`submit` and `experiment` spell resource flags alike (--time-limit, --container-image), and
+    both accept the short spellings (--time, --container) without listing them in --help."""
+    killed = {}
+    for flag in ("--time", "--time-limit"):
+        result = dinf("submit", "--dry-run", flag, "00:11:00")
+        assert result.code == EXIT_OK, result.err
+        killed[flag] = [line for line in result.out.splitlines() if "killed after" in line]
+    assert killed["--time"] == killed["--time-limit"] and "killed after 660 s" in killed["--time"][0]
+    for flag in ("--time", "--time-limit"):
+        for image in ("--container", "--container-image"):
+            plan = dinf("experiment", "plan", "correctness", "--json", flag, "00:10:00", image, "a.sif")
+            assert plan.code == EXIT_OK, plan.err
+            resources = plan.json()["cells"][0]["resources"]
+            assert (resources["time_limit"], resources["container_image"]) == ("00:10:00", "a.sif")
+    for command in (("submit",), ("experiment", "create")):
+        shown = dinf(*command, "--help").out
+        assert "--time-limit" in shown and "--container-image" in shown
+        assert "--time " not in shown and "--container " not in shown
+
+
+@pytest.mark.parametrize("args", [("runs",), ("runs", "--json"), ("experiment", "presets"), ("submit", "--dry-run")])
+def test_a_reader_that_goes_away_is_not_an_error(dinf, args):
+    """`dinf runs | head`: stdout closed before dinf writes. Exit 0 and no '[Errno 32] Broken pipe'."""
+    import subprocess
+
+    from tests.cli.conftest import DINF, REPO_ROOT
+
+    process = subprocess.Popen([str(DINF), *args], cwd=REPO_ROOT, env=dinf.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line is written
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == EXIT_OK, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("greeting", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"SSH-2.0-bogus\r\n" + bytes(range(256)) * 4],
+                         ids=["not-ssh", "broken-ssh"])
+def test_a_failed_ssh_handshake_is_one_message_not_a_traceback(dinf, tmp_path, greeting):
+    """A host that answers but is no SSH server (a wrong Port): dinf's message alone, naming the host
+    and what to check; not paramiko's logged traceback before it, nor an empty reason."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            with client:
+                client.sendall(greeting)
+
+    threading.Thread(target=answer, daemon=True).start()
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("")  # never the developer's own
+    dinf.home.mkdir(parents=True, exist_ok=True)
+    (dinf.home / "config.toml").write_text(f'[clusters.gpu]\nhost = "u@127.0.0.1:{port}"\nssh_config = "{ssh_config}"\n')
+    try:
+        for args in (("trust", "gpu"), ("submit", "--cluster", "gpu", "--dry-run")):
+            result = dinf(*args, timeout=120)
+            assert result.code == EXIT_FAILED, (args, result.err)
+            assert result.err.startswith(f"dinf: SSH handshake with u@127.0.0.1:{port} failed: "), result.err
+            assert "Traceback" not in result.err and "Exception (client)" not in result.err, result.err
+            assert "failed: ." not in result.err and "check HostName and Port" in result.err
+            assert len(result.err.strip().splitlines()) == 1
+    finally:
+        server.close()

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+from collections import Counter
 
 import pytest
 
@@ -50,6 +51,20 @@ def test_submit_follow_show_export(dinf):
     assert [s["rank"] for s in shown["measurements"][0]["rank_stats"]] == [0, 1]
     assert shown["accounting"][0]["state"] == "COMPLETED"
     assert "COMPLETED" in dinf("show", run_id).out
+
+    both = dinf("logs", run_id)  # every rank's whole output, each line once (not the worker's copy too)
+    assert both.code == EXIT_OK, both.err
+    lines = both.out.splitlines()
+    assert any("[0 launcher]" in line and "phase done" in line for line in lines)
+    assert any("[1 launcher]" in line and "phase done" in line for line in lines)
+    assert not any("worker]" in line for line in lines)
+    worker = dinf("logs", run_id, "--kind", "worker").out.splitlines()
+
+    def text(line: str) -> str:  # "[1 launcher] 20:00:00 rank 1 ..." -> "20:00:00 rank 1 ..."
+        return line.split("] ", 1)[1]
+
+    shown, logged = Counter(map(text, lines)), Counter(map(text, worker))
+    assert logged and all(shown[line] == count for line, count in logged.items())  # once each, not twice
 
     events = dinf("logs", run_id, "--rank", "0", "--kind", "events", "--json")
     parsed = [parse_event(json.loads(line)["line"]) for line in events.out.splitlines()]

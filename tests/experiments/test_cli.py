@@ -80,6 +80,7 @@ def test_compare_experiment_json_and_text(fixture_cli):
 
     text = dinf("compare", "--experiment", "scaling", "--width", "70").stdout
     assert "fields that differ:" in text
+    assert "T s = median wall time of the whole workload, in seconds" in text  # every column explained
     assert "Output tokens/s vs GPUs at batch 20" in text and "ideal (N x 1-GPU rate)" in text
 
 
@@ -152,3 +153,16 @@ def test_record_only_then_attach_hand_made_bundles(fixture_cli, tmp_path):
     out = tmp_path / "byhand.md"
     assert dinf("report", "byhand", "-o", str(out)).returncode == 0
     assert "dp on 2 GPUs: scales, S = 2.00, E = 1.00" in out.read_text()
+
+
+def test_compare_baseline_defaults_to_the_single_rank_reference(fixture_cli):
+    """Not whichever run is named first: the 1-GPU run that speed-up is defined against."""
+    dinf, _ = fixture_cli
+    data = json.loads(dinf("compare", "scaling:pp/r2", "scaling:dp/r2", "scaling:single/r1", "--json").stdout)
+    names = {r["id"]: r["name"] for r in data["runs"]}
+    assert names[data["baseline"]] == "scaling:single/r1"
+    speedups = {names[d["run"]]: round(d["speedup"], 3) for d in data["derived"]}
+    assert speedups == {"scaling:single/r1": 1.0, "scaling:pp/r2": 1.25, "scaling:dp/r2": 2.0}
+    chosen = json.loads(dinf("compare", "scaling:pp/r2", "scaling:single/r1", "--baseline", "scaling:pp/r2",
+                             "--json").stdout)
+    assert {r["id"]: r["name"] for r in chosen["runs"]}[chosen["baseline"]] == "scaling:pp/r2"  # asked for

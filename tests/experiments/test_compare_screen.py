@@ -91,6 +91,10 @@ async def test_experiment_grid_marks_its_runs_and_derives_against_the_baseline(a
         derived = screen.query_one("#compare-derived", DataTable)
         assert column(derived, 3) == ["1.00", "1.25", "1.11", "2.00", "4.00"]   # S vs single/r1
         assert column(derived, 4) == ["1.00", "0.62", "0.28", "1.00", "1.00"]   # E = S/N
+        screen.query_one("#compare-tabbed", TabbedContent).active = "tab-derived"
+        await pilot.pause()
+        legend = screen.query_one("#compare-derived-legend", Static)
+        assert legend.region.height >= 1 and "T s = median wall time of the whole workload" in str(legend.render())
         diff_fields = column(screen.query_one("#compare-diff", DataTable), 0)
         assert "spec.mode" in diff_fields and "spec.max_new_tokens" not in diff_fields
 

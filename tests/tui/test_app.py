@@ -70,6 +70,8 @@ async def test_new_run_form_validates_each_field_inline(make_app):
         screen.query_one("#time_limit", Input).value = "0:30:00"
         screen.query_one("#mode", Select).value = "single"
         await pilot.pause()
+        screen.query_one("#ranks_per_node", Input).value = "2"  # single sets 1 rank; the user insists on 2
+        await pilot.pause()
         assert "exactly one rank" in str(screen.query_one("#error-mode").render())
         screen.query_one("#ranks_per_node", Input).value = "1"
         await pilot.pause()
@@ -492,3 +494,190 @@ def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):
     with pytest.raises(SystemExit) as exited:
         main([])
     assert exited.value.code == 1
+
+
+# --- issue 14: keys on the run screen ------------------------------------------------------------
+
+
+async def test_escape_in_the_search_box_leaves_the_box_not_the_screen(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        await pilot.press("slash")
+        assert app.focused is app.screen.query_one("#log-search", Input)
+        await pilot.press("e", "r", "r", "escape")
+        assert isinstance(app.screen, RunScreen) and app.screen.run_id == run_id
+        assert not isinstance(app.focused, Input)
+        await pilot.press("d")  # lands on the run screen, which has no 'd': no demo run starts
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, RunScreen) and len(app.runs) == 1
+        await pilot.press("escape")  # from the screen itself: back to the list
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list")
+
+
+async def test_digit_keys_open_rank_tabs_and_search_counts_matches(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.write(job, 0, "launcher", [f"step {i} {'WARN slow' if i % 50 == 0 else 'ok'}" for i in range(500)])
+        scripted.write(job, 1, "launcher", ["rank one WARN", "rank one ok"])
+        logs = app.logs_for(run_id)
+        await wait_for(pilot, lambda: logs.merged.received == 502, what="every line")
+        tabs = app.screen.query_one(TabbedContent)
+        await pilot.press("1")
+        assert tabs.active == "rank-1"
+        await pilot.press("0")
+        assert tabs.active == "rank-0"
+        await pilot.press("7")  # the demo has ranks 0 and 1 only: nothing happens
+        assert tabs.active == "rank-0"
+        await pilot.press("slash", *"WARN")
+        count = app.screen.query_one("#search-count")
+        await wait_for(pilot, lambda: count.text.plain == "10 matching lines", what="rank 0's count")
+        await pilot.press("escape", "1")
+        await wait_for(pilot, lambda: count.text.plain == "1 matching line", what="rank 1's count")
+        await pilot.press("m")
+        await wait_for(pilot, lambda: count.text.plain == "11 matching lines", what="the merged count")
+
+
+async def test_a_finished_run_offers_no_cancel(make_app, scripted):
+    from textual.widgets._footer import FooterKey
+
+    def footer(app) -> list[str]:
+        return [key.description for key in app.screen.query(FooterKey)]
+
+    app = make_app()
+    async with app.run_test(size=(200, 44)) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: app.runs[run_id].state == "RUNNING")
+        await wait_for(pilot, lambda: "Cancel run" in footer(app), what="cancel offered while it runs")
+        scripted.set_state(job, JobState.COMPLETED)
+        await wait_for(pilot, lambda: app.runs[run_id].state == "COMPLETED")
+        await wait_for(pilot, lambda: "Cancel run" not in footer(app), what="no cancel once it finished")
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmDialog)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await wait_for(pilot, lambda: app.screen.selected_run_id() == run_id)
+        await pilot.pause(0.2)
+        assert "Cancel run" not in footer(app)  # the list too, with the cursor on a finished run
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmDialog)
+
+
+# --- issue 14: the new-run form's defaults -------------------------------------------------------
+
+
+async def test_new_run_form_defaults_stay_coherent(make_app, tmp_path):
+    """A cluster with 4 GPUs a node opens valid (4 ranks, float16); single is one rank; CPU is float32."""
+    (tmp_path / "config.toml").write_text('[defaults]\ncluster = "gpu"\n[clusters.gpu]\nhost = "gpu-login"\n'
+                                          '[clusters.gpu.slurm]\npartition = "debug"\ngpus_per_node = 4\n')
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+
+        def values() -> tuple[str, ...]:
+            v = form.form_values()
+            return v.cluster, v.mode, v.nodes, v.ranks_per_node, v.gpus_per_node, v.dtype
+
+        await wait_for(pilot, lambda: values() == ("gpu", "pp", "1", "4", "4", "float16"), what="a rank per GPU")
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        form.query_one("#mode", Select).value = "single"
+        await wait_for(pilot, lambda: values()[1:] == ("single", "1", "1", "1", "float16"), what="one rank")
+        assert not form.checked.problems, form.checked.problems
+        form.query_one("#mode", Select).value = "tp"
+        await wait_for(pilot, lambda: values()[1:] == ("tp", "1", "2", "2", "float16"), what="two ranks again")
+        form.query_one("#gpus_per_node", Input).value = "0"
+        await wait_for(pilot, lambda: values()[5] == "float32", what="CPU ranks in float32")
+        form.query_one("#gpus_per_node", Input).value = "4"
+        await wait_for(pilot, lambda: values()[3:] == ("4", "4", "float16"), what="ranks following the GPUs")
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        assert not form.query_one("#submit", Button).disabled
+
+
+# --- issue 14: the run screen after a run ended ----------------------------------------------------
+
+
+async def test_a_failed_run_shows_how_each_rank_ended_and_its_whole_error(make_app, scripted):
+    from storage import repo
+    from storage.db import write_session
+
+    error = " ".join(f"Sentence {i} of the rank's long report says what went wrong." for i in range(12)) + " END."
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        scripted.write(job, 0, "events", [event_line("phase", 0, phase="load")])  # rank 1 never reports
+        await wait_for(pilot, lambda: app.logs_for(run_id).rank_state(0).phase == "load", what="rank 0's phase")
+        scripted.set_state(job, JobState.FAILED, reason="NonZeroExitCode")
+        await wait_for(pilot, lambda: app.runs[run_id].state == "FAILED", what="FAILED")
+        with write_session(app.service.engine) as session:
+            repo.update_run(session=session, run=repo.get_run(session=session, run_id=run_id), error=error)
+            session.commit()
+        await wait_for(pilot, lambda: app.runs[run_id].error == error, what="the error")
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+
+        def detail(rank: int) -> str:
+            return rows[rank].query_one(".rank-detail").text.plain
+
+        await wait_for(pilot, lambda: detail(1) == "run ended FAILED before this rank reported", what="rank 1")
+        assert detail(0).startswith("run ended FAILED in phase load")
+        assert "waiting" not in detail(0) + detail(1)
+        await pilot.pause(0.3)
+        summary = app.screen.query_one("#run-summary")
+        wrapped = summary.text.wrap(app.console, summary.size.width)
+        assert error in summary.text.plain and summary.size.height >= len(wrapped) > 6  # grown, not cut
+        assert any("END." in line.plain for line in wrapped)
+
+
+async def test_an_imported_run_is_not_shown_as_waiting(make_app):
+    from pathlib import Path
+
+    from textual.widgets import ProgressBar
+
+    bundle = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        run_id = app.service.ingest_dir(bundle).run_id
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: run_id in app.runs, what="the imported run")
+        app.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        await pilot.pause(0.3)
+        rows = list(app.screen.query(RankProgressRow))
+        assert len(rows) == 2
+        for row in rows:
+            assert row.query_one(".rank-detail").text.plain.startswith("imported results"), row.rank
+            assert row.query_one(ProgressBar).percentage == 1.0  # not "0%"
+
+
+async def test_rank_rows_say_what_a_starting_rank_is_doing(make_app, scripted):
+    """Not 'start · 0%' for the ~10 s a rank imports torch: the job's wait, then each phase in words."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+
+        def detail(rank: int) -> str:
+            return rows[rank].query_one(".rank-detail").text.plain
+
+        scripted.set_state(job, JobState.PENDING)
+        await wait_for(pilot, lambda: detail(0) == "waiting for the job to start", what="the job's wait")
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: detail(0) == "loading Python and torch", what="torch loading")
+        scripted.write(job, 0, "events", [event_line("phase", 0, phase="load")])
+        scripted.write(job, 1, "events", [event_line("phase", 1, phase="init")])
+        await wait_for(pilot, lambda: detail(0).startswith("loading weights"), what="rank 0 loading weights")
+        await wait_for(pilot, lambda: detail(1).startswith("joining the other ranks"), what="rank 1 joining")

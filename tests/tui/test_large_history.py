@@ -148,14 +148,18 @@ async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path)
         assert logs.ranks[0].lines[0].endswith(_line(0, 19_900)[9:])  # whole lines, the newest ones
 
 
-def _history(dinf, count: int) -> None:
+REALISTIC_SPEC = {"model": {"config": "tiny", "seed": 7}, "mode": "pp", "dtype": "float16", "batch_sizes": [1, 8],
+                  "max_new_tokens": 64, "num_requests": 32, "prompts": "builtin", "micro_batches": 2}
+
+
+def _history(dinf, count: int, *, spec: dict | None = None, first: int = 0) -> None:
     from storage import repo
     from storage.db import write_session
 
     with write_session(dinf.engine) as session:
         cluster = repo.get_or_create_cluster(session=session, name="local", backend="local")
-        for i in range(count):
-            run = repo.create_run(session=session, uid=f"old-{i}", name=f"old {i}", mode="pp", spec={"i": i},
+        for i in range(first, first + count):
+            run = repo.create_run(session=session, uid=f"old-{i}", name=f"old {i}", mode="pp", spec={**(spec or {}), "i": i},
                                   num_ranks=2, cluster_id=cluster.id, at=1000.0 + i)
             for state in ("PENDING", "RUNNING", "COMPLETED"):
                 repo.record_state(session=session, run=run, state=state, at=1000.0 + i)
@@ -286,3 +290,67 @@ async def test_an_elapsed_tick_renders_only_its_row_again(tmp_path: Path) -> Non
         assert table.get_cell(live, "elapsed").plain == "12:34"
         assert rendered and set(rendered) == {table.get_row_index(live)}  # not the other visible rows
         assert "12:34" in table.render_lines(table.region.reset_offset)[1].text  # on screen too
+
+
+async def test_a_run_in_the_list_costs_the_app_little_memory(tmp_path: Path) -> None:
+    """What one more run in the database adds to what the app holds: its snapshot (spec kept as the
+    stored JSON, no instance dict) and its row (plain cells, no renderables for rows off screen).
+    Measured here: ~10 KB a run before (1,000 runs put dinf-tui's RSS over 150 MB at 100k lines/s,
+    bench_tui.py), ~5 KB after."""
+    import gc
+    import tracemalloc
+
+    from rich.cells import cached_cell_len
+
+    from tui.app import DinfApp
+    from tui.widgets.runs_table import RunsTable
+
+    def held() -> int:
+        # Bounded render caches are not a run's cost: rich's width cache (4,096 strings), the
+        # table's caches of drawn cells and lines (rows on screen, and LRU-bounded).
+        cached_cell_len.cache_clear()
+        app.screen.query_one(RunsTable)._clear_caches()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    service = _service(tmp_path, 20)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=3600)
+    tracemalloc.start()
+    try:
+        async with app.run_test(size=(130, 40)) as pilot:
+            await wait_for(pilot, lambda: len(app.runs) == 21, what="every run")
+            table = app.screen.query_one(RunsTable)
+            await wait_for(pilot, lambda: table.row_count == 21, what="every row")
+            await pilot.pause(0.2)
+            before = held()
+            _history(service.inner, 400, spec=REALISTIC_SPEC, first=100)
+            app.action_refresh_runs()
+            await wait_for(pilot, lambda: table.row_count == 421, what="the 400 new rows")
+            await pilot.pause(0.2)
+            per_run = (held() - before) / 400
+    finally:
+        tracemalloc.stop()
+    assert per_run < 7_000, f"each run adds {per_run:.0f} bytes to the app"
+
+
+async def test_polls_do_not_redraw_the_footer(tmp_path: Path) -> None:
+    """'Cancel run' follows the selected run, but the bindings (and so the footer) are refreshed only
+    when whether it can be cancelled changes: every poll of a live run refreshing them kept the idle
+    app at ~4% CPU (bench_tui.py)."""
+    from tui.app import DinfApp
+
+    service = _service(tmp_path, 5)
+    app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=0.1)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.runs) == 6, what="every run")
+        await pilot.pause(0.3)
+        screen = app.screen
+        refreshed = []
+        original = screen.refresh_bindings
+        screen.refresh_bindings = lambda: (refreshed.append(1), original())[1]
+        polls = service.polls
+        await wait_for(pilot, lambda: service.polls >= polls + 10 and service.listed >= 3, what="ten polls")
+        assert refreshed == []
+        screen.query_one("#runs-table").move_cursor(row=1)  # from the live run to a finished one
+        await pilot.pause()
+        assert refreshed == [1]

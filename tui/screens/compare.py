@@ -33,6 +33,12 @@ GRID_NOTE = ("On the local backend the cells of an experiment run one at a time 
 DONE_STATES = ("COMPLETED", "IMPORTED")
 
 
+def derived_legend() -> str:
+    from tui.comparison import DERIVED_LEGEND  # with its charts: loaded when the screen opens
+
+    return DERIVED_LEGEND
+
+
 @dataclass
 class CompareListsLoaded(Message):
     """The runs with results and the experiments, for the pickers."""
@@ -71,6 +77,8 @@ class CompareScreen(Screen):
     CompareScreen #compare-grid-note { height: auto; padding: 0 1; color: $text-muted; }
     CompareScreen #compare-tabs { width: 1fr; }
     CompareScreen #compare-charts Static { margin-bottom: 1; }
+    CompareScreen #compare-derived { max-height: 1fr; }
+    CompareScreen #compare-derived-legend { height: auto; padding: 0 1; color: $text-muted; }
     """
 
     BINDINGS = [
@@ -103,6 +111,7 @@ class CompareScreen(Screen):
                         yield DataTable(id="compare-diff", zebra_stripes=True)
                     with TabPane("Vs baseline", id="tab-derived"):
                         yield DataTable(id="compare-derived", zebra_stripes=True)
+                        yield Static(derived_legend(), id="compare-derived-legend", markup=False)
                     with TabPane("Charts", id="tab-charts"):
                         yield VerticalScroll(id="compare-charts")
                     with TabPane("Grid", id="tab-grid"):
@@ -236,7 +245,9 @@ class CompareScreen(Screen):
         with_results = [c.run.id for c in exp.cells if c.done and c.run is not None]
         if with_results:
             self.marked = with_results
-            self.baseline_id = with_results[0]
+            # the experiment's own baseline cell (its single-rank reference), not whichever ran first
+            baselines = [c.run.id for c in exp.completed("baseline")]
+            self.baseline_id = (baselines or with_results)[0]
             self._refresh_marks()
             self._rebuild()
         self._show_grid(exp)

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
 from tui.run_display import plain
-from tui.run_form import CheckedForm, RunForm, check_form
+from tui.run_form import CheckedForm, RunForm, check_form, follow_change
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
 from worker.contract import DTYPES, MODEL_CONFIGS, MODEL_SOURCES, MODES
@@ -148,8 +148,14 @@ class NewRunScreen(Screen):
     @on(Input.Changed)
     @on(Select.Changed)
     def _field_changed(self, event: Input.Changed | Select.Changed) -> None:
-        if getattr(event, "select", None) is not None and event.select.id == "cluster":  # type: ignore[union-attr]
+        widget = getattr(event, "select", None) or getattr(event, "input", None)
+        changed = getattr(widget, "id", None) or ""
+        if changed == "cluster":
             self._apply_cluster_defaults(str(event.value))
+        # Fields that follow this one (ranks follow GPUs, single is one rank, CPU is float32); each
+        # update posts its own Changed event, and follow_change returns nothing once they agree.
+        for name, value in follow_change(self.form_values(), changed).items():
+            self.query_one(f"#{name}").value = value  # type: ignore[attr-defined]
         self._validate()
 
     # --- preview and submit ------------------------------------------------------------------

@@ -45,6 +45,7 @@ from tui.widgets.results import ResultsPanel
 
 
 PROGRESS_REDRAW_S = 0.25
+HEADER_MIN_LINES, HEADER_MAX_LINES = 6, 16
 
 
 class RunScreen(Screen):
@@ -62,6 +63,8 @@ class RunScreen(Screen):
         Binding("m", "show_tab('merged')", "Merged"),
         Binding("R", "show_tab('results')", "Results"),
         Binding("q", "app.quit", "Quit"),
+        Binding("0", "show_rank(0)", "Rank tab", key_display="0-9"),
+        *(Binding(str(rank), f"show_rank({rank})", f"Rank {rank}", show=False) for rank in range(1, 10)),
     ]
 
     def __init__(self, run_id: int, logs: RunLogs) -> None:
@@ -76,6 +79,7 @@ class RunScreen(Screen):
         self._views: dict[str, RankLog] = {}
         """pane id -> its mounted log view."""
         self._progress_pending = False
+        self._finished_shown: bool | None = None
 
     @property
     def record(self) -> Any:
@@ -94,6 +98,7 @@ class RunScreen(Screen):
         with Horizontal(id="log-tools"):
             yield Input(placeholder="filter: regex, only matching lines (ctrl+l)", id="log-filter", compact=True)
             yield Input(placeholder="search: regex, Enter / n = next (/)", id="log-search", compact=True)
+            yield FixedText(id="search-count")
             yield FixedText(id="follow-state")
         yield FieldError(id="log-tools-error")
         with TabbedContent(id="log-tabs", initial="merged"):
@@ -118,6 +123,9 @@ class RunScreen(Screen):
         record = self.record
         if record is None:
             return
+        if is_finished(record) != self._finished_shown:  # "Cancel run" only while there is something to cancel
+            self._finished_shown = is_finished(record)
+            self.refresh_bindings()  # (only on a change: it redraws the footer)
         self._draw_header(record)
         self._draw_progress()
         if is_finished(record) and not self.results_shown:
@@ -139,7 +147,9 @@ class RunScreen(Screen):
         if getattr(record, "engine_impl", None):
             lines.append(Text.assemble("engine ", (describe_engine(record), "bold")))
         lines.extend(_failure_lines(record))
-        self.query_one("#run-summary", FixedText).update(Text("\n").join(lines))
+        summary = Text("\n").join(lines)
+        self.query_one("#run-summary", FixedText).update(summary)
+        self._fit_header(summary)
         rows = [Text("timeline", style="bold")] + [
             Text.assemble(f"{clock(at)}  ", state_text(entry_state), " " if reason else "",
                           plain(reason, "dim") if reason else "")
@@ -147,13 +157,29 @@ class RunScreen(Screen):
         ]
         self.query_one("#run-timeline", FixedText).update(Text("\n").join(rows))
 
+    def _fit_header(self, summary: Text) -> None:
+        """Grow the header to the lines the summary wraps to (6 to HEADER_MAX_LINES), so an error is
+        shown whole instead of cut mid-sentence. It changes size only when that count changes."""
+        width = self.query_one("#run-summary", FixedText).size.width or max(20, self.size.width // 2 - 1)
+        height = min(max(HEADER_MIN_LINES, len(summary.wrap(self.app.console, width))), HEADER_MAX_LINES)
+        header = self.query_one("#run-header")
+        if header.styles.height is None or header.styles.height.value != height:
+            for widget in (header, self.query_one("#run-summary"), self.query_one("#run-timeline")):
+                widget.styles.height = height
+
+    def on_resize(self) -> None:
+        record = self.record
+        if record is not None:
+            self.call_after_refresh(self._draw_header, record)  # the summary wraps to its new width
+
     def _draw_progress(self) -> None:
         record = self.record
         live = record is not None and is_live(record)
         running_since = getattr(record, "started_at", None) if record is not None else None
         now = time.time()
+        ended = state_of(record) if record is not None and is_finished(record) else None
         for row in self.query(RankProgressRow):
-            row.show(self.logs.rank_state(row.rank), live=live, now=now, running_since=running_since)
+            row.show(self.logs.rank_state(row.rank), live=live, now=now, running_since=running_since, ended=ended)
 
     def _tick(self) -> None:
         record = self.record
@@ -199,12 +225,14 @@ class RunScreen(Screen):
             pane.query(".lazy-placeholder").remove()
             pane.mount(view)
             self._views[pane.id] = view
+            self._count_matches()
             return
         log = self._active_log()
         if log is not None:
             log.follow = self.follow
             log.search = self.search_pattern
             log.lines_changed()
+        self._count_matches()
 
     def action_toggle_follow(self) -> None:
         log = self._active_log()
@@ -261,6 +289,19 @@ class RunScreen(Screen):
             return
         for view in self.query(RankLog):
             view.search = self.search_pattern
+        self._count_matches()
+
+    def _count_matches(self) -> None:
+        """How many lines of the active tab match the search (counted when it changes, when a tab
+        opens and at each jump; lines arriving in between are counted at the next)."""
+        count = self.query_one("#search-count", FixedText)
+        log = self._active_log()
+        if self.search_pattern is None or log is None:
+            count.update("")
+            return
+        search = self.search_pattern.search
+        matches = sum(1 for line in log.buffer.visible if search(line))
+        count.update(Text(f"{matches:,} matching line{'s' if matches != 1 else ''}", style="bold" if matches else "dim"))
 
     @on(Input.Submitted, "#log-search")
     def _search_submitted(self) -> None:
@@ -271,12 +312,14 @@ class RunScreen(Screen):
         if log is not None and not log.find_next():
             self.notify("no further match", timeout=2)
         self._sync_follow(log)
+        self._count_matches()
 
     def action_previous_match(self) -> None:
         log = self._active_log()
         if log is not None and not log.find_next(backwards=True):
             self.notify("no earlier match", timeout=2)
         self._sync_follow(log)
+        self._count_matches()
 
     def _sync_follow(self, log: RankLog | None) -> None:
         if log is not None and log.follow != self.follow:
@@ -286,6 +329,11 @@ class RunScreen(Screen):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    def action_show_rank(self, rank: int) -> None:
+        """Digit keys: the tab of rank 0-9 (labelled as the digit), where the run has that rank."""
+        if self.query(f"#rank-{rank}"):
+            self.action_show_tab(f"rank-{rank}")
+
     # --- results and actions ---------------------------------------------------------------------
 
     def show_results(self, measurements: list[Any], correctness: Any) -> None:
@@ -294,10 +342,22 @@ class RunScreen(Screen):
         if self.follow:
             self.query_one(TabbedContent).active = "results"
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_run":  # a finished run has nothing to cancel: no key, no footer entry
+            record = self.record
+            return record is not None and not is_finished(record)
+        return True
+
     def action_cancel_run(self) -> None:
         self.app.confirm_cancel(self.run_id)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:
+        # Escape in the filter or search box leaves the box, not the screen: the next letters would
+        # otherwise land on the runs list (its 'd' started a demo run).
+        if isinstance(self.focused, Input):
+            log = self._active_log()
+            self.set_focus(log)  # None (the screen itself) on a tab without a log
+            return
         self.app.pop_screen()
 
 

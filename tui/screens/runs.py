@@ -17,10 +17,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui.run_display import clock, duration, elapsed_s, is_live, plain, ranks_of, state_of, state_text
+from tui.run_display import clock, duration, elapsed_s, is_finished, is_live, ranks_of, state_of, state_text
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.field_error import FieldError
-from tui.widgets.runs_table import RunsTable
+from tui.widgets.runs_table import PlainCell, RunsTable
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "ID"),
@@ -84,6 +84,7 @@ class RunsScreen(Screen):
         """Row keys (run ids) in the order the table shows them."""
         self._shown_records: dict[str, Any] = {}
         """Row key -> the run snapshot its cells were drawn from."""
+        self._offered_cancel: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
@@ -116,18 +117,19 @@ class RunsScreen(Screen):
         rows.sort(key=lambda item: item[1][self.sort_column], reverse=self.sort_reverse)
         return rows
 
-    def _cells(self, values: dict[str, Any], record: Any) -> list[Text]:
-        # A str cell would be parsed as markup by DataTable: every cell is a Text.
+    def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
+        # A str cell would be parsed as markup by DataTable: text cells are PlainCells (shown
+        # literally, light by the thousand), numbers stay ints, the state a coloured Text.
         return [
-            Text(str(values["id"])),
-            plain(values["name"]),
-            plain(values["cluster"]),
-            plain(values["mode"]),
-            Text(str(values["ranks"])),
+            values["id"],
+            PlainCell(values["name"]),
+            PlainCell(values["cluster"]),
+            PlainCell(values["mode"]),
+            values["ranks"],
             state_text(values["state"]),
-            plain(values["job"] or "-"),
-            Text(clock(values["created"] or None)),
-            Text(duration(elapsed_s(record))),
+            PlainCell(values["job"] or "-"),
+            PlainCell(clock(values["created"] or None)),
+            PlainCell(duration(elapsed_s(record))),
         ]
 
     def _redraw(self, _version: int = 0) -> None:
@@ -167,12 +169,13 @@ class RunsScreen(Screen):
             shown[key] = record
         if order != keys:
             position = {key: index for index, key in enumerate(keys)}
-            table.sort("id", key=lambda cell: position[cell.plain])
+            table.sort("id", key=lambda cell: position[str(cell)])
         self._shown_keys = keys
         if selected is not None and str(selected) in table.rows:
             row = table.get_row_index(str(selected))
             if row != table.cursor_row:
                 table.move_cursor(row=row)
+        self._update_bindings()  # the selected run may have finished
         has_runs = bool(getattr(self.app, "runs", {}))
         self.query_one("#welcome").display = not has_runs and getattr(self.app, "service", None) is not None
 
@@ -195,7 +198,7 @@ class RunsScreen(Screen):
         for record in getattr(self.app, "runs", {}).values():
             key = str(getattr(record, "id", ""))
             if is_live(record) and key in table.rows:
-                table.tick_cell(key, "elapsed", Text(duration(elapsed_s(record))))  # re-renders its row only
+                table.tick_cell(key, "elapsed", PlainCell(duration(elapsed_s(record))))  # re-renders its row only
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -223,6 +226,24 @@ class RunsScreen(Screen):
         run_id = self.selected_run_id()
         if run_id is not None:
             self.app.confirm_cancel(run_id)  # type: ignore[attr-defined]
+
+    def _cancel_offered(self) -> bool:
+        record = getattr(self.app, "runs", {}).get(self.selected_run_id())
+        return record is not None and not is_finished(record)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_run":  # offered for a run that can still be cancelled, not a finished one
+            return self._cancel_offered()
+        return True
+
+    @on(DataTable.RowHighlighted)
+    def _update_bindings(self) -> None:
+        # Only when it changes: refreshing the bindings redraws the footer, and every poll of a
+        # live run redraws the list (it kept the idle app at ~4% CPU, bench_tui.py).
+        offered = self._cancel_offered()
+        if offered != self._offered_cancel:
+            self._offered_cancel = offered
+            self.refresh_bindings()
 
     @on(DataTable.HeaderSelected)
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:

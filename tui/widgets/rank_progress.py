@@ -13,6 +13,24 @@ from tui.run_display import plain
 from tui.run_logs import RankState
 from tui.widgets.fixed_text import FixedText
 
+PHASE_TEXT = {
+    "start": "started, setting up",
+    "init": "joining the other ranks",
+    "load": "loading weights",
+    "warmup": "warming up",
+    "measure": "measuring",
+}
+"""What a rank is doing in each phase of its events (worker.contract.PHASES), in words."""
+
+
+def phase_text(phase: str, *, started: bool) -> str:
+    """Before its first event a started rank is loading Python and torch (the worker's first event
+    comes once torch is imported, ~10 s on a cold node); before the job starts it waits."""
+    if phase == "waiting":
+        return "loading Python and torch" if started else "waiting for the job to start"
+    return PHASE_TEXT.get(phase, phase)
+
+
 class RankProgressRow(Horizontal):
     """rank label · progress bar · phase and heartbeat."""
 
@@ -37,15 +55,30 @@ class RankProgressRow(Horizontal):
         yield FixedText("waiting for the first event", classes="rank-detail")
 
     def show(
-        self, state: RankState, *, live: bool, now: float | None = None, running_since: float | None = None
+        self,
+        state: RankState,
+        *,
+        live: bool,
+        now: float | None = None,
+        running_since: float | None = None,
+        ended: str | None = None,
     ) -> None:
+        """`ended`: the run's final state once it has finished (a rank that never reported then
+        says how the run ended, not "waiting")."""
         bar = self.query_one(ProgressBar)
+        imported = ended == "IMPORTED" and state.phase == "waiting"  # results from disk, no live events
         if state.tokens_expected:
             if (bar.total, bar.progress) != (state.tokens_expected, state.tokens_done):
                 bar.update(total=state.tokens_expected, progress=state.tokens_done)
-        elif state.phase == "done" and bar.progress != bar.total:
+        elif (state.phase == "done" or imported) and bar.progress != bar.total:
             bar.update(total=1, progress=1)
-        parts = [state.phase]  # phase and error come from the rank's events: shown as plain text
+        # phase and error come from the rank's events: shown as plain text
+        parts = [phase_text(state.phase, started=running_since is not None) if live else state.phase]
+        if imported:
+            parts = ["imported results: no live events (see the results tab)"]
+        elif ended is not None and state.phase not in ("done", "failed"):
+            parts = [f"run ended {ended}" + (" before this rank reported" if state.phase == "waiting"
+                                             else f" in phase {state.phase}")]
         if state.batch_size is not None:
             parts.append(f"bs={state.batch_size}")
         if state.tokens_expected:

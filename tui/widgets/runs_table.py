@@ -9,15 +9,54 @@ tests/tui/test_large_history.py checks that a tick shows and renders only its ro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowKey
 
+from tui.run_display import printable
+
+
+class PlainCell:
+    """A cell of text from outside dinf, light to keep by the thousand.
+
+    DataTable shows a cell that is neither a str (parsed as markup) nor a Rich renderable as
+    `Text(str(cell))`: literally, and built only for the rows on screen. A thousand runs kept as
+    `Text` cells, each with its own span list, held ~2 MB of dinf-tui's RSS (bench_tui.py).
+    """
+
+    __slots__ = ("plain",)
+
+    def __init__(self, text: object) -> None:
+        self.plain = printable(text)
+        """What the cell shows (as `Text.plain` reads): control characters made visible."""
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def __repr__(self) -> str:
+        return f"PlainCell({self.plain!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlainCell) and other.plain == self.plain
+
+    def __hash__(self) -> int:
+        return hash(self.plain)
+
 
 class RunsTable(DataTable):
-    """A DataTable with a cheap way to change one cell whose width stays the same."""
+    """A DataTable with a cheap way to change one cell whose width stays the same, and no
+    renderables kept for rows that are not on screen."""
 
-    def tick_cell(self, row_key: str, column_key: str, value: Text) -> None:
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        super()._update_dimensions(new_rows)
+        # Measuring new rows builds every cell's renderable and caches it by row: after the first
+        # listing of a thousand runs that cache held 9,000 Texts no frame would ever draw (~1.8 MB).
+        # The rows on screen build theirs again at the next frame.
+        self._row_renderable_cache.clear()
+
+    def tick_cell(self, row_key: str, column_key: str, value: Text | PlainCell) -> None:
         """Set a cell (like `update_cell` without a width update) and re-render only its row."""
         row, column = RowKey(row_key), ColumnKey(column_key)
         if row not in self._row_locations or column not in self._column_locations:
