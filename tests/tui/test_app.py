@@ -681,3 +681,40 @@ async def test_rank_rows_say_what_a_starting_rank_is_doing(make_app, scripted):
         scripted.write(job, 1, "events", [event_line("phase", 1, phase="init")])
         await wait_for(pilot, lambda: detail(0).startswith("loading weights"), what="rank 0 loading weights")
         await wait_for(pilot, lambda: detail(1).startswith("joining the other ranks"), what="rank 1 joining")
+
+
+async def test_the_footer_fits_80_columns_and_hidden_keys_still_work(make_app):
+    from textual.widgets._footer import FooterKey, FooterLabel
+
+    def shown(app) -> dict[str, FooterKey]:
+        return {key.description: key for key in app.screen.query(FooterKey)}
+
+    def fully_visible(app) -> bool:
+        palette = app.screen.query_one(FooterLabel) if app.screen.query(FooterLabel) else None
+        right = palette.region.x if palette is not None else 80
+        return all(0 < key.region.width and key.region.right <= right for key in shown(app).values())
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        from remote.cluster import Resources
+        from worker.contract import RunSpec
+
+        for name in ("alpha", "beta"):  # drafts: not finished, so "Cancel run" is offered too
+            app.service.new_run(cluster="local", spec=RunSpec(run_name=name), resources=Resources(), name=name)
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: "Cancel run" in shown(app), what="cancel offered for a draft")
+        assert {"New run", "Compare", "Filter", "Refresh", "Quit", "Demo"} <= set(shown(app))
+        assert fully_visible(app)
+        assert "Sort" not in shown(app)
+        screen = app.screen
+        screen.sort_column = "id"
+        await pilot.press("s")  # off the footer, still a key
+        assert screen.sort_column != "id"
+        assert any(b.binding.description == "Sort" for b in screen.active_bindings.values())  # the keys panel
+
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        await wait_for(pilot, lambda: "Cancel run" in shown(app), what="the run screen's footer")
+        assert {"Back", "Search", "Follow", "Results", "Rank", "Quit"} <= set(shown(app))
+        assert fully_visible(app)

@@ -63,7 +63,7 @@ def test_first_launch_screens_and_quit(home: Path):
     term = Terminal(DINF_TUI, {"DINF_HOME": str(home), "TERM": "xterm-256color"})
     try:
         screen = term.wait_for("No runs yet")
-        assert "local" in screen and "Demo run" in screen  # connection bar and footer
+        assert "local" in screen and "d Demo" in screen  # connection bar and footer
         term.press("n")
         term.wait_for("Run name")
         screen = term.wait_for("Time limit")  # the whole form, Slurm options included

@@ -86,6 +86,7 @@ class CompareScreen(Screen):
         Binding("b", "set_baseline", "Baseline"),
         Binding("R", "resubmit_failed", "Resubmit failed"),
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("v", "app.compare_runs", "Compare", show=False),  # already here: kept off the footer
     ]
 
     def __init__(self, run_ids: list[int] | None = None) -> None:
@@ -117,7 +118,7 @@ class CompareScreen(Screen):
                     with TabPane("Grid", id="tab-grid"):
                         yield Static(GRID_NOTE, id="compare-grid-note", markup=False)
                         yield DataTable(id="compare-grid", zebra_stripes=True)
-        yield Footer()
+        yield Footer(compact=True)  # about a third more bindings fit in 80 columns
 
     def on_mount(self) -> None:
         runs = self.query_one("#compare-runs", DataTable)

@@ -51,19 +51,22 @@ HEADER_MIN_LINES, HEADER_MAX_LINES = 6, 16
 class RunScreen(Screen):
     """Watch one run live; Esc goes back to the list (the run keeps going)."""
 
+    # The footer shows what fits in 80 columns, most used first; the rest stay active and are
+    # listed in the keys panel (ctrl+p, "Keys").
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("f", "toggle_follow", "Follow"),
         Binding("slash", "focus_search", "Search"),
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("R", "show_tab('results')", "Results"),
+        Binding("0", "show_rank(0)", "Rank", key_display="0-9"),
+        Binding("c", "cancel_run", "Cancel run"),
+        Binding("q", "app.quit", "Quit"),
+        Binding("m", "show_tab('merged')", "Merged log", show=False),
         Binding("ctrl+f", "focus_search", "Search", show=False),
-        Binding("ctrl+l", "focus_filter", "Filter"),
+        Binding("ctrl+l", "focus_filter", "Filter", show=False),
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
-        Binding("c", "cancel_run", "Cancel run"),
-        Binding("m", "show_tab('merged')", "Merged"),
-        Binding("R", "show_tab('results')", "Results"),
-        Binding("q", "app.quit", "Quit"),
-        Binding("0", "show_rank(0)", "Rank tab", key_display="0-9"),
+        Binding("v", "app.compare_runs", "Compare", show=False),
         *(Binding(str(rank), f"show_rank({rank})", f"Rank {rank}", show=False) for rank in range(1, 10)),
     ]
 
@@ -109,7 +112,7 @@ class RunScreen(Screen):
                     yield Static("", classes="lazy-placeholder")
             with TabPane("results", id="results"):
                 yield ResultsPanel(id="results-panel")
-        yield Footer()
+        yield Footer(compact=True)  # about a third more bindings fit in 80 columns
 
     def on_mount(self) -> None:
         self._views["merged"] = self.query_one("#log-merged", RankLog)
