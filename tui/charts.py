@@ -93,6 +93,9 @@ def render(chart: Chart, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HE
     with _figure_lock:
         figure = plotext.figure
         figure.clear()
+        # the size asked for is the size drawn: a TUI pane is not the process's terminal (plotext
+        # would cap the width at the terminal's, 80 columns under a test or a pipe)
+        plotext.terminal.limit(False, False)
         figure.plot_size(width, height)
         try:
             key = _draw_text(figure, chart)

@@ -188,3 +188,44 @@ async def test_warnings_are_shown_in_words_and_the_grid_says_cells_run_one_at_a_
         assert "the timed part lasted 1.280 s, under the 2 s a timing needs" in text
         assert "the timed part lasted 0.640 s" in text
         assert "run one at a time" in str(screen.query_one("#compare-grid-note", Static).render())
+
+
+def chart_lines(screen: CompareScreen) -> list[str]:
+    return [line for s in screen.query("#compare-charts Static") for line in str(s.render()).splitlines()]
+
+
+async def test_charts_are_drawn_at_the_width_their_pane_has_and_redrawn_on_resize(app_factory):
+    app = app_factory()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 1)  # scaling: tok/s and efficiency vs GPUs
+        screen.query_one("#compare-tabbed", TabbedContent).active = "tab-charts"
+        await pilot.pause()
+        pickers, tabs = screen.query_one("#compare-pickers"), screen.query_one("#compare-tabs")
+        assert pickers.size.width < 30 and tabs.size.width > 50  # the panes share 80 columns
+        holder = screen.query_one("#compare-charts")
+        room = holder.scrollable_content_region.width
+        assert screen.chart_width == room
+        # the plot's frame spans the pane: not wrapped into it, nor a narrow strip in a wide pane
+        frame = max(len(line.rstrip()) for line in chart_lines(screen) if "┐" in line)
+        assert room - 4 <= frame <= room
+
+        await pilot.resize_terminal(160, 45)
+        await wait_for(pilot, lambda: screen.chart_width > 100, what="the charts redrawn wider")
+        await wait_for(pilot, lambda: max(len(line.rstrip()) for line in chart_lines(screen) if "┐" in line)
+                       > 100, what="the wide charts shown")
+        assert screen.chart_width == holder.scrollable_content_region.width
+        titles = [line.strip() for line in chart_lines(screen) if "vs GPUs" in line]
+        assert titles == ["Output tokens/s vs GPUs at batch 20", "Efficiency vs GPUs at batch 20 (baseline #6)"]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)], ids=["80x24", "160x45"])
+def test_compare_charts_snapshot_at_size(app_factory, snap_compare, size):
+    async def show_charts(pilot):
+        app = pilot.app
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 1)  # scaling: tok/s vs GPUs with its ideal line
+        screen.query_one("#compare-tabbed", TabbedContent).active = "tab-charts"
+        await pilot.pause()
+
+    assert snap_compare(app_factory(), terminal_size=size, run_before=show_charts)

@@ -27,10 +27,24 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from tui.run_display import plain, printable
 
-CHART_WIDTH = 76
+CHART_INSET = 2  # the charts' scrollbar gutter, kept so a scrollbar appearing never narrows them
+MIN_CHART_WIDTH = 30  # narrower than this plotext has no room for its axes: the pane scrolls instead
 GRID_NOTE = ("On the local backend the cells of an experiment run one at a time (each waits for the one "
              "before), so no two share the machine they time; on Slurm the scheduler places them.")
 DONE_STATES = ("COMPLETED", "IMPORTED")
+
+
+def draw_charts(comparison: Any, width: int) -> list[Text]:
+    """The comparison's charts as text `width` columns wide; a line never wraps (a wrapped chart is
+    garbage), it is cut at the pane's edge instead."""
+    from tui import charts  # plotext: loaded when the first comparison is drawn
+
+    drawn = []
+    for chart in comparison.charts:
+        text = Text.from_ansi(charts.render(chart, width=width, color=True))
+        text.no_wrap, text.overflow = True, "crop"
+        drawn.append(text)
+    return drawn
 
 
 def derived_legend() -> str:
@@ -53,6 +67,17 @@ class ComparisonBuilt(Message):
 
     comparison: Any
     charts: list[Text]
+    width: int
+    """The width the charts were drawn at."""
+
+
+@dataclass
+class ChartsRedrawn(Message):
+    """The same comparison's charts drawn again at a new width (the pane was resized)."""
+
+    comparison: Any
+    charts: list[Text]
+    width: int
 
 
 @dataclass
@@ -69,14 +94,17 @@ class CompareScreen(Screen):
     """Diff-only fields, derived metrics vs a baseline, charts, and experiment grids."""
 
     DEFAULT_CSS = """
-    CompareScreen #compare-pickers { width: 58; border-right: solid $panel-lighten-2; }
+    CompareScreen #compare-pickers {
+        width: 1fr; min-width: 26; max-width: 58; border-right: solid $panel-lighten-2;
+    }
     CompareScreen #compare-runs { height: 2fr; }
     CompareScreen #compare-experiments { height: 1fr; border-top: solid $panel-lighten-2; }
     CompareScreen #compare-status { height: auto; padding: 0 1; color: $text-muted; }
     CompareScreen #compare-warnings { height: auto; max-height: 8; padding: 0 1; color: $warning; display: none; }
     CompareScreen #compare-grid-note { height: auto; padding: 0 1; color: $text-muted; }
-    CompareScreen #compare-tabs { width: 1fr; }
-    CompareScreen #compare-charts Static { margin-bottom: 1; }
+    CompareScreen #compare-tabs { width: 2fr; }
+    CompareScreen #compare-charts { scrollbar-gutter: stable; }
+    CompareScreen #compare-charts Static { margin-bottom: 1; text-wrap: nowrap; text-overflow: clip; }
     CompareScreen #compare-derived { max-height: 1fr; }
     CompareScreen #compare-derived-legend { height: auto; padding: 0 1; color: $text-muted; }
     """
@@ -97,6 +125,8 @@ class CompareScreen(Screen):
         self.experiment_rows: dict[int, Any] = {}
         self.comparison: Any = None
         self.grid: Any = None
+        self.chart_width = 0
+        """The width the shown charts were drawn at (0: none drawn yet)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -293,12 +323,11 @@ class CompareScreen(Screen):
             self._fill(None, [])
             return
         status.update(f"Comparing {len(self.marked)} run(s) against baseline #{self.baseline_id}.")
-        self._compare(list(self.marked), self.baseline_id)
+        self._compare(list(self.marked), self.baseline_id, self._chart_width())
 
     @work(thread=True, exclusive=True, group="compare-build", exit_on_error=False)
-    def _compare(self, run_ids: list[int], baseline_id: int | None) -> None:
+    def _compare(self, run_ids: list[int], baseline_id: int | None, width: int) -> None:
         from storage.db import read_session
-        from tui import charts
         from tui.comparison import compare_runs
         from tui.results import load_runs
 
@@ -307,16 +336,49 @@ class CompareScreen(Screen):
                 runs = load_runs(session, run_ids)
             baseline = next((r for r in runs if r.id == baseline_id), None)
             comparison = compare_runs(runs, baseline=baseline)
-            drawn = [Text.from_ansi(charts.render(c, width=CHART_WIDTH, color=True)) for c in comparison.charts]
+            drawn = draw_charts(comparison, width)
         except Exception as exc:  # noqa: BLE001
             self.post_message(CompareFailed(f"could not compare: {exc}"))
             return
-        self.post_message(ComparisonBuilt(comparison, drawn))
+        self.post_message(ComparisonBuilt(comparison, drawn, width))
 
     def on_comparison_built(self, message: ComparisonBuilt) -> None:
         if message.comparison is not None and [r.id for r in message.comparison.runs] != self._expected_order():
             return  # a newer selection is being compared
         self._fill(message.comparison, message.charts)
+        self.chart_width = message.width
+        self._redraw_if_resized()  # the pane may have changed while they were drawn
+
+    # --- charts follow the pane's width --------------------------------------------------------------
+
+    def _chart_width(self) -> int:
+        """The columns a chart has in the Charts tab: the right pane less the scrollbar's gutter.
+        Measured on the pane, which has its size whichever tab is active (a hidden tab has none)."""
+        pane = self.query_one("#compare-tabs", Vertical)
+        return max(MIN_CHART_WIDTH, pane.size.width - CHART_INSET)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._redraw_if_resized)  # after the layout has the new sizes
+
+    def _redraw_if_resized(self) -> None:
+        width = self._chart_width()
+        if self.comparison is not None and self.chart_width and width != self.chart_width:
+            self.chart_width = width
+            self._redraw_charts(self.comparison, width)
+
+    @work(thread=True, exclusive=True, group="compare-charts", exit_on_error=False)
+    def _redraw_charts(self, comparison: Any, width: int) -> None:
+        try:
+            drawn = draw_charts(comparison, width)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(CompareFailed(f"could not draw the charts: {exc}"))
+            return
+        self.post_message(ChartsRedrawn(comparison, drawn, width))
+
+    def on_charts_redrawn(self, message: ChartsRedrawn) -> None:
+        if message.comparison is not self.comparison or message.width != self.chart_width:
+            return  # a newer comparison or width is on its way
+        self._show_charts(message.charts)
 
     def _expected_order(self) -> list[int]:
         order = list(self.marked)
@@ -332,8 +394,7 @@ class CompareScreen(Screen):
         derived = self.query_one("#compare-derived", DataTable)
         diff.clear(columns=True)
         derived.clear(columns=True)
-        holder = self.query_one("#compare-charts", VerticalScroll)
-        holder.remove_children()
+        self._show_charts(drawn if comparison is not None else None)
         warnings = self.query_one("#compare-warnings", Static)
         shown = comparison.warnings if comparison is not None else ()
         # run names inside are outside text: shown as written, never markup, no control characters
@@ -351,7 +412,12 @@ class CompareScreen(Screen):
         derived.add_columns(*DERIVED_HEADERS)
         for row in derived_rows(comparison):
             derived.add_row(*map(plain, row))
-        holder.mount_all([Static(text) for text in drawn] or [Static("No chart applies to these runs.")])
+
+    def _show_charts(self, drawn: list[Text] | None) -> None:
+        holder = self.query_one("#compare-charts", VerticalScroll)
+        holder.remove_children()
+        if drawn is not None:
+            holder.mount_all([Static(text) for text in drawn] or [Static("No chart applies to these runs.")])
 
     def on_compare_failed(self, message: CompareFailed) -> None:
         self.notify(printable(message.error, multiline=True), severity="error", timeout=8, markup=False)
