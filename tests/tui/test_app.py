@@ -718,3 +718,28 @@ async def test_the_footer_fits_80_columns_and_hidden_keys_still_work(make_app):
         await wait_for(pilot, lambda: "Cancel run" in shown(app), what="the run screen's footer")
         assert {"Back", "Search", "Follow", "Results", "Rank", "Quit"} <= set(shown(app))
         assert fully_visible(app)
+
+
+async def test_the_results_table_shows_throughput_and_tpot_at_80_columns(make_app):
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        run_id = app.service.ingest_dir(bundle).run_id
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: run_id in app.runs, what="the imported run")
+        app.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
+        await pilot.press("R")
+        await pilot.pause(0.2)
+        table = app.screen.query_one("#measurements", DataTable)
+        right, visible = 0, []
+        for column in table.ordered_columns:
+            right += column.get_render_width(table)
+            if right <= table.scrollable_content_region.width:
+                visible.append(str(column.label))
+        assert visible[:3] == ["batch", "output tok/s", "TPOT p50 ms"]
+        first = table.get_row_at(0)
+        assert float(str(first[1])) > 0  # a throughput, not a request count

@@ -18,20 +18,21 @@ from tui.run_display import plain
 from tui.timeline import first_timeline
 from tui.widgets.timeline import PipelineTimeline
 
-# (attribute, header, format)
+# (attribute, header, format). The key columns come first, so that at 80 columns a run's throughput
+# and per-token latency show without scrolling the table sideways (the rest are to its right).
 MEASUREMENT_COLUMNS: list[tuple[str, str, str]] = [
     ("batch_size", "batch", "{:d}"),
+    ("output_throughput_tok_s", "output tok/s", "{:.1f}"),
+    ("tpot_median_s", "TPOT p50 ms", "ms"),
+    ("ttft_median_s", "TTFT p50 ms", "ms"),
+    ("per_gpu_output_tok_s", "per-GPU tok/s", "{:.1f}"),
+    ("decode_throughput_tok_s", "decode tok/s", "{:.1f}"),
+    ("total_throughput_tok_s", "total tok/s", "{:.1f}"),
+    ("itl_median_s", "ITL p50 ms", "ms"),
+    ("ttft_p90_s", "TTFT p90 ms", "ms"),
+    ("e2e_median_s", "E2E p50 s", "{:.3f}"),
     ("num_requests", "requests", "{:d}"),
     ("output_tokens", "out tok", "{:d}"),
-    ("ttft_median_s", "TTFT p50 ms", "ms"),
-    ("ttft_p90_s", "TTFT p90 ms", "ms"),
-    ("tpot_median_s", "TPOT p50 ms", "ms"),
-    ("itl_median_s", "ITL p50 ms", "ms"),
-    ("e2e_median_s", "E2E p50 s", "{:.3f}"),
-    ("decode_throughput_tok_s", "decode tok/s", "{:.1f}"),
-    ("output_throughput_tok_s", "output tok/s", "{:.1f}"),
-    ("total_throughput_tok_s", "total tok/s", "{:.1f}"),
-    ("per_gpu_output_tok_s", "per-GPU tok/s", "{:.1f}"),
 ]
 
 
