@@ -743,3 +743,25 @@ async def test_the_results_table_shows_throughput_and_tpot_at_80_columns(make_ap
         assert visible[:3] == ["batch", "output tok/s", "TPOT p50 ms"]
         first = table.get_row_at(0)
         assert float(str(first[1])) > 0  # a throughput, not a request count
+
+
+async def test_the_new_run_preview_goes_below_the_form_when_narrow(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen), what="the form")
+        screen = app.screen
+        screen.query_one("#name", Input).value = "pp-preview"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: screen.preview_script is not None, what="the script")
+        await pilot.pause()
+        form, pane = screen.query_one("#run-form"), screen.query_one("#preview-pane")
+        assert pane.region.width >= 76 and pane.region.y >= form.region.bottom  # below, full width
+        assert pane.region.height >= 6
+        longest = max(len(line) for line in screen.preview_script.splitlines())
+        assert longest <= screen.query_one("#preview-text").content_region.width  # no line wraps
+
+        await pilot.resize_terminal(160, 45)
+        await pilot.pause(0.2)
+        assert pane.region.x >= form.region.right and pane.region.width >= 90  # beside it when wide

@@ -172,3 +172,25 @@ def test_unknown_host_key_dialog(snap_compare, seeded_app):
         await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "HostKeyDialog", what="dialog")
 
     assert snap_compare(seeded_app, terminal_size=SIZE, run_before=fail)
+
+
+# --- the same screens at the smallest terminal we support and at a large one ---------------------
+
+SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 45)], ids=["80x24", "160x45"])
+
+
+@SIZES
+def test_new_run_preview_at_size(snap_compare, make_app, size):
+    """Narrow: the preview below the form, full width (it was a 15-column strip); wide: beside it."""
+    app = make_app()
+
+    async def preview(pilot):
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await pilot.pause()
+        app.screen.query_one("#name", Input).value = "pp-preview"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.screen.preview_script is not None, what="the script")
+        app.screen.query_one("#run-form").focus()
+
+    assert snap_compare(app, terminal_size=size, run_before=preview)

@@ -65,6 +65,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
 class NewRunScreen(Screen):
     """Fill in, preview (ctrl+p is the palette, so p), submit (ctrl+s)."""
 
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # the preview goes below the form when narrow (app.tcss)
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+r", "preview", "Preview script"),
