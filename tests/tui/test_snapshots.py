@@ -194,3 +194,38 @@ def test_new_run_preview_at_size(snap_compare, make_app, size):
         app.screen.query_one("#run-form").focus()
 
     assert snap_compare(app, terminal_size=size, run_before=preview)
+
+
+@SIZES
+def test_runs_screen_at_size(snap_compare, seeded_app, size):
+    assert snap_compare(seeded_app, terminal_size=size, run_before=loaded)
+
+
+@SIZES
+def test_finished_run_with_results_at_size(snap_compare, seeded_app, size):
+    """The results tab: batch, output tok/s and TPOT first, so they show at 80 columns."""
+
+    async def open_results(pilot):
+        app = pilot.app
+        await loaded(pilot)
+        app.open_run(1)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
+        await pilot.press("R")
+        await pilot.pause(0.2)
+
+    assert snap_compare(seeded_app, terminal_size=size, run_before=open_results)
+
+
+@SIZES
+def test_new_run_form_with_errors_at_size(snap_compare, make_app, size):
+    app = make_app()
+
+    async def fill(pilot):
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await pilot.pause()
+        app.screen.query_one("#batch_sizes", Input).value = "1,0"
+        app.screen.query_one("#time_limit", Input).value = "soon"
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=size, run_before=fill)
