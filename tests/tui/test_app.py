@@ -765,3 +765,23 @@ async def test_the_new_run_preview_goes_below_the_form_when_narrow(make_app):
         await pilot.resize_terminal(160, 45)
         await pilot.pause(0.2)
         assert pane.region.x >= form.region.right and pane.region.width >= 90  # beside it when wide
+
+
+async def test_the_runs_list_shows_state_and_elapsed_at_80_columns(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        from remote.cluster import Resources
+        from worker.contract import RunSpec
+
+        name = "llama-pp2-baseline"  # a name as long as the seeded ones in the snapshots
+        app.service.new_run(cluster="local", spec=RunSpec(run_name=name), resources=Resources(), name=name)
+        app.action_refresh_runs()
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1)
+        right, visible = 0, []
+        for column in table.ordered_columns:
+            right += column.get_render_width(table)
+            if right <= table.scrollable_content_region.width:
+                visible.append(column.label.plain.split(" ")[0])  # without the sort arrow
+        assert visible[:8] == ["ID", "Name", "Cluster", "Mode", "Ranks", "State", "Job", "Elapsed"]

@@ -30,8 +30,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("ranks", "Ranks"),
     ("state", "State"),
     ("job", "Job"),
-    ("created", "Created"),
     ("elapsed", "Elapsed"),
+    ("created", "Created"),  # last: at 80 columns the date is what is cut, not how long a run took
 ]
 
 REBUILD_WHEN_REMOVING = 50
@@ -131,8 +131,8 @@ class RunsScreen(Screen):
             values["ranks"],
             state_text(values["state"]),
             PlainCell(values["job"] or "-"),
-            PlainCell(clock(values["created"] or None)),
             PlainCell(duration(elapsed_s(record))),
+            PlainCell(clock(values["created"] or None)),
         ]
 
     def _redraw(self, _version: int = 0) -> None:
