@@ -76,19 +76,29 @@ class WaitReport:
         self.every_s = every_s
         self._monotonic = monotonic
         self._printed = 0  # history entries already printed
+        self._reason: tuple[str, str | None] | None = None  # the state and reason printed last
         self._shown = ""  # the progress line on screen now ("" when none)
         self._drawn_at: float | None = None
 
     def states(self, record: Any) -> None:
-        """Print the history entries not printed yet (DRAFT is before the wait, never shown)."""
+        """Print the history entries not printed yet (DRAFT is before the wait, never shown), and a
+        new reason for the same state (PENDING Priority, then PENDING Resources): the history keeps
+        state changes only, the record its latest reason."""
         history = [e for e in record.history if e.state != "DRAFT"]
-        new = history[self._printed:]
-        if not new:
-            return
+        lines = [(e.state, e.at, e.reason) for e in history[self._printed:]]
         self._printed = len(history)
+        if lines:
+            self._reason = (lines[-1][0], lines[-1][2])
+        reason = getattr(record, "state_reason", None)
+        last = self._reason
+        if reason and last is not None and last[0] == record.state and last[1] != reason:
+            lines.append((record.state, time.time(), reason))
+            self._reason = (record.state, reason)
+        if not lines:
+            return
         self.clear()
-        for entry in new:
-            self.out.write(state_line(record.id, entry.state, entry.at, entry.reason) + "\n")
+        for state, at, why in lines:
+            self.out.write(state_line(record.id, state, at, why) + "\n")
         self.out.flush()
 
     def progress(self, record: Any, ranks: Mapping[int, RankState]) -> None:

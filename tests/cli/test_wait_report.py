@@ -65,3 +65,18 @@ def test_a_pipe_gets_state_lines_only():
     report.progress(record, _ranks(make_event("phase", 0, phase="load")))
     report.states(record)  # nothing new: nothing printed
     assert [line.split()[2:] for line in out.getvalue().splitlines()] == [["7", "PENDING"], ["7", "RUNNING"]]
+
+
+def test_a_new_reason_for_the_same_state_gets_its_own_line():
+    """Slurm changes a pending job's reason without a state change (Priority, then Resources); the
+    history holds the state change only, the record its latest reason."""
+    out = io.StringIO()
+    report = WaitReport(out, isatty=False)
+    history = [StateEntry("PENDING", 2.0, "Priority")]
+    report.states(SimpleNamespace(**vars(_record("PENDING", history)), state_reason="Priority"))
+    report.states(SimpleNamespace(**vars(_record("PENDING", history)), state_reason="Resources"))
+    report.states(SimpleNamespace(**vars(_record("PENDING", history)), state_reason="Resources"))
+    running = [*history, StateEntry("RUNNING", 5.0)]
+    report.states(SimpleNamespace(**vars(_record("RUNNING", running)), state_reason=None))
+    assert [line.split()[3:] for line in out.getvalue().splitlines()] == [
+        ["PENDING", "(Priority)"], ["PENDING", "(Resources)"], ["RUNNING"]]
