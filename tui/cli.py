@@ -15,7 +15,9 @@
     dinf compare | report | experiment ...   studies over many runs (tui/study_cli.py)
 
 RUN is a numeric id, a uid (or a unique prefix of one) or a unique run name. Every command takes
---json for machine-readable output on stdout; messages go to stderr.
+--json for machine-readable output on stdout; messages go to stderr. `--wait` without --json
+prints each state change of the run on stdout before its result line, and on a terminal one
+progress line rewritten in place (tui/wait_report.py).
 
 Exit codes (stable, for scripts):
   0  done
@@ -37,12 +39,13 @@ import json
 import os
 import queue
 import re
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remote.cluster import ClusterError, Resources
 from remote.poller import ACTIVE_S
@@ -51,9 +54,13 @@ from storage.ingest import IngestError
 from tui import study_cli
 from tui.config import ConfigError
 from tui.results import describe_engine
-from tui.run_display import describe_accuracy
+from tui.run_display import describe_accuracy, printable
 from tui.services import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
+
+if TYPE_CHECKING:
+    from tui.run_logs import RankState
+    from tui.wait_report import WaitReport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -256,7 +263,13 @@ def _after_submit(dinf, args, record) -> int:
         return EXIT_FAILED
     print(f"submitted run {record.id} ({record.uid}) as job {record.job_id} on {record.cluster}", file=sys.stderr)
     if args.wait:
-        record = wait_for(dinf, record.id, poll_s=args.poll)
+        from tui.wait_report import WaitReport  # only --wait needs it
+
+        # --json stays silent until its one JSON document; otherwise the states (and, on a
+        # terminal, the ranks' progress) go to stdout, before the result line.
+        report = None if args.json else WaitReport(
+            sys.stdout, isatty=sys.stdout.isatty(), width=shutil.get_terminal_size().columns)
+        record = wait_for(dinf, record.id, poll_s=args.poll, report=report)
     _emit(args, record.to_dict(), f"{record.id}\t{record.uid}\t{record.state}\t{record.job_id}")
     if args.wait and record.state != "COMPLETED":
         print(f"dinf: run {record.id} ended {record.state}: {record.error or record.state_reason or ''}",
@@ -265,24 +278,87 @@ def _after_submit(dinf, args, record) -> int:
     return EXIT_OK
 
 
-def wait_for(dinf, run_id: int, *, poll_s: float | None):
+def wait_for(dinf, run_id: int, *, poll_s: float | None, report: WaitReport | None = None):
     """Poll until the run ends; a cluster that stops answering is reported (once per new error).
 
     Waiting is watching: the run's cluster is asked every `poll_s` (default the poller's 5 s, never
-    below its 1 s floor) without backing off. Between checks only the database is read.
+    below its 1 s floor) without backing off. Between checks only the database is read. With a
+    `report`, each new state is printed, and on a terminal the ranks' progress from their events
+    (read on a helper thread, like `dinf logs -f`).
     """
     dinf.watch_run(run_id, every_s=poll_s if poll_s is not None else ACTIVE_S)
+    events = _RankEvents(dinf, run_id) if report is not None and report.isatty else None
     last_error = None
-    while True:
-        dinf.refresh()
-        record = dinf.run(run_id)
-        if record.finished:
-            return record
-        error = dinf.cluster_errors.get(record.cluster)
-        if error and error != last_error:
-            print(f"dinf: warning: cluster {record.cluster} not answering, still waiting: {error}", file=sys.stderr)
-        last_error = error
-        time.sleep(min(poll_s or 1.0, 1.0) if error is None else (poll_s or ACTIVE_S))
+    try:
+        while True:
+            dinf.refresh()
+            record = dinf.run(run_id)
+            if report is not None:
+                report.states(record)
+                if events is not None:
+                    report.progress(record, events.ranks())
+                    if events.error is not None:
+                        report.clear()
+                        print(f"dinf: warning: no progress from the ranks' events: {printable(events.error)}", file=sys.stderr)
+                        events = None
+            if record.finished:
+                return record
+            error = dinf.cluster_errors.get(record.cluster)
+            if error and error != last_error:
+                if report is not None:
+                    report.clear()
+                print(f"dinf: warning: cluster {record.cluster} not answering, still waiting: {error}",
+                      file=sys.stderr)
+            last_error = error
+            time.sleep(min(poll_s or 1.0, 1.0) if error is None else (poll_s or ACTIVE_S))
+    finally:
+        if events is not None:
+            events.stop()
+        if report is not None:
+            report.clear()
+
+
+class _RankEvents:
+    """The run's rank states, folded from its event files as a helper thread reads them."""
+
+    def __init__(self, dinf, run_id: int) -> None:
+        from tui.run_logs import RunLogs
+
+        self._stream = dinf.stream_logs(run_id, kinds=["events"])
+        self._batches: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._logs = RunLogs(max_lines=100)  # error lines only; the states are what is read
+        self._last_time: dict[str, float] = {}
+        self.error: str | None = None
+        """Why reading the events stopped, if they did; the wait goes on without progress."""
+        threading.Thread(target=self._pump, name="dinf-wait-events", daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for chunks in self._stream:  # an empty batch every fraction of a second: stop is seen
+                if self._stopping.is_set():
+                    break
+                if chunks:
+                    self._batches.put(chunks)
+        except Exception as exc:  # noqa: BLE001 - progress is a nicety; the state lines still come
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+
+    def ranks(self) -> dict[int, RankState]:
+        from tui.rank_streams import route_chunks
+
+        while True:
+            try:
+                chunks = self._batches.get_nowait()
+            except queue.Empty:
+                return self._logs.rank_states
+            self._logs.apply(route_chunks(chunks, self._last_time))
+
+    def stop(self) -> None:
+        self._stopping.set()
 
 
 def cmd_runs(dinf, args) -> int:

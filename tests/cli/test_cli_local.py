@@ -118,3 +118,69 @@ def test_dry_run_prints_the_script_and_records_nothing(dinf):
     assert result.code == EXIT_OK, result.err
     assert result.out.startswith("#!") and "-m worker run --spec" in result.out
     assert dinf("runs", "--json").json() == []
+
+
+def _state_lines(out: str, run_id: int) -> list[str]:
+    """The states of '22:19:11  run 1  PENDING  (reason)' lines, in the order printed."""
+    return [line.split()[3] for line in out.splitlines() if line.split()[1:3] == ["run", str(run_id)]]
+
+
+def test_wait_prints_each_state_then_the_result(dinf):
+    """Piped (not a terminal): a plain line per state, as the run's timeline has them, then the result
+    line; no carriage-return progress. With --json (the demo, same code): one JSON document only."""
+    waited = dinf("submit", *TINY_PP2, "--name", "waited", "--wait", "--poll", "0.5")
+    assert waited.code == EXIT_OK, waited.err
+    shown = dinf("show", "1", "--json").json()
+    timeline = [h["state"] for h in shown["history"] if h["state"] != "DRAFT"]
+    assert _state_lines(waited.out, 1) == timeline and timeline[-1] == "COMPLETED" and "RUNNING" in timeline
+    assert waited.out.splitlines()[-1].split("\t") == ["1", shown["uid"], "COMPLETED", shown["job_id"]]
+    assert "\r" not in waited.out
+
+    demo = dinf("demo", "--wait", "--poll", "0.5", "--json")
+    assert demo.code == EXIT_OK, demo.err
+    record = json.loads(demo.out)  # the whole of stdout: nothing before or after the document
+    assert record["id"] == 2 and record["state"] == "COMPLETED"
+
+
+def test_wait_on_a_terminal_shows_rank_progress(dinf):
+    """stdout a pseudo-terminal (80 columns): the state lines, and between RUNNING and COMPLETED one
+    line rewritten with '\\r' naming the ranks' phases, never wider than the terminal."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from tests.cli.conftest import DINF, REPO_ROOT
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    longer = [*TINY_PP2, "--max-new-tokens", "64", "--set", "repeats=2"]
+    process = subprocess.Popen([str(DINF), "submit", *longer, "--wait", "--poll", "0.5"], cwd=REPO_ROOT,
+                               env=dinf.env, stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    received = b""
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not data:
+            break
+        received += data
+    os.close(controller)
+    assert process.wait(timeout=300) == EXIT_OK, process.stderr.read()
+    out = received.decode().replace("\r\n", "\n")  # the terminal's own newline translation
+
+    assert _state_lines(out, 1)[-1] == "COMPLETED" and "RUNNING" in _state_lines(out, 1)
+    rest = out.split(" RUNNING\n", 1)[1]
+    # Everything drawn while running shares one line: '\r'-separated drawings, a blank wipe, then
+    # the COMPLETED state line written over it.
+    *pieces, completed = rest.split("\n", 1)[0].split("\r")
+    drawn = [piece.strip() for piece in pieces if piece.strip()]
+    assert drawn and all(line.startswith("RUNNING ") and len(line) < 80 for line in drawn)
+    phases = {"start", "init", "load", "warmup", "measure", "score", "done"}
+    assert any(" r0" in line and phases & set(line.split()) for line in drawn)
+    assert pieces[-1].strip() == "" and _state_lines(completed, 1) == ["COMPLETED"]
+    assert out.splitlines()[-1].split("\t")[2] == "COMPLETED"

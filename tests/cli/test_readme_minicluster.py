@@ -60,6 +60,7 @@ def test_the_readme_recipe_works_as_written(tmp_path, minicluster):
         assert done.returncode == 0, f"$ {line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         outputs.append(done.stdout)
     submitted, shown, logs = outputs
-    assert submitted.split("\t")[2] == "COMPLETED", submitted
+    # --wait prints the run's state lines first; the result line is the last
+    assert submitted.splitlines()[-1].split("\t")[2] == "COMPLETED", submitted
     assert "state      COMPLETED" in shown and "measurements:" in shown, shown
     assert "rank 1" in logs, logs
