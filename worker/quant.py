@@ -27,13 +27,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-SCHEMES = ("none", "int8", "int4")
 INT4_GROUP = 128
 INT4_INNER_K_TILES = 8  # tinygemm's tile layout: the input width must be a multiple of 8 * 16
 
 
 class QuantError(ValueError):
-    """A scheme this device or this shape cannot run."""
+    """A scheme `quantize` does not know (the spec's checks refuse it first)."""
 
 
 class Int8Weight(NamedTuple):
@@ -49,15 +48,6 @@ class Int4Weight(NamedTuple):
 
 
 Weight = torch.Tensor | Int8Weight | Int4Weight
-
-
-def device_problem(scheme: str, device_type: str) -> str | None:
-    """Why `scheme` cannot run on a device of this type, or None."""
-    if scheme not in SCHEMES:
-        return f"must be one of {', '.join(SCHEMES)}, got {scheme!r}"
-    if scheme == "int4" and device_type != "cuda":
-        return "int4 runs through a CUDA kernel; on CPU use int8 or none"
-    return None
 
 
 # --- quantizers ----------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ class Job:
 
         spec = self.spec
         config, source, tokenizer = self._model()
+        self.source = source  # scoring loads the unquantized model from it again
         picker = Picker(
             eos_id=config.eos_token_id, pad_id=config.pad_token_id, suppress_eos=spec.ignore_eos, top_k=spec.top_k
         )
@@ -226,9 +227,8 @@ class Job:
         run_stage = self.strategy.module
         reference, name = run_stage, f"this model ({spec.dtype}), against itself"
         if spec.quant != "none":
-            _, source, _ = self._model()
             plan = StagePlan.whole(self.config.num_hidden_layers)
-            reference = load_fast_stage(self.config, plan, source, DTYPES[spec.dtype], self.device)
+            reference = load_fast_stage(self.config, plan, self.source, DTYPES[spec.dtype], self.device)
             name = f"the unquantized model ({spec.dtype}), loaded in this job"
         prompts = [encode_prompt(self.tokenizer, t) for t in self.prompts]
         record, lines = score(reference, run_stage, prompts, spec.batch_sizes[0], spec.max_new_tokens,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from worker.contract import stat_summary
 from worker.correctness import check_completion
 from worker.generate import Picker, StepClock
 from worker.llama import FastStage
@@ -74,14 +75,6 @@ def token_scores(ref: torch.Tensor, run: torch.Tensor, tokens: list[int]) -> dic
     }
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def summarize(per_prompt: list[dict], ref_lines: list[dict], run_lines: list[dict]) -> dict:
     """The accuracy record of one comparison (see worker/contract.py, result.json "accuracy")."""
     kl = [v for p in per_prompt for v in p["kl"]]
@@ -98,7 +91,7 @@ def summarize(per_prompt: list[dict], ref_lines: list[dict], run_lines: list[dic
         "first_divergence": [c["first_divergence"] for c in checks],
         "topk_agree_at_divergence": (sum(known) / len(known)) if known else None,
         "kl_mean": sum(kl) / len(kl) if kl else None,
-        "kl_p99": _quantile(kl, 0.99) if kl else None,
+        "kl_p99": stat_summary(kl)["p99"],
         "kl_max": max(kl) if kl else None,
         "top1_agreement": sum(agree) / len(agree) if agree else None,
         "nll_ref": nll_ref,

@@ -104,51 +104,50 @@ def test_first_launch_welcome(snap_compare, make_app):
     assert snap_compare(app, terminal_size=SIZE, run_before=opened)
 
 
+async def form_with_errors(pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.service is not None)
+    await pilot.press("n")
+    await pilot.pause()
+    app.screen.query_one("#batch_sizes", Input).value = "1,0"
+    app.screen.query_one("#time_limit", Input).value = "soon"
+    await pilot.pause(0.2)
+
+
+async def previewed(pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.service is not None)
+    await pilot.press("n")
+    await pilot.pause()
+    app.screen.query_one("#name", Input).value = "pp-preview"
+    await pilot.press("ctrl+r")
+    await wait_for(pilot, lambda: app.screen.preview_script is not None, what="the script")
+    app.screen.query_one("#run-form").focus()
+
+
+async def run_opened(pilot) -> None:
+    app = pilot.app
+    await loaded(pilot)
+    app.open_run(1)
+    await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
+
+
 def test_new_run_form_with_errors(snap_compare, make_app):
-    app = make_app()
-
-    async def fill(pilot):
-        await wait_for(pilot, lambda: app.service is not None)
-        await pilot.press("n")
-        await pilot.pause()
-        app.screen.query_one("#batch_sizes", Input).value = "1,0"
-        app.screen.query_one("#time_limit", Input).value = "soon"
-        await pilot.pause(0.2)
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=fill)
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=form_with_errors)
 
 
 def test_new_run_preview(snap_compare, make_app):
-    app = make_app()
-
-    async def preview(pilot):
-        await wait_for(pilot, lambda: app.service is not None)
-        await pilot.press("n")
-        await pilot.pause()
-        app.screen.query_one("#name", Input).value = "pp-preview"
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.screen.preview_script is not None, what="the script")
-        app.screen.query_one("#run-form").focus()
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=preview)
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=previewed)
 
 
 def test_finished_run_with_results(snap_compare, seeded_app):
-    async def open_run(pilot):
-        app = pilot.app
-        await loaded(pilot)
-        app.open_run(1)
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
-
-    assert snap_compare(seeded_app, terminal_size=SIZE, run_before=open_run)
+    assert snap_compare(seeded_app, terminal_size=SIZE, run_before=run_opened)
 
 
 def test_finished_run_merged_log(snap_compare, seeded_app):
     async def open_logs(pilot):
         app = pilot.app
-        await loaded(pilot)
-        app.open_run(1)
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
+        await run_opened(pilot)
         await wait_for(pilot, lambda: app.run_logs[1].merged.received == 6, what="both ranks' lines")
         await pilot.press("m")
         await pilot.pause(0.2)
@@ -182,18 +181,7 @@ SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 45)], ids=["80x24", "16
 @SIZES
 def test_new_run_preview_at_size(snap_compare, make_app, size):
     """Narrow: the preview below the form, full width (it was a 15-column strip); wide: beside it."""
-    app = make_app()
-
-    async def preview(pilot):
-        await wait_for(pilot, lambda: app.service is not None)
-        await pilot.press("n")
-        await pilot.pause()
-        app.screen.query_one("#name", Input).value = "pp-preview"
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.screen.preview_script is not None, what="the script")
-        app.screen.query_one("#run-form").focus()
-
-    assert snap_compare(app, terminal_size=size, run_before=preview)
+    assert snap_compare(make_app(), terminal_size=size, run_before=previewed)
 
 
 @SIZES
@@ -206,10 +194,7 @@ def test_finished_run_with_results_at_size(snap_compare, seeded_app, size):
     """The results tab: batch, output tok/s and TPOT first, so they show at 80 columns."""
 
     async def open_results(pilot):
-        app = pilot.app
-        await loaded(pilot)
-        app.open_run(1)
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.results_shown)
+        await run_opened(pilot)
         await pilot.press("R")
         await pilot.pause(0.2)
 
@@ -218,14 +203,4 @@ def test_finished_run_with_results_at_size(snap_compare, seeded_app, size):
 
 @SIZES
 def test_new_run_form_with_errors_at_size(snap_compare, make_app, size):
-    app = make_app()
-
-    async def fill(pilot):
-        await wait_for(pilot, lambda: app.service is not None)
-        await pilot.press("n")
-        await pilot.pause()
-        app.screen.query_one("#batch_sizes", Input).value = "1,0"
-        app.screen.query_one("#time_limit", Input).value = "soon"
-        await pilot.pause(0.2)
-
-    assert snap_compare(app, terminal_size=size, run_before=fill)
+    assert snap_compare(make_app(), terminal_size=size, run_before=form_with_errors)
