@@ -47,13 +47,13 @@ def loaded_by(*targets: str) -> tuple[list[str], set[str]]:
 @pytest.mark.parametrize(
     ("targets", "forbidden"),
     [
-        (["tui.cli"], HEAVY | {"textual"}),
-        (["tui.services", "tui.config", "tui.locations"], HEAVY | {"textual"}),
+        (["tui.cli.main"], HEAVY | {"textual"}),
+        (["tui.core.service", "tui.core.config", "tui.core.locations"], HEAVY | {"textual"}),
         (["storage.*"], HEAVY | {"textual", "paramiko", "plotext", "remote", "tui"}),
         (["remote.*"], HEAVY | {"textual", "tui", "storage", "sqlmodel"}),
         (["worker.contract"], HEAVY | {"textual", "paramiko", "sqlmodel"}),
         # The local backend needs no SSH; paramiko's import alone held ~4 MB of the app's RSS.
-        (["remote.local", "tui.app"], HEAVY | {"paramiko", "cryptography"}),
+        (["remote.local", "tui.ui.app"], HEAVY | {"paramiko", "cryptography"}),
     ],
     ids=["cli", "services", "storage", "remote", "contract", "local-backend"],
 )

@@ -1,7 +1,7 @@
 """A Cluster whose jobs a test drives by hand: states, log lines and failures on demand.
 
 For fast, deterministic Pilot and snapshot tests of the app over the REAL service layer and a real
-SQLite file (`tui.services.Dinf(cluster_factory=...)`). The end-to-end tests use the real local
+SQLite file (`tui.core.service.Dinf(cluster_factory=...)`). The end-to-end tests use the real local
 backend and the real Slurm cluster instead. Its result bundle is the storage tests' pp2 fixture.
 """
 

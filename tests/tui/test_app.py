@@ -16,12 +16,12 @@ from remote.cluster import ClusterError, JobState
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, TabbedContent
 
-from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
-from tui.screens.new_run import NewRunScreen
-from tui.screens.run import RunScreen
-from tui.screens.runs import RunsScreen
-from tui.widgets.rank_log import RankLog
-from tui.widgets.rank_progress import RankProgressRow
+from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.ui.screens.new_run import NewRunScreen
+from tui.ui.screens.run import RunScreen
+from tui.ui.screens.runs import RunsScreen
+from tui.ui.widgets.rank_log import RankLog
+from tui.ui.widgets.rank_progress import RankProgressRow
 from worker.contract import make_event
 
 SIZE = (140, 44)
@@ -485,7 +485,7 @@ async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app
 
 
 def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):
-    from tui.app import DinfApp, main
+    from tui.ui.app import DinfApp, main
 
     def crash(app) -> None:
         app._return_code = 1  # what Textual records when an exception ends the app

@@ -16,11 +16,11 @@ import pytest
 from pilot_wait import wait_for
 from textual.widgets import DataTable, Input, Select
 
-from tui.app import DinfApp
-from tui.run_display import printable
-from tui.screens.new_run import NewRunScreen
-from tui.screens.run import RunScreen
-from tui.screens.runs import RunsScreen
+from tui.ui.app import DinfApp
+from tui.display.runs import printable
+from tui.ui.screens.new_run import NewRunScreen
+from tui.ui.screens.run import RunScreen
+from tui.ui.screens.runs import RunsScreen
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ def slurm_app(minicluster, tmp_path: Path):
     )
 
     def open_service():
-        from tui.services import Dinf, make_cluster
+        from tui.core.service import Dinf, make_cluster
 
         def clusters(cluster_config):
             # The minicluster's own key, known_hosts and this checkout's Python; `local` as usual.
@@ -89,7 +89,7 @@ async def test_unknown_host_key_is_a_dialog_and_trusting_it_connects(minicluster
     fingerprint in a dialog, nothing recorded; trusting it writes known_hosts, connects and submits."""
     from remote.slurm_cluster import SlurmCluster
     from remote.ssh import SshConnection, SshOptions
-    from tui.screens.dialogs import HostKeyDialog
+    from tui.ui.screens.dialogs import HostKeyDialog
 
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
@@ -97,7 +97,7 @@ async def test_unknown_host_key_is_a_dialog_and_trusting_it_connects(minicluster
     config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
 
     def open_service():
-        from tui.services import Dinf, make_cluster
+        from tui.core.service import Dinf, make_cluster
 
         def clusters(cluster_config):
             if cluster_config.name != "mini":
@@ -145,7 +145,7 @@ async def test_preview_after_refusing_the_host_key_asks_again_and_renders_once_t
     and stayed on 'rendering the script…'. Now it meets the same dialog each time, and renders once trusted."""
     from remote.slurm_cluster import SlurmCluster
     from remote.ssh import SshConnection, SshOptions
-    from tui.screens.dialogs import HostKeyDialog
+    from tui.ui.screens.dialogs import HostKeyDialog
 
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
@@ -153,7 +153,7 @@ async def test_preview_after_refusing_the_host_key_asks_again_and_renders_once_t
     config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
 
     def open_service():
-        from tui.services import Dinf, make_cluster
+        from tui.core.service import Dinf, make_cluster
 
         def clusters(cluster_config):
             if cluster_config.name != "mini":
@@ -197,7 +197,7 @@ async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
 
     from remote.slurm_cluster import SlurmCluster
     from remote.ssh import SshConnection, SshOptions
-    from tui.screens.dialogs import ProblemDialog
+    from tui.ui.screens.dialogs import ProblemDialog
 
     wrong_key = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
@@ -205,7 +205,7 @@ async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
     config.write_text(f'[clusters.mini]\nhost = "mini"\n[clusters.mini.slurm]\npartition = "{minicluster.partition}"\n')
 
     def open_service():
-        from tui.services import Dinf, make_cluster
+        from tui.core.service import Dinf, make_cluster
 
         def clusters(cluster_config):
             if cluster_config.name != "mini":

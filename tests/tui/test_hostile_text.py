@@ -6,7 +6,7 @@ and Textual markup, unbalanced brackets, ANSI escapes, control characters, globs
 opened, found in the palette, cancelled from a dialog, compared, picked in the new-run form, and
 met in host-key, login and failure dialogs and notifications. Each string must appear on screen literally, with control
 characters shown as U+FFFD (tab as spaces, a newline in one-line text as ⏎) and the app must
-stay up. A cheaper property test checks `tui.run_display.plain` itself on many more strings.
+stay up. A cheaper property test checks `tui.display.runs.plain` itself on many more strings.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from textual.widgets._toast import Toast
 
 from storage import repo
 from storage.db import write_session
-from tui.app import DinfApp
-from tui.messages import ActionFailed, SshTroubleMet
-from tui.run_display import CONTROL_SHOWN, plain, printable
-from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
-from tui.screens.new_run import NewRunScreen
-from tui.screens.run import RunScreen
+from tui.ui.app import DinfApp
+from tui.ui.messages import ActionFailed, SshTroubleMet
+from tui.display.runs import CONTROL_SHOWN, plain, printable
+from tui.ui.screens.compare import CompareScreen
+from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.ui.screens.new_run import NewRunScreen
+from tui.ui.screens.run import RunScreen
 from worker import contract
 from worker.contract import RunSpec, make_event
 
@@ -250,7 +250,7 @@ def test_hostile_text_in_every_displayed_field_is_shown_as_written(fields, tmp_p
     scripted = ScriptedCluster(fields["cluster"])
 
     def open_service():
-        from tui.services import Dinf
+        from tui.core.service import Dinf
 
         service = Dinf(data_dir=tmp / "data", config_path=config, cluster_factory=lambda _: scripted)
         seed(service, scripted, fields)
