@@ -341,11 +341,17 @@ def make_event(kind: str, rank: int, **payload: Any) -> dict[str, Any]:
     """One event record. `ts` is Unix time (seconds) so lines from all ranks merge by timestamp.
 
     kinds and their payload:
-      phase:     phase (one of PHASES), plus free detail (batch_size, ...)
-      progress:  batch_size, tokens_done, tokens_expected
+      phase:     phase (one of PHASES), plus free detail; warmup and measure carry batch_size and
+                 the plan: batch_index, batch_count (1-based position of batch_size in
+                 spec.batch_sizes, and their number), repeats (timed passes per batch size)
+      progress:  batch_size, tokens_done, tokens_expected (of this timed pass, sent after each
+                 batch), and the plan: repeat (1-based pass), repeats, batch_index, batch_count
       heartbeat: (nothing more)
       error:     message, traceback
       log:       level, message
+
+    The plan fields came later (same schema version): a reader treats them as optional, since
+    events written by an older worker lack them.
     """
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event kind {kind!r}")

@@ -60,13 +60,16 @@ class RankEvents:
         extra = " ".join(f"{k}={v}" for k, v in detail.items())
         self._write("phase", f"phase {phase} {extra}".rstrip(), phase=phase, **detail)
 
-    def progress(self, batch_size: int, tokens_done: int, tokens_expected: int) -> None:
+    def progress(self, batch_size: int, tokens_done: int, tokens_expected: int, **plan: int) -> None:
+        """`plan`: repeat, repeats, batch_index, batch_count (see `contract.make_event`)."""
+        where = f" repeat {plan['repeat']}/{plan['repeats']}" if "repeat" in plan and "repeats" in plan else ""
         self._write(
             "progress",
-            f"progress batch_size={batch_size} {tokens_done}/{tokens_expected} tokens",
+            f"progress batch_size={batch_size}{where} {tokens_done}/{tokens_expected} tokens",
             batch_size=batch_size,
             tokens_done=tokens_done,
             tokens_expected=tokens_expected,
+            **plan,
         )
 
     def log(self, message: str, level: str = "info") -> None:

@@ -2,8 +2,10 @@
 
 Order of work (each step an event phase): start -> init (process group) -> load (only this rank's
 stage, then a barrier: the load time) -> per batch size: warmup (W untimed runs of the first batch)
-and measure (R timed passes over all requests) -> done. Rank 0 writes spec.json, result.json and
-completions.jsonl; every rank writes its own events and log. A bad spec (or a missing/mismatched
+and measure (R timed passes over all requests, a progress event after each batch) -> done. The
+warmup and measure phases and every progress event carry the plan (which batch size of how many,
+which repeat of how many), so the laptop can show one progress bar for the whole run. Rank 0
+writes spec.json, result.json and completions.jsonl; every rank writes its own events and log. A bad spec (or a missing/mismatched
 checkpoint, a missing prompts file, ...) is reported field by field before anything is written, and
 every rank exits 2.
 
@@ -202,8 +204,8 @@ class Job:
         self.trace_events: list[dict] = []
         self.trace_dropped = 0
         measurements, completions = [], []
-        for batch_size in spec.batch_sizes:
-            m, c = self._measure(batch_size)
+        for position, batch_size in enumerate(spec.batch_sizes, 1):
+            m, c = self._measure(batch_size, position)
             measurements.append(m)
             completions += c
         if spec.profile:
@@ -267,8 +269,12 @@ class Job:
 
         distributed.wait_device(self.device, self.spec.dist_timeout_s)
 
-    def _pass(self, batches, batch_size: int, timed: bool, timer, repeat: int | None = None) -> dict:
-        """One pass over this rank's batches: prefill-only runs, then the timed generation pass."""
+    def _pass(self, batches, batch_size: int, timed: bool, timer, repeat: int | None = None,
+              plan: dict | None = None) -> dict:
+        """One pass over this rank's batches: prefill-only runs, then the timed generation pass.
+
+        `plan`: where this pass stands in the run (batch_index, batch_count, repeats), sent with each
+        progress event of a timed pass together with `repeat` (1-based)."""
         from worker import distributed
         from worker.generate import StageTimer
 
@@ -298,14 +304,15 @@ class Job:
                     outputs.append(out)
                 done += len(batch.indices) * spec.max_new_tokens
                 if timed:
-                    self.events.progress(batch_size, done, expected)
+                    self.events.progress(batch_size, done, expected, repeat=(repeat or 0) + 1, **(plan or {}))
         self._sync()
         distributed.barrier(self.device, spec.dist_timeout_s)
         wall = (time.perf_counter_ns() - t0) / 1e9
         return {"wall_s": wall, "prefill_s": prefill, "outputs": [o.to_dict() for o in outputs],
                 "window_unix": [start_unix, start_unix + wall]}
 
-    def _measure(self, batch_size: int):
+    def _measure(self, batch_size: int, position: int = 1):
+        """Warm up and measure one batch size, the `position`-th (1-based) of spec.batch_sizes."""
         from worker import distributed
         from worker.generate import BatchOutput, StageTimer, timing_deepspeed_all_reduces
         from worker.metrics import RepeatTiming, batch_generate_s, peak_memory, reset_peak_memory, summarize, time_split
@@ -316,7 +323,8 @@ class Job:
         # dp replicas pad to one width, so a batch is the same computation whatever the shard.
         width = self.dp_width if spec.mode == "dp" else None
         batches = [b.to(self.device) for b in make_batches(ids, batch_size, self.config.pad_token_id, first, width)]
-        self.events.phase("warmup", batch_size=batch_size)
+        plan = {"batch_index": position, "batch_count": len(spec.batch_sizes), "repeats": spec.repeats}
+        self.events.phase("warmup", batch_size=batch_size, **plan)
         if spec.mode == "pp" and spec.micro_batches > batch_size:
             self.events.log(f"batch {batch_size}: {batch_size} micro-batches (fewer rows than --micro-batches "
                             f"{spec.micro_batches})")
@@ -324,13 +332,13 @@ class Job:
         for _ in range(spec.warmup):  # one warm-up iteration = the first batch (kernels, allocator, NCCL pairs)
             self._pass(batches[:1], batch_size, False, StageTimer())
         reset_peak_memory(self.device)
-        self.events.phase("measure", batch_size=batch_size)
+        self.events.phase("measure", batch_size=batch_size, **plan)
         timer = StageTimer(enabled=spec.profile, device=self.device, spans=[] if spec.profile else None)
         # tp all-reduces inside the forward: profiled, they count as comm rather than compute.
         deepspeed_tp = self.strategy.impl == "deepspeed"
         collectives = timing_deepspeed_all_reduces(timer) if deepspeed_tp else contextlib.nullcontext()
         with collectives, timer.span("measure", batch_size=batch_size):
-            passes = [self._pass(batches, batch_size, True, timer, repeat) for repeat in range(spec.repeats)]
+            passes = [self._pass(batches, batch_size, True, timer, repeat, plan) for repeat in range(spec.repeats)]
         for p in passes[1:]:  # top-k ids are kept for the completions of the first pass only
             for o in p["outputs"]:
                 o["topk_ids"] = []

@@ -73,3 +73,25 @@ def test_events_show_phases_progress_and_heartbeat(single_run):
     assert all(r["rank"] == 0 for r in records)
     log = (single_run / contract.log_file(0)).read_text()
     assert "phase measure batch_size=6" in log and "phase done" in log
+
+
+def test_events_carry_the_plan_the_laptop_folds_into_one_progress_bar(single_run):
+    """Batch sizes 3 and 6 (the first and second of two), 2 repeats, 6 requests x 8 tokens a pass:
+    every warmup, measure and progress event says where it stands, and the laptop's RankState turns
+    them into one share of the whole run that only grows and ends at 1."""
+    from tui.core.logs.buffers import RankState
+
+    records = [contract.parse_event(line) for line in (single_run / contract.events_file(0)).read_text().splitlines()]
+    planned = [r for r in records if r["kind"] == "progress" or r.get("phase") in ("warmup", "measure")]
+    assert {(r["batch_size"], r["batch_index"], r["batch_count"], r["repeats"]) for r in planned} == {
+        (3, 1, 2, 2), (6, 2, 2, 2)}
+    passes = [(r["batch_size"], r["repeat"]) for r in records if r["kind"] == "progress"
+              and r["tokens_done"] == r["tokens_expected"]]
+    assert passes == [(3, 1), (3, 2), (6, 1), (6, 2)]
+    state, shares = RankState(0), []
+    for record in records:
+        state.apply(record)
+        if state.fraction is not None:
+            shares.append(state.fraction)
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    assert 0.25 in shares and 0.5 in shares and 0.75 in shares  # the end of each of the 4 passes
