@@ -144,7 +144,7 @@ def test_wait_prints_each_state_then_the_result(dinf):
 
 def test_wait_on_a_terminal_shows_rank_progress(dinf):
     """stdout a pseudo-terminal (80 columns): the state lines, and between RUNNING and COMPLETED one
-    line rewritten with '\\r' naming the ranks' phases, never wider than the terminal."""
+    line rewritten with '\\r' naming the ranks' phases or stages, never wider than the terminal."""
     import fcntl
     import os
     import pty
@@ -180,7 +180,8 @@ def test_wait_on_a_terminal_shows_rank_progress(dinf):
     *pieces, completed = rest.split("\n", 1)[0].split("\r")
     drawn = [piece.strip() for piece in pieces if piece.strip()]
     assert drawn and all(line.startswith("RUNNING ") and len(line) < 80 for line in drawn)
-    phases = {"start", "init", "load", "warmup", "measure", "score", "done"}
-    assert any(" r0" in line and phases & set(line.split()) for line in drawn)
+    # a phase while loading, a stage ("batch 2, repeat 1/2, 75%") while measuring
+    words = {"start", "init", "load", "done", "batch"}
+    assert any(" r0" in line and words & set(line.replace(",", " ").split()) for line in drawn)
     assert pieces[-1].strip() == "" and _state_lines(completed, 1) == ["COMPLETED"]
     assert out.splitlines()[-1].split("\t")[2] == "COMPLETED"

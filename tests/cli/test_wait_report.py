@@ -25,13 +25,42 @@ def _ranks(*events) -> dict[int, RankState]:
 
 
 def test_progress_line_names_each_rank_and_joins_equal_neighbours():
+    """Events of a worker that sends no plan: the batch size and the pass's tokens, no share or ETA."""
     ranks = _ranks(make_event("phase", 0, phase="measure", batch_size=4),
                    make_event("progress", 0, batch_size=4, tokens_done=8, tokens_expected=32),
                    make_event("phase", 1, phase="load"), make_event("phase", 2, phase="load"))
     record = _record("RUNNING", [StateEntry("RUNNING", 1000.0)], num_ranks=4)
     line = progress_line(record, ranks, now=1065.0)
-    # bs=4 is the second of the spec's two batch sizes
-    assert line == "RUNNING 01:05 · r0 measure bs=4 (2/2) 8/32 tok · r1-2 load · r3 no event yet"
+    assert line == "RUNNING 01:05 · r0 batch 4, 8/32 tok · r1-2 load · r3 no event yet"
+
+
+def _planned(rank: int, ts: float, kind: str, **payload) -> dict:
+    event = make_event(kind, rank, **payload, batch_count=2, repeats=3)
+    event["ts"] = ts
+    return event
+
+
+def test_progress_line_shows_each_ranks_share_of_the_whole_run_and_the_run_eta():
+    """The same share and ETA as the app's rank rows (RankState): batch 4 (the second of two sizes),
+    repeat 2 of 3 half done is (3 + 1 + 0.5) / 6 of the run; the ETA is the slower rank's."""
+    events = []
+    for rank, pace in ((0, 1.0), (1, 2.0)):
+        events += [_planned(rank, 1000.0, "phase", phase="warmup", batch_size=1, batch_index=1),
+                   _planned(rank, 1000.0 + 4.5 * pace, "progress", batch_size=4, batch_index=2, repeat=1,
+                            tokens_done=32, tokens_expected=32),
+                   _planned(rank, 1000.0 + 5.0 * pace, "phase", phase="measure", batch_size=4, batch_index=2),
+                   _planned(rank, 1000.0 + 6.0 * pace, "progress", batch_size=4, batch_index=2, repeat=2,
+                            tokens_done=16, tokens_expected=32)]
+    record = _record("RUNNING", [StateEntry("RUNNING", 1000.0)], num_ranks=2)
+    ranks = _ranks(*events)
+    # 4.5/6 of the run: rank 0 in 6 s (2 s left at t=1006, 1 s at 1007), rank 1 in 12 s (4 s left
+    # from its report at t=1012, stamped by the node's clock, ahead of the laptop's 1007)
+    line = progress_line(record, ranks, now=1007.0)
+    assert line == "RUNNING 00:07 · ETA 00:04 · r0-1 batch 4, repeat 2/3, 75%"
+    ranks[2] = RankState(2)
+    record = _record("RUNNING", [StateEntry("RUNNING", 1000.0)], num_ranks=3)
+    assert progress_line(record, ranks, now=1007.0) == (
+        "RUNNING 00:07 · ETA — · r0-1 batch 4, repeat 2/3, 75% · r2 no event yet")
 
 
 def test_terminal_report_throttles_and_wipes_its_line_before_a_state_line():

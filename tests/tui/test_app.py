@@ -8,6 +8,7 @@ test_app_slurm.py (Slurm over SSH).
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -160,6 +161,51 @@ async def test_stale_heartbeat_warns(make_app, scripted):
         await wait_for(pilot, lambda: rows[1].has_class("-stale"), what="rank 1 stale")
         assert not rows[0].has_class("-stale")
         assert "no heartbeat" in str(rows[1].query_one(".rank-detail").render())
+
+
+async def test_each_rank_has_one_bar_for_the_whole_run_with_its_stage_and_eta(make_app, scripted):
+    """Batch sizes 1 and 4, two repeats each: the bar grows over the four passes and the second batch
+    size's warm-up, never back to 0 (it used to go 100% -> 5% at each repeat), and the row says
+    which batch size and repeat it is at, with an ETA once two reports give a rate."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        run_id = await submit_demo(app, pilot, scripted)
+        job = scripted.job_of(app.service.run(run_id).uid)
+        scripted.set_state(job, JobState.RUNNING)
+        await wait_for(pilot, lambda: app.runs[run_id].state == "RUNNING")
+        rows = {row.rank: row for row in app.screen.query(RankProgressRow)}
+        base = time.time() - 40  # the node's clock: 40 s of work behind us when the last report lands
+        plan = {"batch_count": 2, "repeats": 2}
+        steps = [
+            (0, [("phase", {"phase": "warmup", "batch_size": 1, "batch_index": 1})], 0.0, "batch 1 · warming up"),
+            (20, [("phase", {"phase": "measure", "batch_size": 1, "batch_index": 1}),
+                  ("progress", {"batch_size": 1, "batch_index": 1, "repeat": 1, "tokens_done": 8,
+                                "tokens_expected": 8})], 25.0, "batch 1 · repeat 1/2 · ETA —"),
+            (30, [("progress", {"batch_size": 1, "batch_index": 1, "repeat": 2, "tokens_done": 4,
+                                "tokens_expected": 8})], 37.5, "batch 1 · repeat 2/2 · ETA "),
+            (40, [("progress", {"batch_size": 1, "batch_index": 1, "repeat": 2, "tokens_done": 8,
+                                "tokens_expected": 8}),
+                  ("phase", {"phase": "warmup", "batch_size": 4, "batch_index": 2})], 50.0, "batch 4 · warming up"),
+        ]
+        shown = []
+        for after_s, events, percent, words in steps:
+            for rank in (0, 1):
+                scripted.write(job, rank, "events", [event_line(kind, rank, ts=base + after_s, **payload, **plan)
+                                                     for kind, payload in events])
+            bar, detail = rows[1].query_one("#rank-bar-1"), rows[1].query_one(".rank-detail")
+
+            def drawn(bar=bar, detail=detail, percent=percent, words=words) -> bool:
+                return bar.progress == percent and words in str(detail.render())
+
+            await wait_for(pilot, drawn, what=f"{percent}% and {words!r}")
+            shown.append(bar.progress)
+        assert shown == sorted(shown) and bar.total == 100
+        # half the timed work in the 40 s since the first warm-up began: about 40 s to go
+        detail = str(rows[0].query_one(".rank-detail").render())
+        assert re.search(r"batch 4 · warming up · ETA 00:[34]\d", detail), detail
+        for rank in (0, 1):
+            scripted.write(job, rank, "events", [event_line("phase", rank, phase="done")])
+        await wait_for(pilot, lambda: rows[1].query_one("#rank-bar-1").progress == 100.0, what="a full bar")
 
 
 async def test_lost_connection_shows_reconnecting_then_recovers(make_app, scripted):

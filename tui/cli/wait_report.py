@@ -1,9 +1,10 @@
 """What `dinf submit|resubmit|demo --wait` prints while it waits.
 
 A line per state change of the run (PENDING, RUNNING, COMPLETED, with Slurm's reason where it gives
-one), and on a terminal one progress line rewritten in place with a carriage return: per rank its
-phase, batch size and tokens done of expected, as the worker's events report them (folded by
-`tui.core.logs.buffers.RankState`, the same state the app's rank rows show).
+one), and on a terminal one progress line rewritten in place with a carriage return: the run's ETA,
+then per rank its phase or stage (batch size, repeat) and its share of the whole run, as the
+worker's events report them (folded by `tui.core.logs.buffers.RankState` and worded by
+`tui.display.progress`, as the app's rank rows are).
 
 What it deliberately doesn't do: progress on a pipe (a log file would collect a line a second;
 state lines are enough there), or anything at all under `--json` (the caller doesn't make one).
@@ -17,8 +18,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from tui.display.runs import duration, printable
 from tui.core.logs.buffers import RankState
+from tui.display.progress import eta_text, percent_text, run_eta_s, stage_text
+from tui.display.runs import duration, printable
 
 PROGRESS_EVERY_S = 1.0
 """At most one redraw of the progress line a second: a terminal that scrolls back stays quiet."""
@@ -29,35 +31,36 @@ def state_line(run_id: int, state: str, at: float, reason: str | None) -> str:
 
 
 def progress_line(record: Any, ranks: Mapping[int, RankState], *, now: float | None = None) -> str:
-    """'RUNNING 00:07 · r0 measure bs=2 (2/2) 6/8 tok · r1 load'; neighbouring ranks that read the
-    same are shown once ('r0-3 ...')."""
+    """'RUNNING 00:07 · ETA 00:12 · r0-1 batch 2, repeat 2/3, 45% · r2 load': the run's ETA (its
+    slowest rank's), then per rank its stage and share of the whole run (`tui.display.progress`, as
+    the app's rank rows say it); neighbouring ranks that read the same are shown once ('r0-3 ...')."""
     now = time.time() if now is None else now
     started = getattr(record, "started_at", None)
-    head = printable(record.state) + (f" {duration(now - started)}" if started is not None else "")
-    batch_sizes = list((getattr(record, "spec", None) or {}).get("batch_sizes") or [])
+    head = [printable(record.state) + (f" {duration(now - started)}" if started is not None else "")]
+    states = [ranks[rank] for rank in range(record.num_ranks) if rank in ranks]
+    if any(state.fraction is not None for state in states) and len(states) == record.num_ranks:
+        head.append(eta_text(run_eta_s(states, now)))
     parts: list[tuple[int, int, str]] = []  # (first rank, last rank, what it does)
     for rank in range(record.num_ranks):
         state = ranks.get(rank)
-        text = "no event yet" if state is None or state.phase == "waiting" else _rank_text(state, batch_sizes)
+        text = "no event yet" if state is None or state.phase == "waiting" else _rank_text(state)
         if parts and parts[-1][2] == text and parts[-1][1] == rank - 1:
             parts[-1] = (parts[-1][0], rank, text)
         else:
             parts.append((rank, rank, text))
     shown = [(f"r{a}" if a == b else f"r{a}-{b}") + " " + text for a, b, text in parts]
-    return " · ".join([head, *shown])
+    return " · ".join([*head, *shown])
 
 
-def _rank_text(state: RankState, batch_sizes: list[int]) -> str:
-    words = [printable(state.phase)]
-    if state.batch_size is not None:
-        words.append(f"bs={state.batch_size}")
-        if state.batch_size in batch_sizes and len(batch_sizes) > 1:
-            words.append(f"({batch_sizes.index(state.batch_size) + 1}/{len(batch_sizes)})")
-    if state.tokens_expected and state.phase == "measure":
-        words.append(f"{state.tokens_done}/{state.tokens_expected} tok")
+def _rank_text(state: RankState) -> str:
+    words = [printable(stage_text(state, sep=", ") or state.phase)]
+    percent = percent_text(state)
+    if percent is not None and state.phase != "done":
+        words.append(percent)
+    text = ", ".join(words)
     if state.error:
-        words.append(f"error: {printable(state.error)}")
-    return " ".join(words)
+        text += f" error: {printable(state.error)}"
+    return text
 
 
 class WaitReport:

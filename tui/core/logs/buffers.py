@@ -4,6 +4,25 @@ Headless and single-threaded: the UI thread applies each `RoutedBatch` (tui.core
 and the widgets render from it. It outlives the run screen, so lines that arrive while the screen
 is closed or a tab is not mounted yet are there when they are shown. Memory is bounded by
 `max_lines` per buffer; lines evicted from memory are counted, never silently lost.
+
+A rank's overall progress (`RankState.fraction`) is the share of the run's timed work it has
+done, from the plan its events carry (worker.contract.make_event): with B batch sizes and R timed
+repeats each, the rank makes B x R timed passes, and each pass generates the same tokens (this
+rank's requests x max_new_tokens, whatever the batch size), so
+
+    fraction = ((batch_index - 1) x R + (repeat - 1) + tokens_done / tokens_expected) / (B x R)
+
+is timed tokens generated over timed tokens planned. At the start of batch size k (its warmup
+phase) it is (k - 1) / B; at "done" it is 1. It never goes back (a repeat starting again at
+token 0 is the next pass, not a reset). Warm-up passes, loading and scoring are not in it: the
+worker reports no tokens for them (the stage text says what the rank is doing meanwhile).
+
+The ETA divides the work left by the rate observed so far: from the first event with a known
+fraction (the first warmup, so later warm-ups and compiles are inside the rate) to the latest
+progress event, and counts down from that event. It is unknown ("ETA —") until MIN_PROGRESS_FOR_ETA
+progress events have come after that start, once the countdown has run out, or when it would
+exceed MAX_ETA_S. Events from a worker that predates the plan give no fraction (the bar then shows
+the current pass) and no ETA.
 """
 
 from __future__ import annotations
@@ -67,6 +86,17 @@ STALE_AFTER_S = 15.0
 """About three heartbeat intervals of the worker (5 s)."""
 
 
+MIN_PROGRESS_FOR_ETA = 2
+"""Progress events after the start of the timed work before an ETA is given: one rate from one
+report would be the warm-up's alone."""
+MAX_ETA_S = 7 * 24 * 3600.0
+"""Beyond a week the rate is too early to trust: no ETA rather than an absurd one."""
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
 @dataclass
 class RankState:
     """What the events of one rank say so far."""
@@ -78,6 +108,18 @@ class RankState:
     tokens_expected: int = 0
     last_event_ts: float | None = None
     error: str | None = None
+    batch_index: int | None = None
+    """1-based position of `batch_size` in the spec's batch sizes (from the plan in the events)."""
+    batch_count: int | None = None
+    repeat: int | None = None
+    """1-based timed pass of the current batch size; None before its first progress event."""
+    repeats: int | None = None
+    fraction: float | None = None
+    """Share of the run's timed work done (module docstring); None while the plan is unknown."""
+    # (ts, fraction) of the first event with a fraction, and of the latest progress event
+    _started: tuple[float, float] | None = field(default=None, repr=False)
+    _rate_at: tuple[float, float] | None = field(default=None, repr=False)
+    _progress_since_start: int = field(default=0, repr=False)
 
     def apply(self, event: dict[str, Any]) -> None:
         ts = float(event.get("ts", time.time()))
@@ -88,13 +130,72 @@ class RankState:
             self.phase = str(event.get("phase", self.phase))
             if event.get("batch_size") is not None:
                 self.batch_size = event["batch_size"]
+            if self.phase in ("warmup", "measure"):
+                self._read_plan(event)
+                self.repeat = None  # no timed pass of this batch size has reported yet
+                if self.batch_index and self.batch_count:
+                    self._advance((self.batch_index - 1) / self.batch_count, ts)
+            elif self.phase == "done":
+                self._advance(1.0, ts)
         elif kind == "progress":
             self.batch_size = event.get("batch_size", self.batch_size)
             self.tokens_done = int(event.get("tokens_done", 0))
             self.tokens_expected = int(event.get("tokens_expected", 0))
+            self._read_plan(event)
+            self.repeat = _int(event.get("repeat"))
+            fraction = self._pass_fraction()
+            if fraction is not None:
+                self._advance(fraction, ts)
+                if self._started is not None and ts > self._started[0]:
+                    self._progress_since_start += 1
+                    self._rate_at = (ts, self.fraction or 0.0)
         elif kind == "error":
             self.error = str(event.get("message", "error"))
             self.phase = "failed"
+
+    def _read_plan(self, event: dict[str, Any]) -> None:
+        for name in ("batch_index", "batch_count", "repeats"):
+            if name in event:
+                setattr(self, name, _int(event[name]))
+
+    def _pass_fraction(self) -> float | None:
+        index, count, repeat, repeats = self.batch_index, self.batch_count, self.repeat, self.repeats
+        if None in (index, count, repeat, repeats) or not self.tokens_expected:
+            return None
+        within = min(1.0, self.tokens_done / self.tokens_expected)
+        return min(1.0, ((index - 1) * repeats + (repeat - 1) + within) / (count * repeats))
+
+    def _advance(self, fraction: float, ts: float) -> None:
+        """Move the overall fraction forward (never back: events of a pass come in order, and a
+        repeat starting over at token 0 is the next pass)."""
+        if self.fraction is None or fraction > self.fraction:
+            self.fraction = fraction
+        if self._started is None:
+            self._started = (ts, self.fraction)
+
+    @property
+    def pass_fraction(self) -> float | None:
+        """Share of the current timed pass done (what an older worker's events allow)."""
+        return min(1.0, self.tokens_done / self.tokens_expected) if self.tokens_expected else None
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left at the rate observed so far, counted down from the latest progress event;
+        None when unknown (see the module docstring) and 0 once the rank is done."""
+        if self.phase == "done":
+            return 0.0
+        if self.phase == "failed" or self._started is None or self._rate_at is None:
+            return None
+        if self._progress_since_start < MIN_PROGRESS_FOR_ETA:
+            return None
+        (t0, f0), (t1, f1) = self._started, self._rate_at
+        if t1 <= t0 or f1 <= f0:
+            return None
+        left = (1.0 - f1) * (t1 - t0) / (f1 - f0)
+        if left > MAX_ETA_S:
+            return None
+        now = time.time() if now is None else now
+        left -= max(0.0, now - t1)
+        return left if left >= 0 else None
 
     def heartbeat_age(self, now: float | None = None) -> float | None:
         if self.last_event_ts is None:

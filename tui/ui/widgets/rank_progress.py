@@ -1,6 +1,9 @@
-"""One row per rank: progress bar fed by the worker's events, phase, heartbeat age, stale warning.
+"""One row per rank: one bar for the whole run, its stage and ETA, heartbeat age, stale warning.
 
-The state it shows (`RankState`) is folded from events in `tui.core.logs.buffers`.
+The bar is the rank's share of the run's timed work (every batch size and repeat: it never drops
+back when a new batch size or repeat starts); the text says where it is ("batch 8 · repeat 2/3")
+and when it should finish. The state it shows (`RankState`, with the formula) is folded from events
+in `tui.core.logs.buffers`; the words come from `tui.display.progress`, shared with `--wait`.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
-from tui.display.runs import plain
 from tui.core.logs.buffers import RankState
+from tui.display.progress import eta_text, stage_text
+from tui.display.runs import plain
 from tui.ui.widgets.fixed_text import FixedText
 
 PHASE_TEXT = {
@@ -67,22 +71,22 @@ class RankProgressRow(Horizontal):
         says how the run ended, not "waiting")."""
         bar = self.query_one(ProgressBar)
         imported = ended == "IMPORTED" and state.phase == "waiting"  # results from disk, no live events
-        if state.tokens_expected:
-            if (bar.total, bar.progress) != (state.tokens_expected, state.tokens_done):
-                bar.update(total=state.tokens_expected, progress=state.tokens_done)
-        elif (state.phase == "done" or imported) and bar.progress != bar.total:
-            bar.update(total=1, progress=1)
-        # phase and error come from the rank's events: shown as plain text
-        parts = [phase_text(state.phase, started=running_since is not None) if live else state.phase]
+        if state.fraction is not None:
+            self._set_bar(bar, 100, round(state.fraction * 100, 1))
+        elif state.tokens_expected:  # a worker that sends no plan: the current pass only
+            self._set_bar(bar, state.tokens_expected, state.tokens_done)
+        elif state.phase == "done" or imported:
+            self._set_bar(bar, 1, 1)
+        # phase, stage and error come from the rank's events: shown as plain text
+        stage = stage_text(state)
+        parts = [(stage or phase_text(state.phase, started=running_since is not None)) if live else state.phase]
         if imported:
             parts = ["imported results: no live events (see the results tab)"]
         elif ended is not None and state.phase not in ("done", "failed"):
             parts = [f"run ended {ended}" + (" before this rank reported" if state.phase == "waiting"
                                              else f" in phase {state.phase}")]
-        if state.batch_size is not None:
-            parts.append(f"bs={state.batch_size}")
-        if state.tokens_expected:
-            parts.append(f"{state.tokens_done}/{state.tokens_expected} tok")
+        elif live and stage is not None and state.fraction is not None:
+            parts.append(eta_text(state.eta_s(now)))
         age = state.heartbeat_age(now)
         silent = live and state.is_silent(running_since, now)
         stale = live and (state.is_stale(now) or silent)
@@ -100,3 +104,8 @@ class RankProgressRow(Horizontal):
         if text != self._shown:  # an update costs a layout pass; skip when nothing changed
             self._shown = text
             self.query_one(".rank-detail", FixedText).update(plain(text))
+
+    @staticmethod
+    def _set_bar(bar: ProgressBar, total: float, progress: float) -> None:
+        if (bar.total, bar.progress) != (total, progress):
+            bar.update(total=total, progress=progress)
