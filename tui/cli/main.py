@@ -436,6 +436,15 @@ def cmd_show(dinf, args) -> int:
         print(_table(("BATCH", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "OUT tok/s", "DECODE tok/s",
                       "PER-GPU tok/s"), rows, indent="  "))
     for c in correctness:
+        if c["source"] == "experiment":  # against the experiment's baseline, as `dinf report` judges
+            where = f"experiment {printable(c['experiment'])}"
+            if c.get("note"):
+                print(f"correctness ({where}): {c['note']}")
+                continue
+            verdict = (c["verdict"] or "noise floor").upper()
+            print(f"correctness (batch {c['batch_size']}, {where}) vs {printable(c['reference'])}: "
+                  f"{verdict}: {c['reason']}")
+            continue
         scope = "all batches" if c["batch_size"] == -1 else f"batch {c['batch_size']}"
         print(f"correctness ({scope}) vs {c['reference'] or '?'}: "
               f"{c['num_exact']}/{c['num_prompts']} exact, rate {_num(c['exact_match_rate'])}")

@@ -47,6 +47,8 @@ from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
 from tui.core.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
+from tui.studies import baseline_checks
+from tui.studies.results import load_experiment
 from worker import contract
 from worker.contract import RunSpec
 
@@ -271,10 +273,24 @@ class Dinf:
             return out
 
     def correctness(self, run_id: int | str) -> list[dict[str, Any]]:
+        """What is known of the run's greedy ids against a reference, one dict per comparison.
+
+        "source" says whose: "worker" rows are `dinf-worker compare`'s (comparison.json, stored at
+        ingestion); "experiment" ones judge the run against its experiment's single-rank baseline,
+        as the report does (`tui.studies.baseline_checks`), with "verdict" pass / fail (None for a
+        noise floor, which sets the bar). An "experiment" dict with only a "note" says why there is
+        no such check (the baseline has not finished, ran another model, ...).
+        """
         with read_session(self.engine) as session:
             run = repo.find_run(session=session, ref=run_id)
             rows = repo.correctness_for_runs(session=session, run_ids=[run.id])
-            return [{**_columns(r), "first_divergences": json.loads(r.first_divergences_json)} for r in rows]
+            out = [{**_columns(r), "source": "worker", "first_divergences": json.loads(r.first_divergences_json)}
+                   for r in rows]
+            checked = (baseline_checks.check_run(load_experiment(session, run.experiment_id), run.id)
+                       if run.experiment_id is not None else None)
+        if checked is not None:
+            out += _experiment_correctness(checked)
+        return out
 
     def completions(self, run_id: int | str, *, batch_size: int | None = None) -> list[dict[str, Any]]:
         with read_session(self.engine) as session:
@@ -922,6 +938,31 @@ def _terminal_sacct_state(state: str | None) -> bool:
 
 def _join(directory: str, name: str) -> str:
     return directory.rstrip("/") + "/" + name
+
+
+def _experiment_correctness(checked: baseline_checks.RunCorrectness) -> list[dict[str, Any]]:
+    """`tui.studies.baseline_checks`' findings as `correctness()` rows (the stored rows' keys and more)."""
+    base = checked.baseline
+    reference = f"{base.name} (#{base.id})" if base is not None else None
+    if checked.note:
+        return [{"source": "experiment", "experiment": checked.experiment, "reference": reference,
+                 "note": checked.note}]
+    rows = []
+    for check in checked.checks:
+        result, verdict = check.result, check.verdict
+        divergent = result.divergences
+        rows.append({
+            "source": "experiment", "experiment": checked.experiment, "reference": reference,
+            "batch_size": check.batch_size, "reference_batch_size": check.baseline_batch,
+            "num_prompts": result.n, "num_exact": result.exact_matches, "exact_match_rate": result.exact_match_rate,
+            "topk_agreement_rate": (sum(1 for c in divergent if c.topk_agree) / len(divergent)) if divergent else None,
+            "first_divergences": [c.first_divergence for c in result.checks],
+            "noise_floor": check.floor_key,
+            "verdict": None if verdict is None else ("pass" if verdict.passed else "fail"),
+            "reason": verdict.reason if verdict is not None else "the noise floor: the baseline re-run with its batch "
+                                                                 "split, which the parallel runs are held to",
+        })
+    return rows
 
 
 def _columns(row: Any, model: type | None = None, *, skip: set[str] = frozenset({"raw_json"})) -> dict[str, Any]:

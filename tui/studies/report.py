@@ -21,12 +21,14 @@ from pathlib import Path
 
 from tui.studies import analysis
 
+from tui.studies import baseline_checks
+
 from tui.studies import charts
 
 from tui.studies import timeline
 
 from tui.studies import validity
-from tui.studies.analysis import Correctness, Point
+from tui.studies.analysis import Point
 from tui.studies.charts import Chart
 from tui.studies.comparison import quant_label, speed_accuracy_points
 from tui.studies.results import CellState, ExperimentResult, RunResult, describe_engine
@@ -148,7 +150,7 @@ def correctness_section(exp: ExperimentResult) -> Section:
         section.verdicts.append(f"{exp.name}: no verdict; the 1-GPU baseline has no results ({state}).")
         section.blocks.append("The 1-GPU baseline has no results, so nothing can be compared.")
         return section
-    batch = int(baseline.cell.params.get("batch_size") or baseline.cell.spec.batch_sizes[0])
+    batch = baseline_checks.baseline_batch(baseline)
     base_lines = baseline.run.completions.get(batch, ())
     max_new = baseline.cell.spec.max_new_tokens
     top_k = baseline.cell.spec.top_k
@@ -157,13 +159,7 @@ def correctness_section(exp: ExperimentResult) -> Section:
         f"(batch {batch}, {max_new} new tokens, top-k with k = {top_k}). Each mode's noise floor is the "
         "baseline re-run with the batch split the way that mode splits it, compared with the baseline."
     )
-    floors: dict[str, Correctness] = {}
-    for cell in exp.cells:
-        if cell.cell.role != "noise_floor":
-            continue
-        if cell.done and cell.run is not None:
-            floor_batch = cell.cell.spec.batch_sizes[0]
-            floors[cell.cell.key] = analysis.compare_completions(base_lines, cell.run.completions.get(floor_batch, ()))
+    floors = baseline_checks.noise_floors(exp, base_lines)
     rows, detail_blocks = [], []
     floor_rows = [
         (key, f"{exp.cell(key).cell.spec.batch_sizes[0]} of {batch}", f"{c.exact_matches}/{c.n}", _pct(c.exact_match_rate),
@@ -179,10 +175,9 @@ def correctness_section(exp: ExperimentResult) -> Section:
             rows.append((mode, ranks, "–", "–", "–", "–", f"no result ({cell.state})"))
             section.verdicts.append(f"{mode} on {ranks} ranks: no verdict; the run ended {cell.state}.")
             continue
-        result = analysis.compare_completions(base_lines, cell.run.completions.get(batch, ()))
         floor_key = cell.cell.params.get("noise_floor")
         floor = floors.get(floor_key) if floor_key else None
-        verdict = analysis.correctness_verdict(result, floor)
+        result, verdict = baseline_checks.judge(base_lines, cell.run.completions.get(batch, ()), floor)
         divergences = result.divergences
         agree = sum(1 for c in divergences if c.topk_agree)
         rows.append((

@@ -52,12 +52,15 @@ def format_value(value: Any, fmt: str) -> str:
 
 
 def correctness_text(correctness: Any) -> Text:
-    """One line per compared batch size, or why there is nothing to show."""
-    if not correctness:
-        return Text("No correctness comparison for this run (it needs a single-GPU reference run).", style="dim")
-    items = correctness if isinstance(correctness, list) else [correctness]
-    lines = [Text.assemble(("correctness", "bold"), " (greedy token ids vs the reference)")]
-    for item in items:
+    """The verdict against the run's experiment baseline, then one line per batch size that
+    `dinf-worker compare` checked; or why there is nothing to show."""
+    items = correctness if isinstance(correctness, list) else [correctness] if correctness else []
+    judged = [item for item in items if _field(item, "source") == "experiment"]
+    compared = [item for item in items if _field(item, "source") != "experiment"]
+    lines = _experiment_lines(judged)
+    if compared:
+        lines.append(Text.assemble(("correctness", "bold"), " (greedy token ids vs the reference)"))
+    for item in compared:
         batch = _field(item, "batch_size")
         rate = _field(item, "exact_match_rate")
         exact, total = _field(item, "num_exact"), _field(item, "num_prompts")
@@ -71,7 +74,37 @@ def correctness_text(correctness: Any) -> Text:
             text += f", diverging tokens within top-k {format_value(topk, '{:.1%}')}"
         # The reference is a run's name: plain text.
         lines.append(Text.assemble(plain(text), " " if reference else "", plain(f"vs {reference}", "dim") if reference else ""))
+    if not lines:
+        return Text("No correctness comparison for this run (it needs a single-GPU reference run).", style="dim")
     return Text("\n").join(lines)
+
+
+VERDICT_STYLES = {"pass": ("PASS", "bold green"), "fail": ("FAIL", "bold red")}
+
+
+def _experiment_lines(items: list[Any]) -> list[Text]:
+    """The run against its experiment's single-rank baseline (`tui.studies.baseline_checks`, the
+    report's judge): a verdict per batch size, the noise floor's numbers, or why there is none."""
+    if not items:
+        return []
+    first = items[0]
+    experiment, reference = _field(first, "experiment"), _field(first, "reference")
+    if _field(first, "note"):  # names and notes are data: plain text
+        return [Text.assemble(("correctness: ", "bold"), plain(_field(first, "note"), "dim"),
+                              plain(f" (experiment {experiment})", "dim"))]
+    lines = [Text.assemble(("correctness", "bold"), " against the single-rank baseline ",
+                           plain(reference or "?", "bold"), " of experiment ", plain(experiment or "?"))]
+    for item in items:
+        batch, base_batch = _field(item, "batch_size"), _field(item, "reference_batch_size")
+        where = f"  batch {batch}" + (f" (the baseline's {base_batch} split)" if base_batch not in (None, batch) else "")
+        verdict = VERDICT_STYLES.get(_field(item, "verdict"))
+        if verdict is None:  # a noise floor: its numbers, no verdict
+            exact, total = _field(item, "num_exact"), _field(item, "num_prompts")
+            lines.append(Text.assemble(f"{where}: {exact}/{total} exact ({format_value(_field(item, 'exact_match_rate'), '{:.0%}')}); ",
+                                       plain(_field(item, "reason") or "", "dim")))
+        else:
+            lines.append(Text.assemble(f"{where}: ", verdict, " ", plain(_field(item, "reason") or "")))
+    return lines
 
 
 class ResultsPanel(VerticalScroll):
