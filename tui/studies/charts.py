@@ -7,6 +7,10 @@ reproducible), or with ANSI colours for the TUI (`color=True`, shown with `Text.
 
 Series are told apart by their marker character as well as by colour, and the key is written as a
 line under the plot rather than as plotext's in-canvas legend, which would cover data points.
+Where series lie on the same points (dp2 giving exactly single's numbers), the one drawn last would
+hide the others: such points get their own marker (`OVERLAP_MARKER`) and a line under the key says
+who meets where ("≡ on the same points: dp2 = single at every point"). Reference lines (ideal) are
+drawn first, so no data series is ever hidden under one.
 plotext draws on one module-level figure, so drawing is serialised by a lock (the TUI draws from
 worker threads). Nothing here reads the database or computes a metric.
 """
@@ -14,6 +18,7 @@ worker threads). Nothing here reads the database or computes a metric.
 from __future__ import annotations
 
 import math
+import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,10 @@ DEFAULT_WIDTH = 76
 DEFAULT_HEIGHT = 18
 SERIES_MARKERS = ("o", "x", "+", "*", "#", "@", "%", "&")
 IDEAL_MARKER = "."
+OVERLAP_MARKER = "≡"
+"""Drawn where two or more series have the same value at the same x (`meetings`)."""
+SAME_VALUE_REL = 1e-9
+"""Values this close (relative) are the same point: float noise, not a difference."""
 STACK_MARKERS = ("█", "▒", "░")
 
 _figure_lock = threading.Lock()
@@ -83,6 +92,83 @@ def _key_line(entries: Sequence[tuple[str, str]]) -> str:
     return "  key: " + "   ".join(f"{marker} {label}" for marker, label in entries)
 
 
+@dataclass(frozen=True)
+class Meeting:
+    """Series of a line chart lying on the same points: `labels` (the one drawn on top first) have
+    the values `ys` at the x's `xs`; `everywhere` when those are all the points each of them has."""
+
+    labels: tuple[str, ...]
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+    everywhere: bool
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= SAME_VALUE_REL * max(abs(a), abs(b), 1e-300)
+
+
+def _drawing_order(series: Sequence[Series]) -> list[int]:
+    """Reference lines first, then the data series as given: later ones are drawn over earlier ones."""
+    return [i for i, s in enumerate(series) if s.ideal] + [i for i, s in enumerate(series) if not s.ideal]
+
+
+def meetings(series: Sequence[Series]) -> list[Meeting]:
+    """Where series coincide: first the series equal at every point (one group each), then the
+    points where groups meet, grouped by who meets (in the order of their first meeting)."""
+    on_top = {index: rank for rank, index in enumerate(_drawing_order(series))}
+
+    def label(members: Sequence[int]) -> tuple[str, ...]:
+        return tuple(series[i].label for i in sorted(members, key=lambda i: -on_top[i]))
+
+    points = [dict(zip(s.x, s.y)) for s in series]
+    classes: list[list[int]] = []  # series identical at every point, as one
+    for index, mine in enumerate(points):
+        same = next((c for c in classes if points[c[0]].keys() == mine.keys()
+                     and all(_same(points[c[0]][x], y) for x, y in mine.items())), None)
+        if same is None:
+            classes.append([index])
+        else:
+            same.append(index)
+    out = []
+    for members in classes:
+        if len(members) > 1:
+            xs = tuple(sorted(points[members[0]]))
+            out.append(Meeting(label(members), xs, tuple(points[members[0]][x] for x in xs), True))
+    by_x: dict[float, list[tuple[float, int]]] = {}
+    for number, members in enumerate(classes):
+        for x, y in points[members[0]].items():
+            by_x.setdefault(x, []).append((y, number))
+    groups: dict[tuple[int, ...], list[tuple[float, float]]] = {}
+    for x in sorted(by_x):
+        ordered = sorted(by_x[x])
+        cluster = [ordered[0]]
+        for point in [*ordered[1:], None]:
+            if point is not None and _same(point[0], cluster[-1][0]):
+                cluster.append(point)
+                continue
+            if len(cluster) > 1:
+                groups.setdefault(tuple(sorted(number for _, number in cluster)), []).append((x, cluster[0][0]))
+            if point is not None:
+                cluster = [point]
+    for numbers, where in groups.items():
+        members = [i for number in numbers for i in classes[number]]
+        out.append(Meeting(label(members), tuple(x for x, _ in where), tuple(y for _, y in where), False))
+    return out
+
+
+def _meetings_line(found: Sequence[Meeting], xlabel: str, width: int) -> str:
+    """'≡ on the same points: dp2 = single at every point; pp2 = dp2 at batch size = 4', wrapped to
+    the chart's width."""
+    parts = []
+    for meeting in found:
+        where = "at every point" if meeting.everywhere else (
+            f"at {xlabel or 'x'} = {', '.join(_nice(x) for x in meeting.xs)}")
+        parts.append(f"{' = '.join(meeting.labels)} {where}")
+    text = f"{OVERLAP_MARKER} on the same points: " + "; ".join(parts)
+    return "\n".join(textwrap.wrap(text, max(20, width - 2), initial_indent="  ", subsequent_indent="    ",
+                                    break_on_hyphens=False))
+
+
 # --- text rendering ------------------------------------------------------------------------------
 
 
@@ -90,6 +176,7 @@ def render(chart: Chart, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HE
     """The chart as text; deterministic for the same chart, size and colour setting."""
     if chart.empty:
         return f"{chart.title}\n  (no data: {chart.empty_reason})"
+    found = meetings(chart.series) if chart.kind == "lines" else []
     with _figure_lock:
         figure = plotext.figure
         figure.clear()
@@ -98,28 +185,34 @@ def render(chart: Chart, *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HE
         plotext.terminal.limit(False, False)
         figure.plot_size(width, height)
         try:
-            key = _draw_text(figure, chart)
+            key = _draw_text(figure, chart, found)
             text = figure.build().string(colorless=not color)
         finally:
             figure.clear()
     lines = [text.rstrip()]
     if key:
         lines.append(_key_line(key))
+    if found:
+        lines.append(_meetings_line(found, chart.xlabel, width))
     if chart.note:
         lines.append(f"  {chart.note}")
     return "\n".join(lines)
 
 
-def _draw_text(figure, chart: Chart) -> list[tuple[str, str]]:
+def _draw_text(figure, chart: Chart, found: Sequence[Meeting] = ()) -> list[tuple[str, str]]:
     key: list[tuple[str, str]] = []
     if chart.kind == "lines":
-        for s in chart.series:
-            xs = [math.log2(x) for x in s.x] if chart.log_x else list(s.x)
+        position = (lambda x: math.log2(x)) if chart.log_x else (lambda x: x)
+        for index in _drawing_order(chart.series):
+            s = chart.series[index]
+            xs = [position(x) for x in s.x]
             signal = figure.signal(xs, list(s.y), marker=s.marker)
             if s.connected and len(xs) > 1:
                 signal.lines()
             figure.draw(signal)
-            key.append((s.marker, s.label))
+        key = [(s.marker, s.label) for s in chart.series]
+        for meeting in found:  # over every series: the point stands for all who meet there
+            figure.draw(figure.signal([position(x) for x in meeting.xs], list(meeting.ys), marker=OVERLAP_MARKER))
         if chart.xticks:
             positions = [math.log2(t) for t in chart.xticks] if chart.log_x else list(chart.xticks)
             figure.ruler("x").ticks(positions, [_nice(t) for t in chart.xticks])
