@@ -19,14 +19,12 @@ import pytest
 from remote.cluster import Resources
 from storage import repo
 from storage.db import read_session
-from tui.studies import charts
 from tui.core import experiment_runs
-from tui.studies import report
-from tui.studies import validity
+from tui.core.service import Dinf
+from tui.studies import charts, report, validity
 from tui.studies.comparison import compare_runs, format_comparison
 from tui.studies.presets import ClusterShape, StudyConfig, plan
 from tui.studies.results import load_experiment
-from tui.core.service import Dinf
 from worker.contract import ModelSource
 
 

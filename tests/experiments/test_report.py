@@ -8,8 +8,7 @@ import pytest
 
 from storage.db import make_engine, read_session
 from tests.experiments import fixture_db
-from tui.studies import report
-from tui.studies import results
+from tui.studies import report, results
 
 
 def build(engine, ids, **kwargs) -> str:

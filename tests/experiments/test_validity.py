@@ -13,9 +13,7 @@ from remote.cluster import Resources
 from storage.db import make_engine, read_session, write_session
 from tests.experiments import bundles
 from tui.studies import presets as ex
-from tui.studies import report
-from tui.studies import results
-from tui.studies import validity
+from tui.studies import report, results, validity
 from tui.studies.comparison import compare_runs, format_comparison
 from worker.contract import ModelSource
 

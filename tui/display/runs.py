@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 from rich.text import Text
 
-from remote.cluster import TERMINAL_STATES
+from storage.states import FINISHED_STATES
 
-FINISHED_STATES = frozenset(state.value for state in TERMINAL_STATES) | {"SUBMIT_FAILED", "IMPORTED"}
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"})
 
 STATE_STYLES = {

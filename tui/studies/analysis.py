@@ -24,7 +24,6 @@ from typing import Any
 
 from worker.correctness import check_completion
 
-
 # --- measurement points ---------------------------------------------------------------------------
 
 

@@ -19,13 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui.studies import analysis
-
-from tui.studies import charts
-
-from tui.studies import timeline
-
-from tui.studies import validity
+from tui.studies import analysis, charts, timeline, validity
 from tui.studies.analysis import Correctness, Point
 from tui.studies.charts import Chart
 from tui.studies.comparison import quant_label, speed_accuracy_points

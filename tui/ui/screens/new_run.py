@@ -17,8 +17,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
-from tui.display.runs import plain
 from tui.core.run_form import CheckedForm, RunForm, check_form, follow_change
+from tui.display.runs import plain
+from tui.ui.messages import ActionFailed, PreviewRendered, PreviewRequested, SubmitRequested
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
 from worker.contract import DTYPES, MODEL_CONFIGS, MODEL_SOURCES, MODES
@@ -174,7 +175,7 @@ class NewRunScreen(Screen):
         if request is not None:
             form, checked = request
             self.query_one("#preview-text", Static).update("[dim]rendering the script…[/]")
-            self.app.preview_run(self, form, checked)  # type: ignore[attr-defined]
+            self.post_message(PreviewRequested(form, checked))
 
     @on(Button.Pressed, "#submit")
     def action_submit(self) -> None:
@@ -184,19 +185,24 @@ class NewRunScreen(Screen):
             self.busy = True
             self.query_one("#submit", Button).disabled = True
             self.query_one("#submit", Button).label = "Submitting…"
-            self.app.submit_run(self, form, checked)  # type: ignore[attr-defined]
+            self.post_message(SubmitRequested(form, checked))
 
-    def show_preview(self, script: str) -> None:
+    def on_preview_rendered(self, message: PreviewRendered) -> None:
         from rich.syntax import Syntax
 
-        self.preview_script = script
-        self.query_one("#preview-text", Static).update(Syntax(script, "bash", theme="ansi_dark", word_wrap=True))
+        self.preview_script = message.script
+        self.query_one("#preview-text", Static).update(
+            Syntax(message.script, "bash", theme="ansi_dark", word_wrap=True)
+        )
 
-    def preview_failed(self, error: str) -> None:
-        """No script this time: say why where it would have been (not 'rendering…' forever)."""
-        self.query_one("#preview-text", Static).update(plain(f"No preview: {error}", "red", multiline=True))
+    def on_action_failed(self, message: ActionFailed) -> None:
+        if message.what == "preview":
+            # No script this time: say why where it would have been (not 'rendering…' forever).
+            self.query_one("#preview-text", Static).update(plain(f"No preview: {message.error}", "red", multiline=True))
+        elif message.what == "submit":
+            self._submit_failed(message.error)
 
-    def submit_failed(self, error: str) -> None:
+    def _submit_failed(self, error: str) -> None:
         self.busy = False
         self.query_one("#submit", Button).label = "Submit"
         self._validate()

@@ -19,6 +19,7 @@ from textual.strip import Strip
 
 from tui.core.logs.buffers import LogBuffer
 
+
 class RankLog(ScrollView, can_focus=True):
     """Shows a LogBuffer; follows the tail while `follow` is on; highlights `search` matches."""
 
