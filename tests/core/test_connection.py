@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from remote.errors import AuthenticationFailed, ClusterError, HostKeyChanged, HostKeyUnknown, HostUnreachable
-from tui.core.connection import Connections, LinkState, PollVerdict, Trouble, classify, needs_the_user, problem_text
+from tui.core.connection import (
+    Connections,
+    LinkState,
+    PollVerdict,
+    Trouble,
+    classify,
+    needs_the_user,
+    problem_text,
+)
 
 
 def _links() -> Connections:
