@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +46,11 @@ from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
 from tui.core.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
+from tui.core.records import LOG_KINDS, LogSource, RunRecord, StateEntry
 from tui.studies import baseline_checks
 from tui.studies.results import load_experiment
 from worker import contract
 from worker.contract import RunSpec
-
-LOG_KINDS = ("worker", "events", "launcher")
-"""Per rank: the worker's own log, its JSON-lines events, and the launcher's captured stdout/stderr."""
 
 
 class ServiceError(RuntimeError):
@@ -61,106 +58,6 @@ class ServiceError(RuntimeError):
 
 
 RunNotFound = repo.RunNotFound
-
-
-# --- snapshots handed to callers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)  # slots: a thousand runs hold four of these each
-class StateEntry:
-    state: str
-    at: float
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run as stored, at one moment. Safe to pass between threads; refresh by asking again.
-
-    The app holds one per run in the database, so a record is kept light (dinf-tui's RSS with 1,000
-    runs, bench_tui.py): slots instead of an instance dict, and the spec and resources kept as the
-    JSON text stored, decoded only when `spec` / `resources` are read (each read gives a new dict).
-    """
-
-    id: int
-    uid: str
-    name: str
-    cluster: str | None
-    backend: str | None
-    experiment_id: int | None
-    mode: str
-    state: str
-    state_reason: str | None
-    job_id: str | None
-    job_ids: tuple[str, ...]
-    num_ranks: int
-    num_gpus: int
-    spec_json: str
-    resources_json: str
-    run_dir: str | None
-    output_dir: str | None
-    logs_dir: str | None
-    script_path: str | None
-    local_results_dir: str | None
-    error: str | None
-    exit_code: int | None
-    load_time_s: float | None
-    created_at: float
-    submitted_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    ingested_at: float | None
-    history: tuple[StateEntry, ...] = ()
-    engine_impl: str = "reference"
-    """The worker's engine, as the spec asked until results are ingested (`tui.studies.results.describe_engine`)."""
-    engine_compiled: bool = False
-    engine_cuda_graphs: bool = False
-    engine_capture_s: float | None = None
-    quant_scheme: str = "none"
-    accuracy_json: str | None = None
-    """result.json "accuracy" as stored (parsed only where shown: `dinf show`)."""
-    failure: FailureSummary | None = None
-    """How a failed job ended, told straight: the first rank to die, its node, its signal or exit
-    code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)
-
-    @property
-    def resources(self) -> dict[str, Any]:
-        return json.loads(self.resources_json)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED_STATES
-
-    @property
-    def has_results(self) -> bool:
-        return self.ingested_at is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {("spec" if k == "spec_json" else "resources" if k == "resources_json" else k): v
-                for k, v in dataclasses.asdict(self).items()}
-        data["spec"], data["resources"] = self.spec, self.resources
-        data["job_ids"] = list(self.job_ids)
-        data["history"] = [dataclasses.asdict(h) for h in self.history]
-        data["failure"] = None if self.failure is None else self.failure.to_dict()
-        return data
-
-
-@dataclass(frozen=True)
-class LogSource:
-    """One log file of one rank, as a path on the run's cluster."""
-
-    rank: int
-    kind: str
-    """One of LOG_KINDS."""
-    path: str
-
-    @property
-    def label(self) -> str:
-        return f"rank {self.rank} {self.kind}"
 
 
 ClusterFactory = Callable[[ClusterConfig], Cluster]
@@ -228,7 +125,7 @@ class Dinf:
         for cluster in clusters:
             try:
                 cluster.close()
-            except Exception:  # noqa: BLE001 - closing must not hide the caller's own error
+            except Exception:
                 pass
         self.engine.dispose()
 
