@@ -25,20 +25,20 @@ class TagError(ValueError):
 
 def check_tag(tag: str) -> str:
     """`tag` if it is a valid tag, else TagError saying why."""
+    # Errors show the tag with !r: repr escapes every character that is not printable.
     if not isinstance(tag, str) or not tag:
         raise TagError("tag: must not be empty")
-    shown = tag.encode("unicode_escape").decode("ascii")  # the error never carries a control character
     if len(tag) > MAX_TAG_LENGTH:
-        raise TagError(f"tag {shown!r}: {len(tag)} characters, at most {MAX_TAG_LENGTH} allowed")
+        raise TagError(f"tag {tag!r}: {len(tag)} characters, at most {MAX_TAG_LENGTH} allowed")
     for ch in tag:
         if ch.isspace():
-            raise TagError(f"tag {shown!r}: no whitespace allowed; join words with - or _")
+            raise TagError(f"tag {tag!r}: no whitespace allowed; join words with - or _")
         if not ch.isprintable():  # control, formatting (bidi overrides), unassigned
-            raise TagError(f"tag {shown!r}: control and formatting characters are not allowed")
+            raise TagError(f"tag {tag!r}: control and formatting characters are not allowed")
     if "," in tag:
-        raise TagError(f"tag {shown!r}: no commas allowed (they separate tags)")
+        raise TagError(f"tag {tag!r}: no commas allowed (they separate tags)")
     if tag[0] in "+-":
-        raise TagError(f"tag {shown!r}: must not start with + or - (they mark adding and removing)")
+        raise TagError(f"tag {tag!r}: must not start with + or - (they mark adding and removing)")
     return tag
 
 
