@@ -42,6 +42,7 @@ from tui.messages import (
     LogBatchReceived,
     LogTailEnded,
     ResultsLoaded,
+    RunAnnotated,
     RunCancelled,
     RunsRefreshed,
     RunSubmitted,
@@ -657,6 +658,11 @@ class DinfApp(App):
         self.runs_version += 1
         self.notify(printable(f"Run {record.id} is {state_of(record)}."), markup=False)
         self._wake_refresh.set()
+
+    def on_run_annotated(self, message: RunAnnotated) -> None:
+        """Tags and note saved (tui/screens/run.py): every screen shows the new record."""
+        self.runs[message.run.id] = message.run
+        self.runs_version += 1
 
     # --- command palette -----------------------------------------------------------------------
 

@@ -89,6 +89,13 @@ class ActionFailed(Message):
 
 
 @dataclass
+class RunAnnotated(Message):
+    """A run's tags and note were saved; `run` is its record after that."""
+
+    run: Any
+
+
+@dataclass
 class RunCancelled(Message):
     """A cancel request finished; `run` is the record after it."""
 

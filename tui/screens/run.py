@@ -5,7 +5,9 @@ only when the tab is first opened (the lines are already buffered in `app.run_lo
 mode, a regex filter (only matching lines) and a regex search (highlight, Enter / n / N jump).
 When the run has finished, the measurements table and the correctness summary appear.
 
-All data comes from the app (records, buffers, results messages); this screen does no I/O.
+All data comes from the app (records, buffers, results messages); this screen does no I/O of its
+own but one write: `t` edits the run's tags and note in a dialog, saved through the service in a
+thread worker that posts the new record to the app.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
+from tui.messages import ActionFailed, RunAnnotated
 from tui.run_display import (
     clock,
     describe_engine,
@@ -67,6 +70,7 @@ class RunScreen(Screen):
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
         Binding("v", "app.compare_runs", "Compare", show=False),
+        Binding("t", "annotate", "Tags & note", show=False),
         *(Binding(str(rank), f"show_rank({rank})", f"Rank {rank}", show=False) for rank in range(1, 10)),
     ]
 
@@ -149,6 +153,11 @@ class RunScreen(Screen):
         ]
         if getattr(record, "engine_impl", None):
             lines.append(Text.assemble("engine ", (describe_engine(record), "bold")))
+        tags, notes = getattr(record, "tags", ()), getattr(record, "notes", "")
+        if tags:
+            lines.append(Text.assemble("tags ", plain(", ".join(tags), "bold")))
+        if notes:
+            lines.append(Text.assemble("note ", plain(notes, "italic", multiline=True)))
         lines.extend(_failure_lines(record))
         summary = Text("\n").join(lines)
         self.query_one("#run-summary", FixedText).update(summary)
@@ -353,6 +362,32 @@ class RunScreen(Screen):
 
     def action_cancel_run(self) -> None:
         self.app.confirm_cancel(self.run_id)  # type: ignore[attr-defined]
+
+    def action_annotate(self) -> None:
+        """t: the run's tags and note in a dialog; saved through the service in a thread worker."""
+        from tui.screens.dialogs import AnnotateDialog
+
+        record = self.record
+        if record is None or getattr(self.app, "service", None) is None:
+            self.notify("Still opening the database…")
+            return
+        title = Text.assemble(f"Tags and note of run #{self.run_id} ", plain(getattr(record, "name", "")))
+
+        def answered(answer: tuple[list[str], str] | None) -> None:
+            if answer is not None:
+                self._save_annotation(*answer)
+
+        self.app.push_screen(AnnotateDialog(title, getattr(record, "tags", ()), getattr(record, "notes", "")),
+                             answered)
+
+    @work(thread=True, exit_on_error=False, group="annotate", description="saving tags and note")
+    def _save_annotation(self, tags: list[str], notes: str) -> None:
+        try:
+            record = self.app.service.annotate(self.run_id, tags=tags, notes=notes)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - told to the user, the dialog's values are kept nowhere else
+            self.app.post_message(ActionFailed("saving tags and note", str(exc) or type(exc).__name__, self.run_id))
+            return
+        self.app.post_message(RunAnnotated(record))
 
     def action_back(self) -> None:
         # Escape in the filter or search box leaves the box, not the screen: the next letters would
