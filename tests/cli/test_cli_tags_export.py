@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import FIXTURE_BUNDLE
-from tui.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
-from tui.export import COLUMN_NAMES
+from tui.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
+from tui.core.export import COLUMN_NAMES
 from worker import contract
 
 LATENCIES = {"ttft_s": "ttft", "tpot_s": "tpot", "itl_s": "itl", "e2e_s": "e2e", "prefill_latency_s": "prefill"}
