@@ -94,12 +94,6 @@ class Point:
 
         return stat_summary(list(self.wall_samples))["ci95"]
 
-    @property
-    def per_gpu_tok_s(self) -> float | None:
-        if self.output_tok_s is None or not self.num_gpus:
-            return None
-        return self.output_tok_s / self.num_gpus
-
 
 def _median(values: Sequence[float]) -> float | None:
     ordered = sorted(v for v in values if v is not None)

@@ -39,6 +39,7 @@ from tui.display.runs import (
 )
 from tui.ui.messages import (
     AnnotationRequested,
+    DraftSubmitRequested,
     LogsUpdated,
     ResultsLoaded,
     ResultsRequested,
@@ -68,6 +69,7 @@ class RunScreen(FocusesRun, Screen):
         Binding("R", "show_tab('results')", "Results"),
         Binding("0", "show_rank(0)", "Rank", key_display="0-9"),
         Binding("c", "cancel_run", "Cancel run"),
+        Binding("s", "submit_draft", "Submit draft"),
         Binding("q", "app.quit", "Quit"),
         Binding("m", "show_tab('merged')", "Merged log", show=False),
         Binding("ctrl+f", "focus_search", "Search", show=False),
@@ -91,7 +93,7 @@ class RunScreen(FocusesRun, Screen):
         self._views: dict[str, RankLog] = {}
         """pane id -> its mounted log view."""
         self._progress_pending = False
-        self._finished_shown: bool | None = None
+        self._actions_offered: tuple[bool, bool] | None = None
 
     @property
     def record(self) -> Any:
@@ -135,8 +137,9 @@ class RunScreen(FocusesRun, Screen):
         record = self.record
         if record is None:
             return
-        if is_finished(record) != self._finished_shown:  # "Cancel run" only while there is something to cancel
-            self._finished_shown = is_finished(record)
+        offered = (is_finished(record), state_of(record) == "DRAFT")  # "Cancel run" and "Submit draft"
+        if offered != self._actions_offered:  # only while there is something to cancel or submit
+            self._actions_offered = offered
             self.refresh_bindings()  # (only on a change: it redraws the footer)
         self._draw_header(record)
         self._draw_progress()
@@ -267,7 +270,8 @@ class RunScreen(FocusesRun, Screen):
             text = Text.assemble(("paused", "bold yellow"), " (f to follow)")
         self.query_one("#follow-state", FixedText).update(text)
 
-    def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
+    def on_rank_log_follow_changed(self, message: RankLog.FollowChanged) -> None:
+        self.follow = message.follow  # scrolling back in a log pauses following, as `f` does
         self._show_follow()
 
     def action_focus_search(self) -> None:
@@ -368,7 +372,13 @@ class RunScreen(FocusesRun, Screen):
         if action == "cancel_run":  # a finished run has nothing to cancel: no key, no footer entry
             record = self.record
             return record is not None and not is_finished(record)
+        if action == "submit_draft":  # only a draft has something to submit
+            record = self.record
+            return record is not None and state_of(record) == "DRAFT"
         return True
+
+    def action_submit_draft(self) -> None:
+        self.post_message(DraftSubmitRequested(self.run_id))
 
     def action_cancel_run(self) -> None:
         self.post_message(RunCancelRequested(self.run_id))
