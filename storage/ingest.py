@@ -190,8 +190,8 @@ def _store_measurements(*, session: Session, run: Run, result: dict, source: Pat
             if stat is None:
                 continue
             if not isinstance(stat, dict):
-                raise IngestError(f"{source}: {where}.{field} must be a Stat object (n, median, p90, mean, ci95)")
-            for part, suffix in STAT_PARTS.items():
+                raise IngestError(f"{source}: {where}.{field} must be a Stat object ({', '.join(STAT_PARTS)})")
+            for part, suffix in STAT_PARTS.items():  # a part the bundle lacks stays NULL (older workers)
                 convert = _int if part == "n" else _number
                 values[f"{prefix}_{suffix}"] = convert(stat.get(part), f"{where}.{field}.{part}", source)
         measurement_id = repo.upsert(session=session, model=Measurement, values=values, keys=("run_id", "batch_size"))

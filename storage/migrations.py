@@ -64,10 +64,42 @@ def _run_quant(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE run ADD COLUMN accuracy_json VARCHAR")
 
 
+# Frozen copies of the names step 5 knew (storage.models.STAT_COLUMNS / STAT_PARTS may grow later).
+_STEP5_STATS = {"ttft": "ttft_s", "tpot": "tpot_s", "itl": "itl_s", "e2e": "e2e_s", "prefill": "prefill_latency_s"}
+_STEP5_PARTS = ("p99", "std", "min", "max")
+
+
+def _measurement_spread(conn: Connection) -> None:
+    # Every measurement keeps the record it came from (raw_json), so the parts a bundle had are
+    # filled in from it; a part it lacked (bundles from before the worker wrote them), or one that
+    # is not a number, stays NULL: blank, never zero. A record that is not strict JSON (a NaN)
+    # fills nothing.
+    for prefix, field in _STEP5_STATS.items():
+        for part in _STEP5_PARTS:
+            column, path = f"{prefix}_{part}_s", f"$.{field}.{part}"
+            conn.exec_driver_sql(f"ALTER TABLE measurement ADD COLUMN {column} FLOAT")
+            conn.exec_driver_sql(
+                f"UPDATE measurement SET {column} = json_extract(raw_json, '{path}') "
+                f"WHERE json_valid(raw_json) AND json_type(raw_json, '{path}') IN ('integer', 'real')"
+            )
+
+
+def _run_tags_and_notes(conn: Connection) -> None:
+    # Runs before this step have no tags and an empty note.
+    conn.exec_driver_sql("ALTER TABLE run ADD COLUMN notes VARCHAR DEFAULT '' NOT NULL")
+    conn.exec_driver_sql(
+        "CREATE TABLE run_tag (id INTEGER NOT NULL, run_id INTEGER NOT NULL, tag VARCHAR NOT NULL, "
+        "PRIMARY KEY (id), UNIQUE (run_id, tag), FOREIGN KEY(run_id) REFERENCES run (id))"
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_run_tag_tag ON run_tag (tag)")
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "runs record the worker's engine: implementation, compiled, CUDA graphs, capture time", _run_engine),
     Step(3, "runs record how a failed job ended (first rank to die, node, signal or exit code)", _run_failure),
     Step(4, "runs record their weight quantization and, when scored, their accuracy against fp16", _run_quant),
+    Step(5, "measurements keep p99, std, min and max of every latency (filled from their records)", _measurement_spread),
+    Step(6, "runs carry tags (a table, to filter by) and a note", _run_tags_and_notes),
 )
 
 DB_SCHEMA_VERSION = STEPS[-1].version if STEPS else FIRST_VERSION

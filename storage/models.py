@@ -1,6 +1,6 @@
 """Every table of dinf's SQLite database, in one module so there are no circular imports.
 
-Clusters, experiments, runs (with their state history, ranks and sacct accounting), measurements
+Clusters, experiments, runs (with their state history, tags, ranks and sacct accounting), measurements
 per batch size (one column per field of METRICS.md, plus the raw JSON they came from), per-rank
 statistics per measurement, completions and correctness results.
 
@@ -124,12 +124,26 @@ class Run(SQLModel, table=True):
     """result.json "accuracy" of a run made with spec.score: the model against the unquantized one,
     judged in the same job, with its noise floor. None when the run did not score."""
 
+    notes: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    """The user's free text about the run (`dinf note`, the run screen's `t`); shown as data, never markup."""
+
 
 ENGINE_BEFORE_FAST_PATH: dict[str, object] = {
     "engine_impl": "reference", "engine_compiled": False, "engine_cuda_graphs": False, "engine_capture_s": None,
 }
 """The engine columns of a run whose spec has no `impl` or whose bundle has no `engine`: the worker
 then had only the reference implementation, run eagerly."""
+
+
+class RunTag(SQLModel, table=True):
+    """One tag on one run (`storage.tags` says what a tag may be); a run has any number of them."""
+
+    __tablename__ = "run_tag"
+    __table_args__ = (UniqueConstraint("run_id", "tag"), Index("ix_run_tag_tag", "tag"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")  # the unique (run_id, tag) index serves lookups by run
+    tag: str
 
 
 class StateChange(SQLModel, table=True):
@@ -217,6 +231,29 @@ class Measurement(SQLModel, table=True):
     prefill_s_json: str = "[]"
     raw_json: str = "{}"
 
+    # Schema step 5 appended these (a migrated file's columns come after raw_json too, so a new file
+    # is shaped like a migrated one). NULL where the bundle had no such part: blank, never zero.
+    ttft_p99_s: float | None = None
+    ttft_std_s: float | None = None
+    ttft_min_s: float | None = None
+    ttft_max_s: float | None = None
+    tpot_p99_s: float | None = None
+    tpot_std_s: float | None = None
+    tpot_min_s: float | None = None
+    tpot_max_s: float | None = None
+    itl_p99_s: float | None = None
+    itl_std_s: float | None = None
+    itl_min_s: float | None = None
+    itl_max_s: float | None = None
+    e2e_p99_s: float | None = None
+    e2e_std_s: float | None = None
+    e2e_min_s: float | None = None
+    e2e_max_s: float | None = None
+    prefill_p99_s: float | None = None
+    prefill_std_s: float | None = None
+    prefill_min_s: float | None = None
+    prefill_max_s: float | None = None
+
 
 # The Stat-valued fields of a result.json measurement and the column prefix each one fills.
 STAT_COLUMNS: dict[str, str] = {
@@ -226,7 +263,11 @@ STAT_COLUMNS: dict[str, str] = {
     "e2e_s": "e2e",
     "prefill_latency_s": "prefill",
 }
-STAT_PARTS: dict[str, str] = {"median": "median_s", "p90": "p90_s", "mean": "mean_s", "ci95": "ci95_s", "n": "n"}
+STAT_PARTS: dict[str, str] = {
+    "n": "n", "median": "median_s", "p90": "p90_s", "p99": "p99_s", "mean": "mean_s", "std": "std_s",
+    "min": "min_s", "max": "max_s", "ci95": "ci95_s",
+}
+"""Each part of a Stat (`worker.contract.stat_summary`) and its column's suffix, in the order shown."""
 
 
 class RankStat(SQLModel, table=True):

@@ -30,8 +30,10 @@ from storage.models import (
     RankStat,
     Run,
     RunRank,
+    RunTag,
     StateChange,
 )
+from storage.tags import check_note, check_tags
 
 Row = TypeVar("Row", bound=SQLModel)
 
@@ -182,9 +184,17 @@ def list_runs(
     run_ids: Iterable[int] | None = None,
     states: Iterable[str] | None = None,
     unfinished: bool = False,
+    tags: Iterable[str] | None = None,
 ) -> list[Run]:
-    """Runs, oldest first, filtered by every argument given."""
+    """Runs, oldest first, filtered by every argument given (`tags`: runs carrying every one of them)."""
     query = select(Run).order_by(col(Run.id))
+    wanted = sorted(set(tags or ()))
+    if wanted:
+        tagged = (
+            select(RunTag.run_id).where(col(RunTag.tag).in_(wanted))
+            .group_by(col(RunTag.run_id)).having(func.count() == len(wanted))
+        )
+        query = query.where(col(Run.id).in_(tagged))
     if experiment_id is not None:
         query = query.where(Run.experiment_id == experiment_id)
     if cluster_id is not None:
@@ -196,6 +206,47 @@ def list_runs(
     if unfinished:
         query = query.where(col(Run.state).not_in(list(FINISHED_STATES)))
     return list(session.exec(query))
+
+
+def tags_for_runs(*, session: Session, run_ids: Iterable[int]) -> dict[int, list[str]]:
+    """run id -> its tags, sorted; runs without tags are absent. One query for any number of runs."""
+    query = (
+        select(RunTag.run_id, RunTag.tag).where(col(RunTag.run_id).in_(list(run_ids)))
+        .order_by(col(RunTag.run_id), col(RunTag.tag))
+    )
+    tags: dict[int, list[str]] = {}
+    for run_id, tag in session.exec(query):
+        tags.setdefault(run_id, []).append(tag)
+    return tags
+
+
+def edit_tags(
+    *, session: Session, run: Run, add: Iterable[str] = (), remove: Iterable[str] = ()
+) -> list[str]:
+    """Add and remove tags of a run (each checked first: TagError before anything is written);
+    returns the run's tags after the edit, sorted. Adding a tag it has, or removing one it has
+    not, changes nothing."""
+    add, remove = check_tags(add), check_tags(remove)
+    if remove:
+        for row in session.exec(select(RunTag).where(RunTag.run_id == run.id, col(RunTag.tag).in_(remove))):
+            session.delete(row)
+    session.flush()
+    for tag in add:
+        statement = sqlite_insert(RunTag.__table__).values(run_id=run.id, tag=tag)  # type: ignore[attr-defined]
+        session.connection().execute(statement.on_conflict_do_nothing(index_elements=["run_id", "tag"]))
+    return tags_for_runs(session=session, run_ids=[run.id]).get(run.id, [])
+
+
+def set_tags(*, session: Session, run: Run, tags: Iterable[str]) -> list[str]:
+    """Make the run's tags exactly `tags` (checked first); returns them sorted."""
+    wanted = set(check_tags(tags))
+    have = set(tags_for_runs(session=session, run_ids=[run.id]).get(run.id, []))
+    return edit_tags(session=session, run=run, add=sorted(wanted - have), remove=sorted(have - wanted))
+
+
+def set_notes(*, session: Session, run: Run, notes: str) -> Run:
+    """Replace the run's note (checked: TagError if too long); an empty text clears it."""
+    return update_run(session=session, run=run, notes=check_note(notes))
 
 
 def runs_shape(*, session: Session) -> tuple[int, int, int]:

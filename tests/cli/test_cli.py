@@ -18,7 +18,7 @@ def test_empty_database(dinf):
     assert (result.code, result.json()) == (EXIT_OK, [])
     table = dinf("runs")
     assert table.code == EXIT_OK and table.out.split() == ["ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE",
-                                                           "JOB", "CREATED", "ELAPSED"]
+                                                           "JOB", "CREATED", "ELAPSED", "TAGS"]
 
 
 def test_ingest_show_export(dinf, tmp_path):

@@ -77,10 +77,15 @@ def test_compare_experiment_json_and_text(fixture_cli):
     fields = {d["field"] for d in data["diff"]}
     assert {"spec.mode", "resources.tasks_per_node"} <= fields
     assert "spec.max_new_tokens" not in fields   # equal everywhere: not shown
+    # the 1-GPU walls 10.2, 9.8, 10.0 s: std 0.2, Student t(2) = 4.303, 4.303 x 0.2 / sqrt(3) = 0.497
+    intervals = {names[d["run"]]: (round(d["wall_ci95_s"], 4), d["repeats"]) for d in data["derived"]}
+    assert intervals["scaling:single/r1"] == (0.4969, 3) and intervals["scaling:pp/r2"] == (0.0, 3)
 
     text = dinf("compare", "--experiment", "scaling", "--width", "70").stdout
     assert "fields that differ:" in text
     assert "T s = median wall time of the whole workload, in seconds" in text  # every column explained
+    assert "T ±95% = Student-t half-width of its mean over the n timed repeats" in text
+    assert "10.000  ±0.497 (n=3)" in text
     assert "Output tokens/s vs GPUs at batch 20" in text and "ideal (N x 1-GPU rate)" in text
 
 

@@ -58,6 +58,8 @@ def test_fields_land_in_columns(engine, bundle_dir):
                 assert getattr(row, f"{prefix}_mean_s") == stat["mean"]
                 assert getattr(row, f"{prefix}_ci95_s") == stat["ci95"]
                 assert getattr(row, f"{prefix}_n") == stat["n"]
+                for part in ("p99", "std", "min", "max"):  # this bundle's worker wrote none: blank, not zero
+                    assert part not in stat and getattr(row, f"{prefix}_{part}_s") is None
             for key in ("decode_throughput_tok_s", "output_throughput_tok_s", "total_throughput_tok_s",
                         "per_gpu_output_tok_s", "prompt_tokens", "output_tokens", "repeats"):
                 assert getattr(row, key) == record[key]

@@ -13,7 +13,7 @@ from sqlmodel import func, select
 from storage import repo
 from storage.db import read_session, write_session
 from storage.ingest import ingest_bundle
-from storage.models import Completion, Measurement, RankStat, Run
+from storage.models import STAT_COLUMNS, STAT_PARTS, Completion, Measurement, RankStat, Run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +63,8 @@ def test_real_worker_bundle_ingests_once(engine, tmp_path):
             assert row.itl_n == record["itl_s"]["n"]
             assert row.output_throughput_tok_s == record["output_throughput_tok_s"]
             assert row.output_tokens == record["output_tokens"] == 2 * 3
+            for field, prefix in STAT_COLUMNS.items():  # every part of every latency Stat, p99 to max
+                for part, suffix in STAT_PARTS.items():
+                    assert getattr(row, f"{prefix}_{suffix}") == record[field][part], (field, part)
+            assert row.ttft_min_s <= row.ttft_median_s <= row.ttft_p99_s <= row.ttft_max_s
+            assert row.itl_std_s is not None  # 2 repeats x 2 requests x 2 gaps

@@ -3,6 +3,7 @@ exactly like a new file; a failing step leaves it as it was."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -54,7 +55,7 @@ def _shape(path: Path) -> dict[str, dict]:
 
 def test_steps_are_numbered_one_after_another():
     assert [s.version for s in migrations.STEPS] == list(range(FIRST_VERSION + 1, DB_SCHEMA_VERSION + 1))
-    assert DB_SCHEMA_VERSION == 4
+    assert DB_SCHEMA_VERSION == 6
 
 
 def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
@@ -66,7 +67,8 @@ def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
     try:
         assert schema_version(engine) == DB_SCHEMA_VERSION
         after = _rows(path)
-        assert set(after) == set(before)
+        assert set(after) == set(before) | {"run_tag"}  # step 6's table, empty
+        assert after["run_tag"] == (["id", "run_id", "tag"], [])
         for table, (columns, rows) in before.items():
             if table == "schema_version":
                 continue
@@ -75,11 +77,16 @@ def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
             assert [row[: len(columns)] for row in new_rows] == rows, table
         assert after["run"][0][len(before["run"][0]):] == [
             "engine_impl", "engine_compiled", "engine_cuda_graphs", "engine_capture_s", "failure_json",
-            "quant_scheme", "accuracy_json"]
+            "quant_scheme", "accuracy_json", "notes"]
         # runs from before the fast path ran the reference, eagerly; runs from before step 3 have no failure
-        # record; runs from before step 4 were not quantized and not scored
+        # record; runs from before step 4 were not quantized and not scored; before step 6, no note
         assert [row[len(before["run"][0]):] for row in after["run"][1]] == [
-            ("reference", 0, 0, None, None, "none", None)] * 3
+            ("reference", 0, 0, None, None, "none", None, "")] * 3
+        # step 5: the fixture's bundle came from a worker that wrote no p99, std, min or max: blank, not zero
+        new_measurement = after["measurement"][0][len(before["measurement"][0]):]
+        assert new_measurement == [f"{m}_{part}_s" for m in ("ttft", "tpot", "itl", "e2e", "prefill")
+                                   for part in ("p99", "std", "min", "max")]
+        assert [row[len(before["measurement"][0]):] for row in after["measurement"][1]] == [(None,) * 20] * 2
 
         with read_session(engine) as session:  # and the repository reads them as before
             runs = repo.list_runs(session=session)
@@ -102,6 +109,27 @@ def test_schema1_file_is_migrated_at_open_and_keeps_every_row(tmp_path):
             assert [a.elapsed for a in repo.accounting_for_run(session=session, run_id=pp2.id)] == ["00:01:10"]
     finally:
         engine.dispose()
+
+
+def test_step5_fills_the_new_latency_parts_from_each_measurements_record(tmp_path):
+    path = write_schema1_file(tmp_path / "old.db")
+    conn = sqlite3.connect(path)
+    (raw,) = conn.execute("SELECT raw_json FROM measurement WHERE id = 1").fetchone()
+    record = json.loads(raw)
+    record["ttft_s"].update(p99=0.0598, std=0.00707, min=0.05, max=0.06)  # as a newer worker wrote them
+    record["tpot_s"].update(p99="fast", std=None)  # not numbers: left blank
+    with conn:
+        conn.execute("UPDATE measurement SET raw_json = ? WHERE id = 1", (json.dumps(record),))
+        conn.execute("UPDATE measurement SET raw_json = ? WHERE id = 2", ('{"ttft_s": {"p99": NaN}}',))
+    conn.close()
+    make_engine(path).dispose()
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT id, ttft_p99_s, ttft_std_s, ttft_min_s, ttft_max_s, tpot_p99_s, tpot_std_s, "
+                            "e2e_max_s FROM measurement ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert rows == [(1, 0.0598, 0.00707, 0.05, 0.06, None, None, None), (2, None, None, None, None, None, None, None)]
 
 
 def test_migrated_file_is_shaped_like_a_new_one(tmp_path):

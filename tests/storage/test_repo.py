@@ -147,3 +147,45 @@ def test_elapsed_follows_slurm_not_when_dinf_noticed(engine):
         repo.record_state(session=session, run=run, state="COMPLETED", at=157.0)
         assert repo.record_slurm_elapsed(session=session, run=run, elapsed_s=29.0)  # sacct Elapsed
         assert elapsed_s(run) == 29.0
+
+
+def test_tags_are_added_removed_and_filtered_by_all_of_them(engine):
+    with write_session(engine) as session:
+        a = repo.create_run(session=session, uid="a", name="a", mode="pp", spec={})
+        b = repo.create_run(session=session, uid="b", name="b", mode="tp", spec={})
+        c = repo.create_run(session=session, uid="c", name="c", mode="dp", spec={})
+        assert repo.edit_tags(session=session, run=a, add=["h200", "fp16", "h200"]) == ["fp16", "h200"]
+        assert repo.edit_tags(session=session, run=a, add=["fp16"], remove=["absent"]) == ["fp16", "h200"]
+        assert repo.set_tags(session=session, run=b, tags=["h200", "[/x]"]) == ["[/x]", "h200"]
+        assert repo.edit_tags(session=session, run=b, remove=["[/x]"]) == ["h200"]
+        session.commit()
+    with read_session(engine) as session:
+        def ids(*tags):
+            return [r.id for r in repo.list_runs(session=session, tags=list(tags))]
+
+        assert ids("h200") == [a.id, b.id]
+        assert ids("h200", "fp16") == [a.id]  # every tag must match
+        assert ids("fp16", "fp16") == [a.id]
+        assert ids("h200", "nowhere") == []
+        assert ids() == [a.id, b.id, c.id]
+        assert repo.tags_for_runs(session=session, run_ids=[a.id, b.id, c.id]) == {
+            a.id: ["fp16", "h200"], b.id: ["h200"]}
+
+
+def test_bad_tag_or_note_writes_nothing(engine):
+    from storage.tags import TagError
+
+    with write_session(engine) as session:
+        run = repo.create_run(session=session, uid="a", name="a", mode="pp", spec={})
+        session.commit()
+    with write_session(engine) as session:
+        run = repo.get_run(session=session, run_id=run.id)
+        with pytest.raises(TagError, match=r"tag 'two words': no whitespace"):
+            repo.edit_tags(session=session, run=run, add=["good", "two words"])
+        with pytest.raises(TagError, match=r"note: 4001 characters, at most 4000"):
+            repo.set_notes(session=session, run=run, notes="x" * 4001)
+        assert repo.tags_for_runs(session=session, run_ids=[run.id]) == {}
+        repo.set_notes(session=session, run=run, notes="warm node  \n[red]not markup[/red]\n\n")
+        session.commit()
+    with read_session(engine) as session:
+        assert repo.get_run(session=session, run_id=run.id).notes == "warm node  \n[red]not markup[/red]"

@@ -864,3 +864,64 @@ async def test_a_draft_is_saved_without_submitting_then_submitted_from_its_scree
         await wait_for(pilot, lambda: app.service.run(draft.id).state != "DRAFT", what="the submit")
         assert app.service.run(draft.id).job_id is not None
         await wait_for(pilot, lambda: not app.screen.check_action("submit_draft", ()), what="no second submit")
+
+
+async def test_tags_and_note_are_edited_on_the_run_screen_and_shown_in_the_list(make_app):
+    from pathlib import Path
+
+    from textual.widgets import TextArea
+
+    from tui.ui.screens.dialogs import AnnotateDialog
+
+    bundle = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        run_id = app.service.ingest_dir(bundle).run_id
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: run_id in app.runs, what="the imported run")
+        app.open_run(run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        run_screen = app.screen
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateDialog), what="the tags dialog")
+        dialog = app.screen
+        tags_input = dialog.query_one("#annotate-tags", Input)
+        assert tags_input.value == "" and dialog.query_one("#annotate-note", TextArea).text == ""
+        tags_input.value = "h200 bell\x07"
+        await pilot.pause()
+        assert "control and formatting characters are not allowed" in str(
+            dialog.query_one("#annotate-tags-error").render())
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert app.screen is dialog  # not saved: the tag at fault is named under the field
+        assert app.service.run(run_id).tags == ()
+        tags_input.value = "h200, [/x]"
+        dialog.query_one("#annotate-note", TextArea).text = "slow node\n[bold]kept as typed[/bold]"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.runs[run_id].tags == ("[/x]", "h200"), what="the saved tags")
+        assert app.screen is run_screen
+        stored = app.service.run(run_id)
+        assert (stored.tags, stored.notes) == (("[/x]", "h200"), "slow node\n[bold]kept as typed[/bold]")
+        await pilot.pause(0.2)
+        header = str(run_screen.query_one("#run-summary").render())
+        assert "tags [/x], h200" in header and "note slow node\n[bold]kept as typed[/bold]" in header
+
+        await pilot.press("t")  # the dialog opens on what is saved; Escape changes nothing
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateDialog), what="the tags dialog again")
+        assert app.screen.query_one("#annotate-tags", Input).value == "[/x] h200"
+        app.screen.query_one("#annotate-tags", Input).value = ""
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert app.service.run(run_id).tags == ("[/x]", "h200")
+
+        await pilot.press("escape")  # back to the list: the tags follow the name, and the filter finds them
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list")
+        table = app.screen.query_one(DataTable)
+        assert table.get_row(str(run_id))[1].plain == "fixture-pp2  #[/x] #h200"
+        app.screen.query_one("#runs-filter", Input).value = "#h200"
+        await pilot.pause(0.2)
+        assert table.row_count == 1
+        app.screen.query_one("#runs-filter", Input).value = "#nothing"
+        await pilot.pause(0.2)
+        assert table.row_count == 0

@@ -1,7 +1,7 @@
 """Text from outside dinf is data: hostile markup in every field the app shows is shown as written.
 
 A property test drives the real app (Pilot) over the real service and database: a run whose
-name, job id, cluster, state reasons, error, log lines, host and paths are hostile strings (Rich
+name, job id, cluster, state reasons, error, log lines, host, paths, tag and note are hostile strings (Rich
 and Textual markup, unbalanced brackets, ANSI escapes, control characters, globs) is listed,
 opened, found in the palette, cancelled from a dialog, compared, picked in the new-run form, and
 met in host-key, login and failure dialogs and notifications. Each string must appear on screen literally, with control
@@ -61,6 +61,12 @@ hostile = st.one_of(
 )
 short_hostile = hostile.filter(lambda s: len(printable(s)) <= 30 or s in KNOWN_CRASHERS)
 """Short enough that no field wraps on the screens below (SIZE), so it can be found whole."""
+
+
+def as_tag(text: str) -> str:
+    """The hostile string cut down to what a tag may hold (storage.tags): markup and brackets stay."""
+    kept = "".join(ch for ch in text if ch.isprintable() and not ch.isspace() and ch != ",").lstrip("+-")
+    return kept[:32] or "[x]"
 
 
 def one_line(text: str) -> str:
@@ -148,6 +154,8 @@ def seed(service, scripted: ScriptedCluster, fields: dict[str, str]) -> dict[str
             if key == "failed":
                 repo.update_run(session=session, run=run, error=f"{fields['error']} in {fields['path']}",
                                 failure_json=json.dumps(failure_of(fields).to_dict()))
+                repo.set_tags(session=session, run=run, tags=[fields["tag"]])
+                repo.set_notes(session=session, run=run, notes=fields["note"])
         session.commit()
     service.ingest_dir(BUNDLE, run_id=ids["completed"])
     launcher = f"{run_dir}/logs/{contract.launcher_log_file(fields['job'], 0)}"
@@ -167,6 +175,7 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         ids = {key: rid for rid, key in zip(sorted(app.runs), ("failed", "draft", "completed"))}
         await pilot.pause(0.2)
         assert_shown(app, name, job, cluster)  # the runs table and the connection bar
+        assert_shown(app, f"{name}  #{fields['tag']}")  # the failed run's tag follows its name
 
         await pilot.press("ctrl+p")
         await pilot.press(*"open run")
@@ -186,6 +195,8 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         assert_shown(app, name, cluster, job, f"({reason})", error, f"error: {error}", f"[r0] {log}", f"[r0] {wrote}")
         header = shown_by(app.screen.query_one("#run-summary"))  # long lines wrap on screen
         assert f"✖ {one_line(failure_of(fields).cause)}\n{error} in {path}" in header
+        note = printable(fields["note"].rstrip(), multiline=True)  # a note keeps its lines
+        assert f"tags {fields['tag']}\n" in header and (f"note {note}\n" in header or not note)
         await pilot.press("escape")
 
         app.confirm_cancel(ids["draft"])
@@ -233,11 +244,12 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fields=st.fixed_dictionaries({
-    key: short_hostile for key in ("name", "job", "cluster", "host", "reason", "error", "path", "log")
+    **{key: short_hostile for key in ("name", "job", "cluster", "host", "reason", "error", "path", "log", "note")},
+    "tag": short_hostile.map(as_tag),
 }).filter(lambda f: f["cluster"] != "local"))
 @example(fields={"name": "[/x] zz [bold]mk", "job": "[x]", "cluster": "[x]", "host": "[/x]",
                  "reason": "*glob?[x]", "error": KNOWN_CRASHERS[0], "path": "[link=file:///etc]x[/link]",
-                 "log": "\x1b[31mred[bold] [/x]\x07"})
+                 "log": "\x1b[31mred[bold] [/x]\x07", "note": "[b]n[/b]\n[/x]\x1b[31m\u202e", "tag": "[/x]"})
 def test_hostile_text_in_every_displayed_field_is_shown_as_written(fields, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     config = tmp / "config.toml"

@@ -204,3 +204,38 @@ def test_finished_run_with_results_at_size(snap_compare, seeded_app, size):
 @SIZES
 def test_new_run_form_with_errors_at_size(snap_compare, make_app, size):
     assert snap_compare(make_app(), terminal_size=size, run_before=form_with_errors)
+
+
+# --- tags and notes (their own snapshots: the ones above stay those of untagged runs) -------------
+
+
+@pytest.fixture
+def tagged_app(service_factory, scripted):
+    def factory():
+        service = service_factory()
+        ids = seed(service, scripted)
+        service.annotate(ids["pp-2-ranks"], tags=["h200", "fp16", "baseline"],
+                         notes="rerun after the driver update\nrank 1 was on the slow node")
+        service.annotate(ids["dp-sweep"], tags=["sweep-2026-11"])
+        return service
+
+    return DinfApp(service_factory=factory, live_poll_s=0.1, idle_poll_s=0.2)
+
+
+@SIZES
+def test_tagged_runs_at_size(snap_compare, tagged_app, size):
+    """Tags follow the run's name (dimmed), so they show at 80 columns too."""
+    assert snap_compare(tagged_app, terminal_size=size, run_before=loaded)
+
+
+@SIZES
+def test_tags_and_note_dialog_at_size(snap_compare, tagged_app, size):
+    """The run screen's header with tags and note, under the dialog `t` opens."""
+
+    async def annotate(pilot):
+        await run_opened(pilot)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "AnnotateDialog", what="the dialog")
+        await pilot.pause(0.2)
+
+    assert snap_compare(tagged_app, terminal_size=size, run_before=annotate)

@@ -2,13 +2,15 @@
 
     dinf submit [SPEC.json|-] [--set model.config=tiny] [--mode pp] [--ranks-per-node 2] [--wait]
     dinf demo [--wait]                       the 2-rank pipeline demo on the local cluster
-    dinf runs [--state S] [--match RE] [--sort COL]  list runs (after polling unfinished ones)
-    dinf show RUN                            one run: timeline, measurements, correctness, sacct
+    dinf runs [--state S] [--tag T] [--match RE] [--sort COL]  list runs (after polling unfinished ones)
+    dinf show RUN                            one run: timeline, measurements, latency stats, correctness, sacct
+    dinf tag RUN [+TAG] [-TAG] [TAG]         add (+ or bare) and remove (-) tags; alone, print them
+    dinf note RUN [TEXT | --clear]           set or clear the run's note; alone, print it
     dinf logs RUN [-f] [--rank N] [--kind worker|events|launcher]
     dinf cancel RUN
     dinf resubmit RUN [--wait]               a new run with the same cluster, spec and resources
     dinf ingest DIR [--run RUN]              store a result bundle from disk (idempotent)
-    dinf export [--format csv|json] [--run RUN ...] [--experiment ID] [-o FILE]
+    dinf export [--format csv|json|parquet] [--run RUN ...] [--experiment ID] [--tag T] [-o FILE]
     dinf trace RUN|DIR [-o FILE]             a profiled run's rank traces merged into one Perfetto file
     dinf clusters                            the configured clusters
     dinf trust CLUSTER [--fingerprint FP]    show / record a cluster's SSH host key
@@ -32,9 +34,7 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import os
 import queue
@@ -54,6 +54,7 @@ from storage.ingest import IngestError
 from tui.cli import studies as study_cli
 from tui.core.config import ConfigError
 from tui.core.logs.follow import follow_then_drain
+from tui.core.export import FORMATS, ExportError, repeat_stats, to_csv, to_json, write_parquet
 from tui.core.service import Dinf, RunNotFound, ServiceError
 from tui.display.runs import clock, describe_accuracy, duration, elapsed_s, printable
 from tui.display.tables import text_table
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_NOT_FOUND)
     except DatabaseError as exc:
         return _fail(exc, EXIT_DATABASE)
-    except (ClusterError, ServiceError, OSError) as exc:
+    except (ClusterError, ServiceError, ExportError, OSError) as exc:
         return _fail(exc, EXIT_FAILED)
     except ValueError as exc:  # the service's field checks (resources.*, rank, experiment_id)
         return _fail(exc, EXIT_BAD_INPUT)
@@ -161,14 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = command("runs", cmd_runs, "list runs")
     runs.add_argument("--state", action="append", help="only runs in this state (repeatable)")
+    runs.add_argument("--tag", action="append", help="only runs with this tag (repeatable: every one must match)")
     runs.add_argument("--experiment", type=int)
-    runs.add_argument("--match", metavar="REGEX", help="only runs whose name, uid, cluster, mode or state matches")
+    runs.add_argument("--match", metavar="REGEX",
+                      help="only runs whose name, uid, cluster, mode, state or a tag matches")
     runs.add_argument("--sort", default="id", choices=RUN_SORT_KEYS, help="sort by this column (default id)")
     runs.add_argument("--no-refresh", action="store_true", help="don't poll clusters first")
 
     show = command("show", cmd_show, "one run in full")
     show.add_argument("run")
     show.add_argument("--no-refresh", action="store_true")
+
+    tag = command("tag", cmd_tag, "add and remove a run's tags: dinf tag RUN +fast -old (a bare TAG adds)")
+    tag.add_argument("run")
+    # REMAINDER: "-old" is a tag to remove, not an unknown option.
+    tag.add_argument("edits", nargs=argparse.REMAINDER, metavar="[+|-]TAG",
+                     help="+TAG or TAG adds it, -TAG removes it; none: print the tags")
+
+    note = command("note", cmd_note, "set, clear or print a run's note")
+    note.add_argument("run")
+    note.add_argument("text", nargs="?", help="the note (replaces the one there); none: print it")
+    note.add_argument("--clear", action="store_true", help="remove the note")
 
     logs = command("logs", cmd_logs, "print (or follow) a run's per-rank logs")
     logs.add_argument("run")
@@ -193,11 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", type=Path)
     ingest.add_argument("--run", help="the run it belongs to (default: a new IMPORTED run)")
 
-    export = command("export", cmd_export, "measurements as CSV or JSON, one row per run and batch size")
-    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export = command("export", cmd_export,
+                     "measurements as CSV, JSON or Parquet, one row per run and batch size")
+    export.add_argument("--format", choices=FORMATS, default="csv",
+                        help="csv (default), json, or parquet (needs pyarrow: pip install 'dinf-tui[parquet]')")
     export.add_argument("--run", action="append", help="only this run (repeatable)")
     export.add_argument("--experiment", type=int)
-    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.add_argument("--tag", action="append", help="only runs with this tag (repeatable: every one must match)")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout; parquet needs one)")
 
     command("clusters", cmd_clusters, "list the configured clusters")
 
@@ -366,25 +383,32 @@ class _RankEvents:
 def cmd_runs(dinf, args) -> int:
     if not args.no_refresh:
         _refresh(dinf)
-    records = dinf.runs(experiment_id=args.experiment, states=args.state)
+    records = dinf.runs(experiment_id=args.experiment, states=args.state, tags=_checked_tags(args.tag))
     if args.match:
         try:
             pattern = re.compile(args.match, re.IGNORECASE)
         except re.error as exc:
             raise UsageError(f"--match {args.match!r} is not a regular expression: {exc}") from None
         records = [r for r in records
-                   if any(pattern.search(str(v or "")) for v in (r.name, r.uid, r.cluster, r.mode, r.state))]
+                   if any(pattern.search(str(v or "")) for v in (r.name, r.uid, r.cluster, r.mode, r.state, *r.tags))]
     records.sort(key=lambda r: _sort_key(getattr(r, args.sort)))
     if args.json:
         _print_json([r.to_dict() for r in records])
         return EXIT_OK
     rows = [
         (str(r.id), r.name, r.cluster or "-", r.mode, str(r.num_ranks), r.state, r.job_id or "-",
-         clock(r.created_at), duration(elapsed_s(r)))
+         clock(r.created_at), duration(elapsed_s(r)), ",".join(r.tags) or "-")
         for r in records
     ]
-    print(text_table(("ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE", "JOB", "CREATED", "ELAPSED"), rows))
+    print(text_table(("ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE", "JOB", "CREATED", "ELAPSED", "TAGS"), rows))
     return EXIT_OK
+
+
+def _checked_tags(tags: list[str] | None) -> list[str] | None:
+    """--tag values, each checked (a typo'd tag with a space would otherwise just match nothing)."""
+    from storage.tags import check_tags
+
+    return None if not tags else check_tags(tags)
 
 
 RUN_SORT_KEYS = ("id", "name", "cluster", "mode", "num_ranks", "state", "created_at", "finished_at")
@@ -420,6 +444,9 @@ def cmd_show(dinf, args) -> int:
         ("job", ", ".join(record.job_ids) or "-"), ("run dir", record.run_dir),
         ("then" if record.failure else "error", error),
         ("load time", f"{record.load_time_s:.3f} s" if record.load_time_s is not None else None),
+        ("tags", ", ".join(record.tags)),
+        # The note is the user's own text: each line as written, under the label.
+        ("note", printable(record.notes, multiline=True).replace("\n", "\n" + " " * 13)),
     ]
     for label, value in fields:
         if value not in (None, ""):
@@ -428,15 +455,26 @@ def cmd_show(dinf, args) -> int:
     for entry in record.history:
         print(f"  {clock(entry.at)}  {entry.state}" + (f"  {entry.reason}" if entry.reason else ""))
     if measurements:
-        print("measurements:")
-        rows = [
-            (str(m["batch_size"]), _num(m["ttft_median_s"], 1e3), _num(m["tpot_median_s"], 1e3),
-             _num(m["itl_median_s"], 1e3), _num(m["e2e_median_s"], 1e3), _num(m["output_throughput_tok_s"]),
-             _num(m["decode_throughput_tok_s"]), _num(m["per_gpu_output_tok_s"]))
-            for m in measurements
-        ]
+        print("measurements (medians; WALL s is one timed repeat's wall time, ±95% its Student-t interval "
+              "over the n repeats):")
+        rows = []
+        for m in measurements:
+            wall = repeat_stats(json.loads(m["wall_s_json"]))
+            rows.append((str(m["batch_size"]), _num(m["ttft_median_s"], 1e3), _num(m["tpot_median_s"], 1e3),
+                         _num(m["itl_median_s"], 1e3), _num(m["e2e_median_s"], 1e3), _num(m["output_throughput_tok_s"]),
+                         _num(m["decode_throughput_tok_s"]), _num(m["per_gpu_output_tok_s"]),
+                         f"{_num(wall['median'])} (n={m['repeats'] or 0})", _num(wall["ci95"])))
         print(text_table(("BATCH", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "OUT tok/s", "DECODE tok/s",
-                      "PER-GPU tok/s"), rows, indent="  "))
+                          "PER-GPU tok/s", "WALL s", "±95%"), rows, indent="  "))
+        print("latency ms over requests (±95%: Student-t half-width of the mean; - where the worker recorded none):")
+        rows = [
+            (str(m["batch_size"]), label, str(m[f"{prefix}_n"]) if m[f"{prefix}_n"] is not None else "-",
+             *(_num(m[f"{prefix}_{part}_s"], 1e3) for part in ("median", "p90", "p99", "mean", "ci95", "std", "min", "max")))
+            for m in measurements
+            for prefix, label in LATENCY_LABELS.items()
+        ]
+        print(text_table(("BATCH", "METRIC", "N", "MEDIAN", "P90", "P99", "MEAN", "±95%", "STD", "MIN", "MAX"),
+                         rows, indent="  "))
     for c in correctness:
         if c["source"] == "experiment":  # against the experiment's baseline, as `dinf report` judges
             where = f"experiment {printable(c['experiment'])}"
@@ -453,6 +491,40 @@ def cmd_show(dinf, args) -> int:
     for a in accounting:
         print(f"sacct job {a['job_id']}: {a['state']} exit {a['exit_code']} elapsed {a['elapsed']} "
               f"nodes {a['nodelist']} maxrss {a['max_rss']}")
+    return EXIT_OK
+
+
+LATENCY_LABELS = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2e": "E2E", "prefill": "PREFILL"}
+
+
+def cmd_tag(dinf, args) -> int:
+    from storage.tags import parse_edit
+
+    edits = list(args.edits)
+    if edits and edits[0] == "--":
+        edits = edits[1:]
+    if "--json" in edits:  # after RUN the flag lands among the edits; no tag starts with '-', so it is the flag
+        edits.remove("--json")
+        args.json = True
+    edit = parse_edit(edits)  # TagError (bad input, naming the tag) before anything is written
+    record = dinf.run(args.run)
+    if edit.add or edit.remove:
+        record = dinf.edit_tags(record.id, add=edit.add, remove=edit.remove)
+    _emit(args, {"id": record.id, "uid": record.uid, "tags": list(record.tags)},
+          f"{record.id}\t{','.join(record.tags) or '-'}")
+    return EXIT_OK
+
+
+def cmd_note(dinf, args) -> int:
+    if args.clear and args.text is not None:
+        raise UsageError("give a note or --clear, not both")
+    record = dinf.run(args.run)
+    if args.clear or args.text is not None:
+        record = dinf.annotate(record.id, notes="" if args.clear else args.text)
+    if args.json:
+        _print_json({"id": record.id, "uid": record.uid, "notes": record.notes})
+    elif record.notes:
+        print(printable(record.notes, multiline=True))
     return EXIT_OK
 
 
@@ -523,17 +595,19 @@ def cmd_trace(dinf, args) -> int:
 
 
 def cmd_export(dinf, args) -> int:
+    if args.format == "parquet" and args.output is None:
+        raise UsageError("--format parquet writes a binary file: give it one with -o FILE.parquet")
     run_ids = None if not args.run else [dinf.run(ref).id for ref in args.run]
-    rows = dinf.export_rows(run_ids=run_ids, experiment_id=args.experiment)
+    rows = dinf.export_rows(run_ids=run_ids, experiment_id=args.experiment, tags=_checked_tags(args.tag))
+    if args.format == "parquet":
+        write_parquet(rows, args.output)
+        print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+        _emit(args, {"written": str(args.output), "rows": len(rows)}, None)
+        return EXIT_OK
     if args.format == "json" or args.json:  # --json, like every other command, means JSON
-        text = json.dumps(rows, indent=2) + "\n"
+        text = to_json(rows)
     else:
-        buffer = io.StringIO()
-        columns = list(rows[0]) if rows else ["run_id", "run_uid", "batch_size"]
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buffer.getvalue()
+        text = to_csv(rows)
     if args.output:
         args.output.write_text(text)
         print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)

@@ -233,7 +233,8 @@ def cmd_compare(dinf, args) -> int:
             "diff": [{"field": name, "values": list(values)} for name, values in comparison.diff],
             "derived": [{"run": d.run.id, "batch_size": d.point.batch_size, "output_tok_s": d.point.output_tok_s,
                          "speedup": d.speedup, "efficiency": d.efficiency, "memory_ratio": d.memory_ratio,
-                         "ttft_s": d.point.ttft_s, "tpot_s": d.point.tpot_s, "wall_s": d.point.wall_s}
+                         "ttft_s": d.point.ttft_s, "tpot_s": d.point.tpot_s, "wall_s": d.point.wall_s,
+                         "wall_ci95_s": d.point.wall_ci95, "repeats": d.point.repeats}
                         for d in comparison.derived],
             "correctness": [{"run": r.id, "batch_size": b, "exact": c.exact_matches, "n": c.n,
                              "first_divergences": [x.first_divergence for x in c.checks]}

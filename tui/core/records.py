@@ -76,6 +76,10 @@ class RunRecord:
     failure: FailureSummary | None = None
     """How a failed job ended, told straight: the first rank to die, its node, its signal or exit
     code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
+    tags: tuple[str, ...] = ()
+    """The user's labels for the run, sorted (`storage.tags` says what one may be)."""
+    notes: str = ""
+    """The user's free text about the run: data, shown with `printable` / `plain`."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -105,6 +109,7 @@ class RunRecord:
         data["job_ids"] = list(self.job_ids)
         data["history"] = [dataclasses.asdict(h) for h in self.history]
         data["failure"] = None if self.failure is None else self.failure.to_dict()
+        data["tags"] = list(self.tags)
         return data
 
 

@@ -137,9 +137,13 @@ class Dinf:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def runs(self, *, experiment_id: int | None = None, states: Iterable[str] | None = None) -> list[RunRecord]:
+    def runs(
+        self, *, experiment_id: int | None = None, states: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> list[RunRecord]:
+        """Runs, oldest first; `tags`: only runs carrying every one of them."""
         with read_session(self.engine) as session:
-            rows = repo.list_runs(session=session, experiment_id=experiment_id, states=states)
+            rows = repo.list_runs(session=session, experiment_id=experiment_id, states=states, tags=tags)
             return self._records(session, rows)
 
     def runs_shape(self) -> tuple[int, int, int]:
@@ -205,27 +209,50 @@ class Dinf:
             return [_columns(r) for r in repo.accounting_for_run(session=session, run_id=run.id)]
 
     def export_rows(
-        self, *, run_ids: Iterable[int] | None = None, experiment_id: int | None = None
+        self, *, run_ids: Iterable[int] | None = None, experiment_id: int | None = None,
+        tags: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """One flat row per (run, batch size): the run's identity and every measurement column."""
+        """One flat row per (run, batch size), with the columns of `tui.core.export.COLUMNS`."""
+        from tui.core.export import export_row
+
         with read_session(self.engine) as session:
-            runs = repo.list_runs(session=session, run_ids=run_ids, experiment_id=experiment_id)
+            runs = repo.list_runs(session=session, run_ids=run_ids, experiment_id=experiment_id, tags=tags)
             by_id = {run.id: run for run in runs}
             clusters = {c.id: c.name for c in repo.list_clusters(session=session)}
-            rows = []
-            for m in repo.measurements_for_runs(session=session, run_ids=list(by_id)):
-                run = by_id[m.run_id]
-                values = _columns(m, Measurement, skip={"id", "raw_json", "wall_s_json", "prefill_s_json"})
-                rows.append({
-                    "run_id": run.id, "run_uid": run.uid, "run_name": run.name,
-                    "cluster": clusters.get(run.cluster_id), "experiment_id": run.experiment_id,
-                    "mode": run.mode, "num_ranks": run.num_ranks, "state": run.state,
-                    "engine_impl": run.engine_impl, "engine_compiled": run.engine_compiled,
-                    "engine_cuda_graphs": run.engine_cuda_graphs, "engine_capture_s": run.engine_capture_s,
-                    "quant_scheme": run.quant_scheme,
-                    **{k: v for k, v in values.items() if k != "run_id"},
-                })
-            return rows
+            tags_of = repo.tags_for_runs(session=session, run_ids=list(by_id))
+            measurements = repo.measurements_for_runs(session=session, run_ids=list(by_id))
+            stats: dict[int, list[RankStat]] = {}
+            for stat in repo.rank_stats_for_measurements(session=session, measurement_ids=[m.id for m in measurements]):
+                stats.setdefault(stat.measurement_id, []).append(stat)
+            hosts = {run_id: [r.host for r in repo.ranks_for_run(session=session, run_id=run_id)] for run_id in by_id}
+            return [
+                export_row(run=by_id[m.run_id], cluster=clusters.get(by_id[m.run_id].cluster_id),
+                           tags=tags_of.get(m.run_id, []), measurement=m, rank_stats=stats.get(m.id, []),
+                           hosts=hosts[m.run_id])
+                for m in measurements
+            ]
+
+    # --- tags and notes ------------------------------------------------------------------------
+
+    def edit_tags(self, run_id: int | str, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> RunRecord:
+        """Add and remove tags (TagError, naming the tag, before anything is written)."""
+        with write_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            repo.edit_tags(session=session, run=run, add=add, remove=remove)
+            session.commit()
+            return self._record(session, run)
+
+    def annotate(self, run_id: int | str, *, tags: Iterable[str] | None = None, notes: str | None = None) -> RunRecord:
+        """Set the run's whole set of tags and/or its note in one transaction (the app's dialog);
+        TagError before anything is written."""
+        with write_session(self.engine) as session:
+            run = repo.find_run(session=session, ref=run_id)
+            if tags is not None:
+                repo.set_tags(session=session, run=run, tags=tags)
+            if notes is not None:
+                repo.set_notes(session=session, run=run, notes=notes)
+            session.commit()
+            return self._record(session, run)
 
     # --- creating and submitting ---------------------------------------------------------------
 
@@ -677,17 +704,19 @@ class Dinf:
 
     @staticmethod
     def _records(session: Session, runs: list[Run]) -> list[RunRecord]:
-        """Snapshots of many runs with three queries in all (the Runs screen lists thousands)."""
+        """Snapshots of many runs with four queries in all (the Runs screen lists thousands)."""
         clusters = {c.id: c for c in repo.list_clusters(session=session)}
+        tags = repo.tags_for_runs(session=session, run_ids=[run.id for run in runs])
         histories: dict[int, list[StateEntry]] = {}
         for change in repo.state_histories(session=session, run_ids=[run.id for run in runs]):
             # interned: "COMPLETED" read from SQLite is a new string in every row otherwise
             entry = StateEntry(sys.intern(change.state), change.at, change.reason)
             histories.setdefault(change.run_id, []).append(entry)
-        return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ()))) for run in runs]
+        return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ())),
+                          tuple(tags.get(run.id, ()))) for run in runs]
 
 
-def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRecord:
+def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...], tags: tuple[str, ...] = ()) -> RunRecord:
     return RunRecord(
         id=run.id, uid=run.uid, name=run.name,
         cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
@@ -701,7 +730,7 @@ def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRec
         engine_impl=run.engine_impl, engine_compiled=run.engine_compiled,
         engine_cuda_graphs=run.engine_cuda_graphs, engine_capture_s=run.engine_capture_s,
         quant_scheme=run.quant_scheme, accuracy_json=run.accuracy_json,
-        history=history, failure=_failure(run),
+        history=history, failure=_failure(run), tags=tags, notes=run.notes,
     )
 
 

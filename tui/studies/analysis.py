@@ -85,6 +85,15 @@ class Point:
             return None
         return (max(self.wall_samples) - min(self.wall_samples)) / self.wall_s
 
+    @property
+    def wall_ci95(self) -> float | None:
+        """The 95% half-width of the repeats' mean wall time, Student t with n - 1 degrees of freedom
+        (honest for the usual 3 repeats, where a normal 1.96 would be 2.2 times too narrow); None
+        with fewer than 2 repeats."""
+        from worker.contract import stat_summary
+
+        return stat_summary(list(self.wall_samples))["ci95"]
+
 
 def _median(values: Sequence[float]) -> float | None:
     ordered = sorted(v for v in values if v is not None)

@@ -186,14 +186,21 @@ def derived_rows(comparison: Comparison) -> list[list[str]]:
     return [
         [run_label(d.run), str(d.point.batch_size), _f(d.point.output_tok_s, 1), _f(d.speedup), _f(d.efficiency),
          _f(d.memory_ratio), _f(None if d.point.ttft_s is None else d.point.ttft_s * 1e3),
-         _f(None if d.point.tpot_s is None else d.point.tpot_s * 1e3), _f(d.point.wall_s, 3)]
+         _f(None if d.point.tpot_s is None else d.point.tpot_s * 1e3), _f(d.point.wall_s, 3),
+         _interval(d.point)]
         for d in comparison.derived
     ]
 
 
-DERIVED_HEADERS = ("run", "batch", "tok/s", "S", "E", "mem ratio", "TTFT ms", "TPOT ms", "T s")
+def _interval(point: Point) -> str:
+    ci = point.wall_ci95
+    return f"±{ci:.3f} (n={point.repeats})" if ci is not None else f"– (n={point.repeats})"
+
+
+DERIVED_HEADERS = ("run", "batch", "tok/s", "S", "E", "mem ratio", "TTFT ms", "TPOT ms", "T s", "T ±95%")
 DERIVED_LEGEND = ("S = X/X_baseline, the speed-up at the same batch size · E = S/N, the efficiency over N GPUs · "
-                  "mem ratio = peak memory / the baseline's · T s = median wall time of the whole workload, in seconds")
+                  "mem ratio = peak memory / the baseline's · T s = median wall time of the whole workload, in seconds "
+                  "· T ±95% = Student-t half-width of its mean over the n timed repeats")
 """What the derived columns mean; shown under the table (text and screen alike)."""
 
 

@@ -64,7 +64,9 @@ from tui.ui.messages import (
     PreviewRendered,
     PreviewRequested,
     ResultsLoaded,
+    AnnotationRequested,
     ResultsRequested,
+    RunAnnotated,
     RunCancelled,
     RunCancelRequested,
     RunOpenRequested,
@@ -709,6 +711,25 @@ class DinfApp(App):
         self.runs_version += 1
         self.notify(printable(f"Run {record.id} is {state_of(record)}."), markup=False)
         self._wake_refresh.set()
+
+    # --- tags and notes ------------------------------------------------------------------------
+
+    def on_annotation_requested(self, message: AnnotationRequested) -> None:
+        self._annotate(message.run_id, message.tags, message.notes)
+
+    @work(thread=True, exit_on_error=False, group="annotate", description="saving tags and note")
+    def _annotate(self, run_id: int, tags: list[str], notes: str) -> None:
+        try:
+            record = self.service.annotate(run_id, tags=tags, notes=notes)
+        except Exception as exc:
+            self.post_message(ActionFailed("saving tags and note", problem_text(exc), run_id))
+            return
+        self.post_message(RunAnnotated(record))
+
+    def on_run_annotated(self, message: RunAnnotated) -> None:
+        """Every screen shows the run's new tags and note."""
+        self.runs[message.run.id] = message.run
+        self.runs_version += 1
 
     # --- command palette -----------------------------------------------------------------------
 

@@ -100,6 +100,13 @@ class ActionFailed(Message, bubble=False):
 
 
 @dataclass
+class RunAnnotated(Message):
+    """A run's tags and note were saved; `run` is its record after that."""
+
+    run: Any
+
+
+@dataclass
 class RunCancelled(Message):
     """A cancel request finished; `run` is the record after it."""
 
@@ -203,6 +210,15 @@ class DraftSaved(Message):
     """A draft run was recorded (nothing submitted)."""
 
     run: RunRecord
+
+
+@dataclass
+class AnnotationRequested(Message):
+    """Save a run's tags (the whole set) and note, as the user typed them in the run screen's dialog."""
+
+    run_id: int
+    tags: list[str]
+    notes: str
 
 
 @dataclass

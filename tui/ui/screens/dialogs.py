@@ -1,7 +1,9 @@
-"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a problem report.
+"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a problem report,
+a run's tags and note.
 
 Each returns its answer through `dismiss()`; none of them does I/O. The host-key dialog only
-asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call.
+asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call;
+the tags dialog checks what was typed (`tui.core.tags`) and hands it back for the caller to save.
 Questions, titles and details carry run names, hosts and error text: shown as plain text (a
 `str` is never parsed as markup; a caller wanting style passes a `rich.text.Text`).
 """
@@ -13,9 +15,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
+from tui.core.tags import TagError, check_note, parse_tag_list
 from tui.display.runs import plain
+from tui.ui.widgets.field_error import FieldError
 
 
 def _shown(text: str | Text) -> Text:
@@ -123,6 +127,77 @@ class ProblemDialog(ModalScreen[None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class AnnotateDialog(ModalScreen[tuple[list[str], str] | None]):
+    """A run's tags (one line, space- or comma-separated) and its note (free text); answers
+    (tags, note) once both are valid, or None. Enter in the tags line or ctrl+s saves."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    def __init__(self, title: str | Text, tags: list[str] | tuple[str, ...], notes: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.tags = list(tags)
+        self.notes = notes
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import TextArea  # here: importing it with the app costs its start-up 30 ms
+
+        with Vertical(classes="dialog"):
+            yield Static(Text.assemble(_shown(self.title_text), style="bold"), classes="dialog-question")
+            yield Label("tags, separated by spaces (none: no tags) · Enter or ctrl+s saves")
+            yield Input(" ".join(self.tags), id="annotate-tags")
+            yield FieldError(id="annotate-tags-error")
+            yield Label("note")
+            yield TextArea(self.notes, id="annotate-note", soft_wrap=True, show_line_numbers=False)
+            yield FieldError(id="annotate-note-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#annotate-tags", Input).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._checked_tags()  # say what is wrong while typing, not only at Save
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_save()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.dismiss(None)
+
+    def _checked_tags(self) -> list[str] | None:
+        error = self.query_one("#annotate-tags-error", FieldError)
+        try:
+            tags = parse_tag_list(self.query_one("#annotate-tags", Input).value)
+        except TagError as exc:
+            error.show(str(exc))
+            return None
+        error.show("")
+        return tags
+
+    def action_save(self) -> None:
+        tags = self._checked_tags()
+        note_error = self.query_one("#annotate-note-error", FieldError)
+        try:
+            note = check_note(self.query_one("#annotate-note").text)  # the TextArea
+        except TagError as exc:
+            note_error.show(str(exc))
+            return
+        note_error.show("")
+        if tags is not None:
+            self.dismiss((tags, note))
 
     def action_close(self) -> None:
         self.dismiss(None)

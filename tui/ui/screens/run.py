@@ -5,7 +5,8 @@ only when the tab is first opened (the lines are already buffered in `app.run_lo
 mode, a regex filter (only matching lines) and a regex search (highlight, Enter / n / N jump).
 When the run has finished, the measurements table and the correctness summary appear.
 
-All data comes from the app (records, buffers, results messages); this screen does no I/O.
+All data comes from the app (records, buffers, results messages); this screen does no I/O. `t`
+edits the run's tags and note in a dialog; the answer goes to the app as a request, which saves it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tui.display.runs import (
     state_text,
 )
 from tui.ui.messages import (
+    AnnotationRequested,
     DraftSubmitRequested,
     LogsUpdated,
     ResultsLoaded,
@@ -75,6 +77,7 @@ class RunScreen(FocusesRun, Screen):
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
         Binding("v", "app.compare_runs", "Compare", show=False),
+        Binding("t", "annotate", "Tags & note", show=False),
         *(Binding(str(rank), f"show_rank({rank})", f"Rank {rank}", show=False) for rank in range(1, 10)),
     ]
 
@@ -158,6 +161,11 @@ class RunScreen(FocusesRun, Screen):
         ]
         if getattr(record, "engine_impl", None):
             lines.append(Text.assemble("engine ", (describe_engine(record), "bold")))
+        tags, notes = getattr(record, "tags", ()), getattr(record, "notes", "")
+        if tags:
+            lines.append(Text.assemble("tags ", plain(", ".join(tags), "bold")))
+        if notes:
+            lines.append(Text.assemble("note ", plain(notes, "italic", multiline=True)))
         lines.extend(_failure_lines(record))
         summary = Text("\n").join(lines)
         self.query_one("#run-summary", FixedText).update(summary)
@@ -374,6 +382,21 @@ class RunScreen(FocusesRun, Screen):
 
     def action_cancel_run(self) -> None:
         self.post_message(RunCancelRequested(self.run_id))
+
+    def action_annotate(self) -> None:
+        """t: the run's tags and note in a dialog; the app saves the answer."""
+        from tui.ui.screens.dialogs import AnnotateDialog
+
+        record = self.record
+        if record is None:
+            return
+        title = Text.assemble(f"Tags and note of run #{self.run_id} ", plain(record.name))
+
+        def answered(answer: tuple[list[str], str] | None) -> None:
+            if answer is not None:
+                self.post_message(AnnotationRequested(self.run_id, *answer))
+
+        self.app.push_screen(AnnotateDialog(title, record.tags, record.notes), answered)
 
     def action_back(self) -> None:
         # Escape in the filter or search box leaves the box, not the screen: the next letters would

@@ -17,7 +17,17 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui.display.runs import clock, duration, elapsed_s, is_finished, is_live, ranks_of, state_of, state_text
+from tui.display.runs import (
+    clock,
+    duration,
+    elapsed_s,
+    is_finished,
+    is_live,
+    printable,
+    ranks_of,
+    state_of,
+    state_text,
+)
 from tui.ui.messages import RunCancelRequested, RunOpenRequested
 from tui.ui.screens import FocusesRun
 from tui.ui.widgets.connection_bar import ConnectionBar
@@ -48,7 +58,8 @@ WELCOME = (
 
 
 def _row_values(record: Any, now: float) -> dict[str, Any]:
-    """Sortable values per column (the cell shows a formatted form of them)."""
+    """Sortable values per column (the cell shows a formatted form of them), and the run's tags
+    (no column of their own: shown after the name, and matched by the filter)."""
     return {
         "id": getattr(record, "id", 0) or 0,
         "name": getattr(record, "name", "") or "",
@@ -59,6 +70,7 @@ def _row_values(record: Any, now: float) -> dict[str, Any]:
         "job": getattr(record, "job_id", None) or "",
         "created": getattr(record, "created_at", None) or 0.0,
         "elapsed": elapsed_s(record, now) or 0.0,
+        "tags": " ".join(f"#{tag}" for tag in getattr(record, "tags", ())),
     }
 
 
@@ -125,9 +137,13 @@ class RunsScreen(FocusesRun, Screen):
     def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
         # A str cell would be parsed as markup by DataTable: text cells are PlainCells (shown
         # literally, light by the thousand), numbers stay ints, the state a coloured Text.
+        # Tags follow the name, dimmed, so they show at 80 columns too (a column of their own would
+        # be the first cut); a run without tags keeps the light PlainCell.
+        name = Text.assemble(printable(values["name"]), (f"  {values['tags']}", "dim")) if values["tags"] \
+            else PlainCell(values["name"])
         return [
             values["id"],
-            PlainCell(values["name"]),
+            name,
             PlainCell(values["cluster"]),
             PlainCell(values["mode"]),
             values["ranks"],
