@@ -56,6 +56,8 @@ from tui.config import ConfigError
 from tui.results import describe_engine
 from tui.run_display import describe_accuracy, printable
 from tui.services import Dinf, RunNotFound, ServiceError
+from tui.slurm_options import FIELDS as SLURM_OPTION_FIELDS
+from tui.slurm_options import add_slurm_options, apply_slurm_options, join_sbatch_values
 from worker.contract import RunSpec, SpecError
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_sbatch_values(sys.argv[1:] if argv is None else argv))
     try:
         with Dinf(db_path=args.db, config_path=args.config, config_required=args.config is not None) as dinf:
             return args.handler(dinf, args)
@@ -221,8 +223,9 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-limit", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
     group.add_argument("--constraint")
     group.add_argument("--mem")
-    group.add_argument("--container-image", dest="container_image", help="Apptainer image")
+    group.add_argument("--container-image", dest="container_image", help="container image (see --container-runtime)")
     study_cli.add_flag_aliases(group)  # --time, --container
+    add_slurm_options(group)  # --reservation, --gpu-type, --exclusive, --dependency, --sbatch, ... (shared)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -232,11 +235,11 @@ def cmd_submit(dinf, args) -> int:
     spec = build_spec(args)
     cluster_name = args.cluster or dinf.config.default_cluster
     cluster = dinf.config.cluster(cluster_name)
-    resources = dataclasses.replace(
+    resources = apply_slurm_options(dataclasses.replace(
         cluster.defaults,
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Resources)
-           if getattr(args, f.name, None) is not None},
-    )
+           if f.name not in SLURM_OPTION_FIELDS and getattr(args, f.name, None) is not None},
+    ), args)
     if args.dry_run:
         script = dinf.render_script(cluster=cluster_name, spec=spec, resources=resources, name=args.name)
         _emit(args, {"script": script}, script)

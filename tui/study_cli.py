@@ -37,6 +37,7 @@ from tui.experiments import (
     plan,
     plan_sweep,
 )
+from tui.slurm_options import add_slurm_options, apply_slurm_options
 from tui.text_table import text_table
 from tui.results import load_experiment, load_experiments, load_runs
 from worker.contract import ModelSource, RunSpec
@@ -151,6 +152,7 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     for flag in RESOURCE_FLAGS:
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int if flag == "cpus_per_task" else str)
     add_flag_aliases(group)
+    add_slurm_options(group)  # the same --reservation, --exclusive, --sbatch, ... as `dinf submit`
 
 
 FLAG_ALIASES = {"--time": "time_limit", "--container": "container_image"}
@@ -184,6 +186,7 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         value = getattr(args, flag, None)
         if value is not None:
             setattr(resources, flag, value)
+    resources = apply_slurm_options(resources, args)
     if args.checkpoint:
         model = ModelSource(source="checkpoint", path=args.checkpoint, seed=args.seed)
     else:
