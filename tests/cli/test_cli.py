@@ -337,3 +337,9 @@ def test_experiments_take_the_same_site_options(dinf, tmp_path):
         shown = dinf(*command, "--help").out
         assert all(flag in shown for flag in ("--reservation", "--gpu-type", "--exclusive", "--dependency",
                                               "--sbatch", "--container-runtime", "--container-mount")), shown
+    # A bad value, or --serial with nothing to submit, is refused before the experiment is recorded.
+    bad = dinf("experiment", "create", "correctness", "--name", "bad", "--sbatch=--nodes=2")
+    assert bad.code == EXIT_BAD_INPUT and "--nodes, which dinf sets itself" in bad.err and "nothing was recorded" in bad.err
+    serial = dinf("experiment", "create", "correctness", "--name", "ser", "--serial", "--no-submit")
+    assert serial.code == EXIT_BAD_INPUT and "--serial chains the cells' jobs as they are submitted" in serial.err
+    assert dinf("experiment", "list", "--json").json() == []
