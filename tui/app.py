@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shlex
 import sys
 import threading
 import time
@@ -508,7 +509,8 @@ class DinfApp(App):
         default = getattr(getattr(self.service, "config", None), "default_cluster", "local")
         names = sorted(configs, key=lambda n: (n != default, n)) or ["local"]
         defaults = {name: _form_defaults(cfg) for name, cfg in configs.items()}
-        self.push_screen(NewRunScreen(names, defaults))
+        resources = {name: cfg.defaults for name, cfg in configs.items() if getattr(cfg, "defaults", None) is not None}
+        self.push_screen(NewRunScreen(names, defaults, resources))
 
     @work(thread=True, exit_on_error=False, group="preview", exclusive=True, description="rendering the script")
     def preview_run(self, screen: Any, form: Any, checked: Any) -> None:
@@ -721,6 +723,10 @@ def _form_defaults(cluster_config: Any) -> dict[str, Any]:
         "qos": resources.qos,
         "time_limit": resources.time_limit,
         "constraint": resources.constraint,
+        "reservation": resources.reservation,
+        "gpu_type": resources.gpu_type,
+        "exclusive": "yes" if resources.exclusive else "no",
+        "extra_sbatch": shlex.join(resources.extra_sbatch) if resources.extra_sbatch else None,
         "container_image": resources.container_image,
     }
     if getattr(cluster_config, "backend", "") == "local":
