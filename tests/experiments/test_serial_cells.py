@@ -10,9 +10,9 @@ import pytest
 
 from remote.cluster import Resources
 from tests.cli.fake_cluster import FakeCluster
-from tui import experiment_runs
-from tui.experiments import ClusterShape, ExperimentError, StudyConfig, plan
-from tui.services import Dinf
+from tui.core import experiment_runs
+from tui.studies.presets import ClusterShape, ExperimentError, StudyConfig, plan
+from tui.core.service import Dinf
 from worker.contract import ModelSource
 
 
