@@ -7,11 +7,13 @@ test_app_slurm.py (Slurm over SSH).
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
 from pilot_wait import wait_for
+from rich.console import Console
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, Static, TabbedContent
 
@@ -285,6 +287,12 @@ async def test_log_filter_search_and_follow(make_app, scripted):
         await wait_for(pilot, lambda: logs.merged.received == 500)
         view = app.screen.query_one("#log-merged", RankLog)
         assert view.follow and view.scroll_y == view.max_scroll_y > 0
+        state = app.screen.query_one("#follow-state")
+        assert "following" in str(state.render())
+        view.action_page_up()  # scrolling back pauses, and the label says so
+        await wait_for(pilot, lambda: "paused" in str(state.render()), what="the paused label")
+        view.action_scroll_end()
+        await wait_for(pilot, lambda: "following" in str(state.render()), what="following again")
         await pilot.press("f")
         assert not view.follow
         app.screen.query_one("#log-filter", Input).value = "WARN"
@@ -516,7 +524,8 @@ async def test_the_form_takes_site_slurm_options_and_previews_them_in_the_script
                      "#SBATCH --mail-type=END", '#SBATCH --comment="two words"'):
             assert line in lines, form.preview_script
         assert "--container-mounts=/scratch/dinf/runs/" in form.preview_script and ",/data:/data:ro " in form.preview_script
-        assert form.query_one("#preview-text", Static).content.code == form.preview_script  # what the pane shows
+        shown = form.query_one("#preview-text", Static).content.renderables  # the script, then spec.json
+        assert form.preview_script in [getattr(part, "code", None) for part in shown]
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="submitted")
         resources = app.service.run(app.screen.run_id).resources
@@ -845,3 +854,30 @@ async def test_the_runs_list_shows_state_and_elapsed_at_80_columns(make_app):
             if right <= table.scrollable_content_region.width:
                 visible.append(column.label.plain.split(" ")[0])  # without the sort arrow
         assert visible[:8] == ["ID", "Name", "Cluster", "Mode", "Ranks", "State", "Job", "Elapsed"]
+
+
+async def test_a_draft_is_saved_without_submitting_then_submitted_from_its_screen(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#name", Input).value = "later"
+        await pilot.press("ctrl+r")  # the preview shows the settings beside the script
+        await wait_for(pilot, lambda: form.preview_script is not None, what="the preview")
+        assert '"run_name": "later"' in (form.preview_spec or "")
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(form.query_one("#preview-text").content)
+        shown = console.export_text()
+        assert shown.index("Batch script") < shown.index("Run settings") < shown.index('"run_name": "later"')
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the draft's screen")
+        (draft,) = app.service.runs()
+        assert draft.state == "DRAFT" and draft.name == "later" and draft.job_id is None
+        assert not scripted.prepared  # nothing reached the cluster
+        await wait_for(pilot, lambda: app.screen.check_action("submit_draft", ()), what="the submit key")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.service.run(draft.id).state != "DRAFT", what="the submit")
+        assert app.service.run(draft.id).job_id is not None
+        await wait_for(pilot, lambda: not app.screen.check_action("submit_draft", ()), what="no second submit")
