@@ -11,15 +11,16 @@ import pytest
 from remote.cluster import Resources
 from tests.cli.fake_cluster import FakeCluster
 from tui.core import experiment_runs
-from tui.studies.presets import ClusterShape, ExperimentError, StudyConfig, plan
+from tui.studies.catalog import plan
+from tui.studies.presets import ClusterShape, ExperimentError, StudyConfig
 from tui.core.service import Dinf
 from worker.contract import ModelSource
 
 
 def study(name: str, resources: Resources) -> StudyConfig:
-    return StudyConfig(name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp", "dp"),
-                       shape=ClusterShape(nodes=1, ranks_per_node=2, gpus=False), resources=resources, batch_size=2,
-                       num_requests=4, max_new_tokens=4, warmup=0, repeats=1, rank_counts=(1, 2))
+    return StudyConfig.of(name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp", "dp"),
+                          shape=ClusterShape(nodes=1, ranks_per_node=2, gpus=False), resources=resources, batch_size=2,
+                          num_requests=4, max_new_tokens=4, warmup=0, repeats=1, rank_counts=(1, 2))
 
 
 @pytest.fixture
