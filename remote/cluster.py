@@ -120,7 +120,24 @@ class Resources:
     constraint: str | None = None
     mem: str | None = None
     container_image: str | None = None
-    """Apptainer image; the job runs `srun apptainer exec --nv IMAGE ...`."""
+    """The image each rank runs in; how, `container_runtime` says."""
+    container_runtime: str = "apptainer"
+    """"apptainer": `srun apptainer exec --nv IMAGE ...`; "pyxis": srun's own `--container-image=IMAGE`
+    (pyxis/enroot), with the run directory mounted and made the working directory."""
+    container_mounts: list[str] = field(default_factory=list)
+    """SRC:DST[:ro|rw] host paths shown inside the container (apptainer --bind, pyxis
+    --container-mounts). Only used with a container_image."""
+    reservation: str | None = None
+    gpu_type: str | None = None
+    """A GRES type (h100, a100_80gb): the GPUs are asked as `--gpus-per-node=TYPE:N`. Only used
+    with gpus_per_node >= 1."""
+    exclusive: bool = False
+    """Whole nodes, shared with no other job (`--exclusive`)."""
+    dependency: str | None = None
+    """A Slurm dependency expression: `afterok:123:456`, `afterany:7?afternotok:8`, `singleton`."""
+    extra_sbatch: list[str] = field(default_factory=list)
+    """More `#SBATCH` options as given, each one long option `--name[=value]`; options dinf sets
+    itself are refused (`remote.slurm.extra_sbatch_problem`)."""
 
 
 @dataclass

@@ -4,11 +4,13 @@ Every remote command dinf runs is built as an argv list and turned into a string
 `shlex.quote` on every element, so a run name or path holding quotes, `;`, `$()`, backticks,
 newlines or spaces reaches the remote program as one literal argument and is never executed.
 It assumes a POSIX shell on the far end (sshd runs commands with the user's login shell; bash,
-dash, zsh and ksh all honour single quotes). It does not build sbatch scripts (`remote.slurm`).
+dash, zsh and ksh all honour single quotes). It does not build sbatch scripts (`remote.slurm`), but
+it quotes their `#SBATCH` lines (`sbatch_directive`), which sbatch reads with its own parser.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -69,3 +71,28 @@ def split_sections(stdout: str, count: int) -> list[tuple[int, str]]:
     if len(sections) != count:
         raise ValueError(f"expected {count} command sections in the output, found {len(sections)}")
     return sections
+
+
+# Written bare in a #SBATCH line: nothing sbatch's directive parser treats specially.
+_DIRECTIVE_BARE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%\[\]&|!()*]+$")
+
+
+def sbatch_directive(option: str) -> str:
+    """`#SBATCH option`, with `option` arriving at sbatch as exactly one argument.
+
+    sbatch reads directives with its own small parser, not a shell (src/sbatch/opt.c,
+    `_get_argument`): words split at whitespace, an unquoted '#' starts a comment, single or double
+    quotes group, and a backslash escapes the next character, inside quotes too. So a value that is
+    not plainly safe is double-quoted with '\\' and '"' escaped: `--comment="it's \\"x\\" # y"`.
+    A newline or other control character would end or garble the line and is refused.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in option):
+        raise ValueError(f"{option!r} holds a control character (newline, tab, ...), which a #SBATCH line cannot carry")
+    name, equals, value = option.partition("=")
+    return "#SBATCH " + _directive_word(name) + (equals + _directive_word(value) if equals else "")
+
+
+def _directive_word(text: str) -> str:
+    if _DIRECTIVE_BARE.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

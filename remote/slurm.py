@@ -1,17 +1,21 @@
 """Slurm as pure functions over strings: the batch script, command argv lists, output parsers.
 
-What it does: renders the sbatch script a run executes (sorted `#SBATCH` flags; environment set-up;
-`srun --kill-on-bad-exit=1` with one task per GPU and per-rank logs `<logs>/%j-rank%t.out`; optional
-`apptainer exec --nv IMAGE`), builds sbatch/squeue/sacct/scancel argv lists, parses `--parsable2`
-style output by its header (never `--json`, whose shape changes between releases), and maps Slurm's
-state strings ("CANCELLED by 1001", "3:0", short codes) onto `JobState`.
+What it does: renders the sbatch script a run executes (sorted `#SBATCH` flags, then the extra
+options given as they were given; environment set-up; `srun --kill-on-bad-exit=1` with one task per
+GPU and per-rank logs `<logs>/%j-rank%t.out`; optionally in a container, `apptainer exec --nv IMAGE`
+or pyxis' `srun --container-image=IMAGE`), checks every resource field (`resource_problems`),
+builds sbatch/squeue/sacct/scancel argv lists, parses `--parsable2` style output by its header
+(never `--json`, whose shape changes between releases), and maps Slurm's state strings
+("CANCELLED by 1001", "3:0", short codes) onto `JobState`.
 
 What it doesn't: run anything. `remote.slurm_cluster` sends these over SSH.
 
-Free text (the job name) and paths never go into `#SBATCH` lines: sbatch reads those one line at a
-time, so a newline in a value would end the directive and the rest would become a shell line. They
-travel on the sbatch command line instead (quoted by `remote.quoting`), and inside the script body
-(where bash's single quotes hold newlines) only through `quote()`.
+The job name and paths never go into `#SBATCH` lines: sbatch reads those one line at a time, so a
+newline in a value would end the directive and the rest would become a shell line. They travel on
+the sbatch command line instead (quoted by `remote.quoting`), and inside the script body (where
+bash's single quotes hold newlines) only through `quote()`. Every `#SBATCH` line, the extra options'
+free text (a --comment) included, is written by `remote.quoting.sbatch_directive`, which quotes for
+sbatch's own directive parser and refuses control characters.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from remote.cluster import FailureSummary, JobState, JobStatus, PythonEnvironment, Resources
-from remote.quoting import export_lines, quote
+from remote.quoting import export_lines, quote, sbatch_directive
 
 SACCT_ACCOUNTING_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "AllocTRES", "MaxRSS", "TotalCPU")
 SACCT_STATUS_FIELDS = ("JobID", "State", "ExitCode", "DerivedExitCode", "Elapsed", "NodeList", "Reason")
@@ -288,8 +292,118 @@ def escape_filename_pattern(path: str) -> str:
 # --- the batch script --------------------------------------------------------------------------
 
 
-def resource_flags(resources: Resources) -> dict[str, str]:
-    """The #SBATCH flags for `resources`; every value checked so it cannot break the directive line."""
+CONTAINER_RUNTIMES = ("apptainer", "pyxis")
+_GRES_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_RESERVATION = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+_JOB = r"\d+(?:_\d+)?"  # a job id, or an array task (123_4)
+_DEPENDENCY_TERM = re.compile(
+    rf"^(?:singleton|after:{_JOB}(?:\+\d+)?(?::{_JOB}(?:\+\d+)?)*"
+    rf"|(?:afterany|afterburstbuffer|aftercorr|afternotok|afterok):{_JOB}(?::{_JOB})*)$"
+)
+_SBATCH_OPTION = re.compile(r"^--(?P<name>[a-z][a-z0-9-]*)(?:=(?P<value>.*))?$", re.DOTALL)
+_MOUNT_PATH = re.compile(r"^/[^,:]*$")
+
+_RESOURCE_OPTIONS = {  # sbatch's options dinf writes from a resource field: the field to set instead
+    "nodes": "nodes", "ntasks-per-node": "tasks_per_node", "tasks-per-node": "tasks_per_node",
+    "ntasks": "nodes and tasks_per_node", "gpus-per-node": "gpus_per_node and gpu_type", "gpus": "gpus_per_node",
+    "cpus-per-task": "cpus_per_task", "partition": "partition", "account": "account", "qos": "qos",
+    "time": "time_limit", "constraint": "constraint", "mem": "mem", "reservation": "reservation",
+    "exclusive": "exclusive", "dependency": "dependency",
+}
+_HANDS_OFF_OPTIONS = {  # given on sbatch's command line, or that must stay unset: why
+    "job-name": "the run's name", "chdir": "the run directory", "output": "the batch log dinf reads",
+    "error": "the batch log dinf reads (srun's errors)", "parsable": "dinf reads the job id sbatch prints",
+    "test-only": "dinf reads the job id sbatch prints", "wait": "dinf submits without waiting for the job",
+    "array": "dinf runs one job per run", "wrap": "the script is dinf's", "help": "sbatch would not submit",
+    "usage": "sbatch would not submit", "version": "sbatch would not submit",
+}
+DINF_SBATCH_OPTIONS = {**_RESOURCE_OPTIONS, **_HANDS_OFF_OPTIONS}
+"""Options an extra #SBATCH line may not give: dinf sets them, or needs them left alone. sbatch takes
+an unambiguous abbreviation of a long option (getopt), so an abbreviation of one is refused too."""
+
+
+def _control_character(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def extra_sbatch_problem(options: object, *, mem: str | None = None) -> str | None:
+    """Why the extra #SBATCH options can't be used as given, or None."""
+    if not isinstance(options, (list, tuple)):
+        return f"must be a list of options like '--comment=text', got {options!r}"
+    seen: dict[str, str] = {}
+    for option in options:
+        if not isinstance(option, str):
+            return f"{option!r} is not a string"
+        if _control_character(option):
+            return f"{option!r} holds a control character (newline, tab, ...), which a #SBATCH line cannot carry"
+        match = _SBATCH_OPTION.match(option)
+        if match is None:
+            return f"{option!r} is not a long option: give '--name' or '--name=value' (e.g. '--comment=text')"
+        name = match["name"]
+        owned = next((o for o in DINF_SBATCH_OPTIONS if o == name), None) or next(
+            (o for o in DINF_SBATCH_OPTIONS if o.startswith(name)), None)
+        if owned is not None:
+            instead = DINF_SBATCH_OPTIONS[owned]
+            said = f"{option!r} gives --{owned}" if owned == name else f"{option!r} abbreviates --{owned}"
+            if owned in _RESOURCE_OPTIONS:
+                return f"{said}, which dinf sets itself; set {instead} instead"
+            return f"{said}, which dinf sets itself or needs unset ({instead})"
+        if name.startswith("gpus") or (name == "gres" and any(
+                part.startswith("gpu") for part in (match["value"] or "").split(","))):
+            return f"{option!r} asks for GPUs; set gpus_per_node and gpu_type instead (one rank per GPU)"
+        if mem and name in ("mem-per-cpu", "mem-per-gpu"):
+            return f"{option!r}: Slurm takes one of --mem, --mem-per-cpu, --mem-per-gpu; mem is set to {mem!r}"
+        if name in seen:
+            return f"{option!r} gives --{name} again (after {seen[name]!r}); give it once"
+        seen[name] = option
+    return None
+
+
+def dependency_problem(text: str) -> str | None:
+    """Why `text` is not a Slurm dependency expression, or None."""
+    hint = "e.g. afterok:123:456, afterany:7?afternotok:8 or singleton"
+    if "," in text and "?" in text:
+        return f"{text!r} mixes ',' (all of) and '?' (any of); Slurm takes one kind per expression ({hint})"
+    terms = re.split(r"[,?]", text)
+    for term in terms:
+        if not _DEPENDENCY_TERM.match(term):
+            where = f"{term!r} in {text!r}" if len(terms) > 1 else repr(text)
+            return f"{where} is not a Slurm dependency ({hint})"
+    return None
+
+
+def add_dependency(expression: str | None, term: str) -> str:
+    """`expression` and also `term` (both must hold); ValueError for an any-of ('?') expression,
+    which Slurm cannot combine with an all-of ','."""
+    if not expression:
+        return term
+    if "?" in expression:
+        raise ValueError(f"resources.dependency: {expression!r} is met by any one of its parts ('?'); "
+                         f"{term} cannot be added to it (Slurm takes ',' or '?', not both)")
+    return f"{expression},{term}"
+
+
+_PYXIS_WHITESPACE = "pyxis hands mounts to enroot as fstab-style lines, which split at whitespace"
+
+
+def container_mount_problem(mounts: object, runtime: object = "apptainer") -> str | None:
+    """Why the mounts can't be given to the container runtime, or None. Both runtimes separate
+    mounts with ',' and a mount's parts with ':', so no path may hold either."""
+    if not isinstance(mounts, (list, tuple)):
+        return f"must be a list like ['/data:/data:ro'], got {mounts!r}"
+    for mount in mounts:
+        parts = mount.split(":") if isinstance(mount, str) else []
+        if not 2 <= len(parts) <= 3 or not all(_MOUNT_PATH.match(p) for p in parts[:2]) or (
+                len(parts) == 3 and parts[2] not in ("ro", "rw")) or _control_character(str(mount)):
+            return (f"{mount!r} is not SRC:DST[:ro|rw] with absolute paths holding no ',' or ':' "
+                    "(e.g. /scratch/data:/data:ro)")
+        if runtime == "pyxis" and any(c.isspace() for c in mount):
+            return f"{mount!r} holds a space; {_PYXIS_WHITESPACE}"
+    return None
+
+
+def resource_problems(resources: Resources) -> dict[str, str]:
+    """Each field's problem with its value alone, by field name (empty when all are usable)."""
     r = resources
     problems = {}
     for name in ("nodes", "tasks_per_node", "cpus_per_task"):
@@ -308,15 +422,41 @@ def resource_flags(resources: Resources) -> dict[str, str]:
         value = getattr(r, name)
         if value is not None and (not isinstance(value, str) or not _SAFE_VALUE.match(value)):
             problems[name] = f"{value!r} has characters Slurm does not accept here (letters, digits, _.,:=+-[]&|!()*/@)"
+    if r.reservation is not None and (not isinstance(r.reservation, str) or not _RESERVATION.match(r.reservation)):
+        problems["reservation"] = f"{r.reservation!r} is not a reservation name (letters, digits, _.-; ',' between names)"
+    if r.gpu_type is not None and (not isinstance(r.gpu_type, str) or not _GRES_TYPE.match(r.gpu_type)):
+        problems["gpu_type"] = f"{r.gpu_type!r} is not a GRES type like h100 or a100_80gb (letters, digits, _.-)"
+    if not isinstance(r.exclusive, bool):
+        problems["exclusive"] = f"must be true or false, got {r.exclusive!r}"
+    if r.dependency is not None:
+        problems["dependency"] = (dependency_problem(r.dependency) if isinstance(r.dependency, str)
+                                  else f"must be a string, got {r.dependency!r}")
+    problems["extra_sbatch"] = extra_sbatch_problem(r.extra_sbatch, mem=r.mem if isinstance(r.mem, str) else None)
+    if r.container_runtime not in CONTAINER_RUNTIMES:
+        problems["container_runtime"] = f"must be one of {', '.join(CONTAINER_RUNTIMES)}, got {r.container_runtime!r}"
+    if r.container_image is not None and (not isinstance(r.container_image, str) or _control_character(r.container_image)):
+        problems["container_image"] = f"{r.container_image!r} holds a control character (newline, tab, ...)"
+    problems["container_mounts"] = container_mount_problem(r.container_mounts, r.container_runtime)
+    return {name: why for name, why in problems.items() if why}
+
+
+def resource_flags(resources: Resources) -> dict[str, str | None]:
+    """dinf's own #SBATCH flags for `resources` (None: a flag without a value); ValueError naming
+    every field that can't be used."""
+    r = resources
+    problems = resource_problems(r)
     if problems:
         raise ValueError("invalid resources: " + "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())))
-    flags = {"nodes": str(r.nodes), "ntasks-per-node": str(r.tasks_per_node)}
+    flags: dict[str, str | None] = {"nodes": str(r.nodes), "ntasks-per-node": str(r.tasks_per_node)}
     if r.gpus_per_node:
-        flags["gpus-per-node"] = str(r.gpus_per_node)
+        flags["gpus-per-node"] = f"{r.gpu_type}:{r.gpus_per_node}" if r.gpu_type else str(r.gpus_per_node)
     for key, value in (("cpus-per-task", r.cpus_per_task), ("partition", r.partition), ("account", r.account),
-                       ("qos", r.qos), ("time", r.time_limit), ("constraint", r.constraint), ("mem", r.mem)):
+                       ("qos", r.qos), ("time", r.time_limit), ("constraint", r.constraint), ("mem", r.mem),
+                       ("reservation", r.reservation), ("dependency", r.dependency)):
         if value is not None and value != "":
             flags[key] = str(value)
+    if r.exclusive:
+        flags["exclusive"] = None
     return flags
 
 
@@ -358,7 +498,10 @@ def render_batch_script(
         f"# dinf run {run_id}: rendered by remote.slurm.render_batch_script.",
         "# The job name, working directory and batch log are given on the sbatch command line.",
     ]
-    lines += [f"#SBATCH --{key}={flags[key]}" for key in sorted(flags)]
+    lines += [sbatch_directive(f"--{key}" if flags[key] is None else f"--{key}={flags[key]}") for key in sorted(flags)]
+    if resources.extra_sbatch:
+        lines.append("# extra options, as given")
+        lines += [sbatch_directive(option) for option in resources.extra_sbatch]
     lines += ["", "set -eo pipefail", f"cd {quote(paths.run_dir)}", "", "# environment"]
     lines += [f"module load {quote(m)}" for m in environment.modules]
     if environment.venv:
@@ -374,10 +517,32 @@ def render_batch_script(
         f"--ntasks-per-node={resources.tasks_per_node}",
         f"--output={escape_filename_pattern(paths.logs_dir)}/%j-rank%t.out",
     ]
-    if resources.container_image:
-        srun += ["apptainer", "exec", "--nv", resources.container_image]
+    srun += container_words(resources, run_dir=paths.run_dir)
     lines.append(" ".join(quote(word) for word in srun + command))
     return "\n".join(lines) + "\n"
+
+
+def container_words(resources: Resources, *, run_dir: str) -> list[str]:
+    """What srun runs the rank command through (nothing without a container image).
+
+    Apptainer binds the working directory (the run directory) by itself; pyxis mounts nothing
+    unasked, so the run directory is mounted at the same path and made the working directory,
+    where the worker finds its spec and writes its results.
+    """
+    image, mounts = resources.container_image, list(resources.container_mounts)
+    if not image:
+        return []
+    if resources.container_runtime == "pyxis":
+        if any(c in ",:" or c.isspace() for c in run_dir):
+            raise ValueError(f"invalid resources: container_runtime: pyxis mounts the run directory {run_dir!r} "
+                             "with --container-mounts, which cannot carry ',', ':' or spaces; choose a workdir "
+                             "without them")
+        return [f"--container-image={image}", f"--container-mounts={','.join([f'{run_dir}:{run_dir}', *mounts])}",
+                f"--container-workdir={run_dir}"]
+    words = ["apptainer", "exec", "--nv"]
+    for mount in mounts:
+        words += ["--bind", mount]
+    return words + [image]
 
 
 def parse_time_limit(text: str | None) -> float | None:

@@ -263,3 +263,83 @@ def test_a_failed_ssh_handshake_is_one_message_not_a_traceback(dinf, tmp_path, g
             assert len(result.err.strip().splitlines()) == 1
     finally:
         server.close()
+
+
+# --- site Slurm options (issue 14): through the entry point, on a Slurm cluster that is never reached ---
+
+
+def offline_slurm_cluster(dinf, tmp_path, slurm_section: str = "") -> None:
+    """[clusters.gpu] with an absolute workdir and no partition: --dry-run renders without connecting."""
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("")  # never the developer's own
+    dinf.home.mkdir(parents=True, exist_ok=True)
+    (dinf.home / "config.toml").write_text(
+        f'[clusters.gpu]\nhost = "gpu-login.invalid"\nssh_config = "{ssh_config}"\nworkdir = "/scratch/dinf"\n'
+        f"[clusters.gpu.slurm]\n{slurm_section}\n"
+    )
+
+
+SITE_FLAGS = ["--mode", "pp", "--gpus-per-node", "2", "--ranks-per-node", "2", "--gpu-type", "h100",
+              "--reservation", "maint", "--exclusive", "--dependency", "afterok:17:18",
+              "--sbatch", "--comment=two words # not a comment", "--sbatch=--hold",
+              "--container-image", "nvcr.io#nvidia/pytorch:24.01-py3", "--container-runtime", "pyxis",
+              "--container-mount", "/scratch/data:/data:ro"]
+
+
+def test_submit_dry_run_shows_every_site_option_in_the_script(dinf, tmp_path):
+    offline_slurm_cluster(dinf, tmp_path, 'extra_sbatch = ["--mail-type=END"]\ncontainer_mounts = ["/hf:/hf"]')
+    result = dinf("submit", "--cluster", "gpu", "--dry-run", *SITE_FLAGS)
+    assert result.code == EXIT_OK, result.err
+    lines = result.out.splitlines()
+    for line in ("#SBATCH --gpus-per-node=h100:2", "#SBATCH --reservation=maint", "#SBATCH --exclusive",
+                 "#SBATCH --dependency=afterok:17:18"):
+        assert line in lines, result.out
+    # The cluster's extra lines first, then the command line's, in the order given, quoted for sbatch.
+    extra = lines[lines.index("# extra options, as given") + 1:][:3]
+    assert extra == ["#SBATCH --mail-type=END", '#SBATCH --comment="two words # not a comment"', "#SBATCH --hold"]
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert "'--container-image=nvcr.io#nvidia/pytorch:24.01-py3'" in srun
+    assert ",/hf:/hf,/scratch/data:/data:ro --container-workdir=/scratch/dinf/runs/" in srun
+    assert dinf("runs", "--json").json() == []  # a dry run records nothing
+    # --no-exclusive takes back a cluster's default
+    offline_slurm_cluster(dinf, tmp_path, "exclusive = true")
+    assert "#SBATCH --exclusive" in dinf("submit", "--cluster", "gpu", "--dry-run").out.splitlines()
+    assert "#SBATCH --exclusive" not in dinf("submit", "--cluster", "gpu", "--dry-run", "--no-exclusive").out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sbatch", "--nodes=4"], "resources.extra_sbatch: '--nodes=4' gives --nodes, which dinf sets itself"),
+        (["--sbatch", "--comment=a\nb"], "resources.extra_sbatch: '--comment=a\\nb' holds a control character"),
+        (["--dependency", "afterok:12;reboot"], "resources.dependency: 'afterok:12;reboot' is not a Slurm dependency"),
+        (["--container-image", "i.sif", "--container-mount", "data:/data"],
+         "resources.container_mounts: 'data:/data' is not SRC:DST[:ro|rw]"),
+        (["--container-runtime", "docker"], "invalid choice: 'docker'"),
+    ],
+)
+def test_bad_site_options_exit_2_naming_the_field_and_record_nothing(dinf, tmp_path, args, message):
+    offline_slurm_cluster(dinf, tmp_path)
+    for dry_run in (["--dry-run"], []):
+        result = dinf("submit", "--cluster", "gpu", *args, *dry_run)
+        assert result.code == EXIT_BAD_INPUT and message in result.err, result.err
+    assert dinf("runs", "--json").json() == []
+
+
+def test_experiments_take_the_same_site_options(dinf, tmp_path):
+    plan = dinf("experiment", "plan", "correctness", "--json", "--reservation", "maint", "--exclusive",
+                "--sbatch", "--comment=study", "--container-mount", "/d:/d", "--dependency", "singleton")
+    assert plan.code == EXIT_OK, plan.err
+    resources = plan.json()["cells"][0]["resources"]
+    assert (resources["reservation"], resources["exclusive"], resources["dependency"]) == ("maint", True, "singleton")
+    assert (resources["extra_sbatch"], resources["container_mounts"]) == (["--comment=study"], ["/d:/d"])
+    for command in (("submit",), ("experiment", "create")):
+        shown = dinf(*command, "--help").out
+        assert all(flag in shown for flag in ("--reservation", "--gpu-type", "--exclusive", "--dependency",
+                                              "--sbatch", "--container-runtime", "--container-mount")), shown
+    # A bad value, or --serial with nothing to submit, is refused before the experiment is recorded.
+    bad = dinf("experiment", "create", "correctness", "--name", "bad", "--sbatch=--nodes=2")
+    assert bad.code == EXIT_BAD_INPUT and "--nodes, which dinf sets itself" in bad.err and "nothing was recorded" in bad.err
+    serial = dinf("experiment", "create", "correctness", "--name", "ser", "--serial", "--no-submit")
+    assert serial.code == EXIT_BAD_INPUT and "--serial chains the cells' jobs as they are submitted" in serial.err
+    assert dinf("experiment", "list", "--json").json() == []

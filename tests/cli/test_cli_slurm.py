@@ -7,6 +7,7 @@ Configured the way a user configures dinf: a Host alias in ~/.ssh/config (a priv
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -99,6 +100,46 @@ def test_cancel_on_slurm(slurm_dinf):
     cancelled = dinf("cancel", run_id, "--json")
     assert cancelled.code == EXIT_OK, cancelled.err
     assert cancelled.json()["state"] == "CANCELLED"
+
+
+HOSTILE_COMMENT = 'it\'s "q" # not a comment \\ back $(touch CANARY) `touch CANARY` ünï'
+
+
+def test_site_options_reach_slurm_and_serial_cells_wait_for_each_other(slurm_dinf, minicluster):
+    """--exclusive, an extra #SBATCH line with hostile free text, and a dependency, as Slurm recorded
+    them (scontrol, squeue); then an experiment's cells chained with --serial. Every job is held
+    (--sbatch=--hold): nothing runs, the queue is only asked what it holds."""
+    dinf = slurm_dinf
+    jobs: list[str] = []
+    with minicluster.connection() as conn:
+        try:
+            first = dinf("submit", "--cluster", "mini", *TINY_PP2, "--sbatch=--hold", "--json")
+            assert first.code == EXIT_OK, first.err
+            jobs.append(first.json()["job_id"])
+            second = dinf("submit", "--cluster", "mini", *TINY_PP2, "--exclusive", "--sbatch", "--hold",
+                          "--sbatch", f"--comment={HOSTILE_COMMENT}", "--dependency", f"afterok:{jobs[0]}", "--json")
+            assert second.code == EXIT_OK, second.err
+            jobs.append(second.json()["job_id"])
+            shown = conn.run(["scontrol", "show", "job", jobs[1]]).stdout
+            assert f"Dependency=afterok:{jobs[0]}(unfulfilled)" in shown and "OverSubscribe=NO" in shown, shown
+            assert "Reason=JobHeldUser" in conn.run(["scontrol", "show", "job", jobs[0]]).stdout
+            assert conn.run(["squeue", "-h", "-j", jobs[1], "-o", "%k"]).stdout.rstrip("\n") == HOSTILE_COMMENT
+            assert conn.run(["find", minicluster.home, "-name", "CANARY"]).stdout == ""
+
+            created = dinf("experiment", "create", "correctness", "--name", f"serial-{uuid.uuid4().hex[:6]}",
+                           "--cluster", "mini", "--cpu", "--nodes", "2", "--ranks-per-node", "1", "--serial",
+                           "--sbatch=--hold", "--json")
+            assert created.code == EXIT_OK, created.err
+            cells = [dinf("show", str(c["run"]), "--json", "--no-refresh").json()["job_id"]
+                     for c in created.json()["cells"]]
+            jobs += cells
+            assert len(cells) == 6 and all(cells)
+            for before, job in itertools.pairwise(cells):
+                shown = conn.run(["scontrol", "show", "job", job]).stdout
+                assert f"Dependency=afterany:{before}(unfulfilled)" in shown, shown
+        finally:
+            if jobs:
+                conn.run(["scancel", *jobs], check=False)
 
 
 def test_unknown_host_key_refused_until_trusted(slurm_dinf, minicluster, tmp_path):

@@ -87,6 +87,50 @@ def test_errors_name_the_key(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+SITE = """
+[clusters.gpu]
+host = "gpu-login"
+[clusters.gpu.slurm]
+gpus_per_node = 4
+gpu_type = "h100"
+reservation = "maint"
+exclusive = true
+dependency = "singleton"
+extra_sbatch = ["--mail-type=END", "--comment=two words"]
+container_image = "nvcr.io#nvidia/pytorch:24.01-py3"
+container_runtime = "pyxis"
+container_mounts = ["/scratch/data:/data:ro"]
+"""
+
+
+def test_site_slurm_options_are_cluster_defaults(tmp_path):
+    defaults = load_config(write(tmp_path, SITE), data_dir=tmp_path).cluster("gpu").defaults
+    assert (defaults.gpu_type, defaults.reservation, defaults.exclusive, defaults.dependency) == (
+        "h100", "maint", True, "singleton")
+    assert defaults.extra_sbatch == ["--mail-type=END", "--comment=two words"]
+    assert (defaults.container_runtime, defaults.container_mounts) == ("pyxis", ["/scratch/data:/data:ro"])
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("exclusive = 'yes'", r"clusters\.gpu\.slurm\.exclusive: must be true or false, got 'yes'"),
+        ("extra_sbatch = '--hold'", r"clusters\.gpu\.slurm\.extra_sbatch: must be a list of strings"),
+        ("extra_sbatch = ['--nodes=2']", r"clusters\.gpu\.slurm\.extra_sbatch: '--nodes=2' gives --nodes, which dinf sets"),
+        ('extra_sbatch = ["--comment=a\\nb"]', r"clusters\.gpu\.slurm\.extra_sbatch: .* control character"),
+        ("dependency = 'after ok'", r"clusters\.gpu\.slurm\.dependency: 'after ok' is not a Slurm dependency"),
+        ("gpu_type = 'h100:4'", r"clusters\.gpu\.slurm\.gpu_type: 'h100:4' is not a GRES type"),
+        ("container_runtime = 'docker'", r"clusters\.gpu\.slurm\.container_runtime: must be one of apptainer, pyxis"),
+        ("container_mounts = ['data:/data']", r"clusters\.gpu\.slurm\.container_mounts: 'data:/data' is not SRC:DST"),
+        ("time_limit = 'soon'", r"clusters\.gpu\.slurm\.time_limit: 'soon' is not a Slurm time"),
+    ],
+)
+def test_bad_site_slurm_options_name_the_key_when_the_file_is_read(tmp_path, line, message):
+    path = write(tmp_path, f"[clusters.gpu]\nhost = 'h'\n[clusters.gpu.slurm]\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, data_dir=tmp_path)
+
+
 def test_unknown_cluster_says_where_to_add_it(tmp_path):
     config = load_config(tmp_path / "absent.toml", data_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"no cluster named 'gpu'; known: local\. Add \[clusters\.gpu\]"):

@@ -160,6 +160,76 @@ def test_bad_resources_are_refused_naming_the_field(field, value, message):
 
 
 @pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"reservation": "maint 1"}, r"reservation: 'maint 1' is not a reservation name"),
+        ({"gpu_type": "h100:4"}, r"gpu_type: 'h100:4' is not a GRES type"),
+        ({"gpu_type": "h100\n#SBATCH --uid=0"}, r"gpu_type: .* is not a GRES type"),
+        ({"exclusive": "yes"}, r"exclusive: must be true or false, got 'yes'"),
+        ({"dependency": "afterok"}, r"dependency: 'afterok' is not a Slurm dependency"),
+        ({"dependency": "afterok:1;touch x"}, r"dependency: 'afterok:1;touch x' is not a Slurm dependency"),
+        ({"dependency": "afterok:1,afterany:2?singleton"}, r"dependency: .* mixes ',' \(all of\) and '\?' \(any of\)"),
+        ({"dependency": "afterany:1+5"}, r"dependency: 'afterany:1\+5' is not"),  # +time is after's alone
+        ({"extra_sbatch": "--hold"}, r"extra_sbatch: must be a list"),
+        ({"extra_sbatch": ["-N 3"]}, r"extra_sbatch: '-N 3' is not a long option"),
+        ({"extra_sbatch": ["--comment=a\nb"]}, r"extra_sbatch: .* holds a control character"),
+        ({"extra_sbatch": ["--comment=a\tb"]}, r"extra_sbatch: .* holds a control character"),
+        ({"extra_sbatch": ["--nodes=3"]}, r"extra_sbatch: '--nodes=3' gives --nodes, which dinf sets itself; set nodes"),
+        ({"extra_sbatch": ["--tasks-per-node=8"]}, r"gives --tasks-per-node, which dinf sets itself; set tasks_per_node"),
+        ({"extra_sbatch": ["--nod=3"]}, r"'--nod=3' abbreviates --nodes, which dinf sets itself"),
+        ({"extra_sbatch": ["--part=debug"]}, r"abbreviates --partition, which dinf sets itself; set partition"),
+        ({"extra_sbatch": ["--exclusive=user"]}, r"gives --exclusive, which dinf sets itself; set exclusive"),
+        ({"extra_sbatch": ["--output=/tmp/x"]}, r"gives --output, which dinf sets itself or needs unset \(the batch log"),
+        ({"extra_sbatch": ["--job-name=x"]}, r"gives --job-name, which dinf sets itself"),
+        ({"extra_sbatch": ["--array=0-3"]}, r"gives --array, .*one job per run"),
+        ({"extra_sbatch": ["--wait"]}, r"gives --wait, .*without waiting"),
+        ({"extra_sbatch": ["--gres=gpu:a100:2"]}, r"asks for GPUs; set gpus_per_node and gpu_type"),
+        ({"extra_sbatch": ["--gpus-per-task=1"]}, r"asks for GPUs"),
+        ({"extra_sbatch": ["--mem-per-cpu=2G"], "mem": "8G"}, r"one of --mem, --mem-per-cpu, --mem-per-gpu"),
+        ({"extra_sbatch": ["--comment=a", "--comment=b"]}, r"'--comment=b' gives --comment again"),
+        ({"container_runtime": "docker"}, r"container_runtime: must be one of apptainer, pyxis"),
+        ({"container_mounts": ["data:/data"]}, r"container_mounts: 'data:/data' is not SRC:DST\[:ro\|rw\]"),
+        ({"container_mounts": ["/a,b:/c"]}, r"container_mounts: '/a,b:/c' is not"),
+        ({"container_mounts": ["/a:/b:rx"]}, r"container_mounts: '/a:/b:rx' is not"),
+        ({"container_mounts": "/a:/b"}, r"container_mounts: must be a list"),
+        ({"container_image": "img\n#SBATCH --uid=0"}, r"container_image: .* holds a control character"),
+    ],
+)
+def test_bad_site_options_are_refused_naming_the_field(values, message):
+    from remote.cluster import Resources
+
+    with pytest.raises(ValueError, match=message):
+        slurm.resource_flags(Resources(**values))
+
+
+def test_site_options_slurm_takes_are_accepted_as_given():
+    from remote.cluster import Resources
+
+    fine = Resources(
+        gpus_per_node=2, gpu_type="a100_80gb", reservation="maint.a,maint-b", exclusive=True,
+        dependency="after:1+10:2_3?afternotok:4", mem="8G",
+        extra_sbatch=["--hold", "--time-min=10", "--nodelist=node1", "--exclude=node2", "--gres=nvme:1",
+                      "--wait-all-nodes=1", "--mail-type=END", "--comment=two words # and more"],
+        container_mounts=["/scratch:/scratch", "/ro:/ro:ro", "/rw:/x:rw"],
+    )
+    flags = slurm.resource_flags(fine)
+    assert flags["gpus-per-node"] == "a100_80gb:2" and flags["exclusive"] is None
+    assert (flags["reservation"], flags["dependency"]) == ("maint.a,maint-b", "after:1+10:2_3?afternotok:4")
+    for dependency in ("singleton", "afterok:1:2:3", "afterany:7,afterok:8", "aftercorr:5", "afterburstbuffer:6"):
+        assert slurm.dependency_problem(dependency) is None, dependency
+    # A GPU type without GPUs asks for nothing (a cluster's default type, on a CPU run).
+    assert "gpus-per-node" not in slurm.resource_flags(Resources(gpu_type="h100"))
+    assert slurm.resource_problems(Resources()) == {}
+
+
+def test_a_dependency_is_added_to_as_all_of_never_to_an_any_of():
+    assert slurm.add_dependency(None, "afterany:5") == "afterany:5"
+    assert slurm.add_dependency("afterok:1:2", "afterany:5") == "afterok:1:2,afterany:5"
+    with pytest.raises(ValueError, match=r"resources.dependency: 'afterok:1\?afterok:2' is met by any one"):
+        slurm.add_dependency("afterok:1?afterok:2", "afterany:5")
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"), [("1", 60), ("0:02", 2), ("01:00:00", 3600), ("1-2", 93600), ("1-02:03:04", 93784), (None, None)]
 )
 def test_time_limits(text, seconds):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from remote import slurm
 from remote.cluster import PythonEnvironment, Resources
 from remote.logstream import complete_lines, follow
-from remote.quoting import export_lines, join_argv, join_sections, split_sections
+from remote.quoting import export_lines, join_argv, join_sections, sbatch_directive, split_sections
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sbatch"
 
@@ -96,6 +96,109 @@ def test_batch_script_matches_golden_file():
 def test_sbatch_flags_are_sorted():
     flags = [line for line in golden_script().splitlines() if line.startswith("#SBATCH")]
     assert flags == sorted(flags) and len(flags) == 9
+
+
+# Free text that sbatch's directive parser would split, cut at '#', unquote or unescape if written bare.
+HOSTILE_COMMENT = "it's \"q\" # not a comment \\ back $(touch CANARY) `x` ünï ☃ 100%j"
+SITE_RESOURCES = {
+    "nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "gpu_type": "h100", "partition": "gpu", "account": "proj",
+    "time_limit": "00:30:00", "constraint": "ib & h100", "reservation": "maint_2026", "exclusive": True,
+    "dependency": "afterok:123:456", "container_image": "/images/dinf.sif",
+    "container_mounts": ["/scratch/data:/data:ro", "/scratch/hf:/hf"],
+    "extra_sbatch": [f"--comment={HOSTILE_COMMENT}", "--mail-type=END,FAIL", "--signal=B:USR1@90", "--requeue"],
+}
+GOLDEN_SITE = {"apptainer": GOLDEN.with_name("batch_script_site_options.sbatch"),
+               "pyxis": GOLDEN.with_name("batch_script_pyxis.sbatch")}
+
+
+def site_script(runtime: str) -> str:
+    run_dir = "/home/me/dinf-runs/runs/20261126-abc"
+    return slurm.render_batch_script(
+        run_id="20261126-abc", resources=Resources(**SITE_RESOURCES, container_runtime=runtime),
+        environment=PythonEnvironment(python="python3", venv="/shared/venvs/dinf"), run_dir=run_dir,
+        command=slurm.worker_command("python3", f"{run_dir}/spec.json"),
+    )
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "pyxis"])
+def test_batch_script_with_every_site_option_matches_its_golden_file(runtime):
+    """Reservation, typed GPUs, exclusive, a dependency, extra #SBATCH lines (one of them hostile) and
+    a container with bind mounts. Regenerate on purpose with DINF_UPDATE_GOLDEN=1, review the diff."""
+    script, golden = site_script(runtime), GOLDEN_SITE[runtime]
+    if os.environ.get("DINF_UPDATE_GOLDEN") == "1" or not golden.exists():
+        golden.write_text(script)
+    assert script.splitlines() == golden.read_text().splitlines()
+    lines = script.splitlines()
+    assert "#SBATCH --gpus-per-node=h100:4" in lines and "#SBATCH --exclusive" in lines
+    own = [line for line in lines[:lines.index("# extra options, as given")] if line.startswith("#SBATCH")]
+    assert own == sorted(own), "dinf's own flags stay sorted; the extra ones follow in the order given"
+
+
+FAKE_SRUN_ARGV = """#!/bin/bash
+# Stand-in for srun: write every argument it was given, NUL-terminated, and run nothing.
+printf '%s\\0' "$@" > "$SRUN_ARGV"
+"""
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "pyxis"])
+def test_container_words_reach_srun_as_single_arguments(tmp_path, runtime):
+    """The srun line, run by bash: an image name with '#' (an NGC image), a mount path with a space
+    (apptainer's; pyxis can't carry one) and `$(...)` each stay one argument."""
+    (tmp_path / "srun").write_text(FAKE_SRUN_ARGV)
+    (tmp_path / "srun").chmod(0o755)
+    run_dir = tmp_path / ("run dir" if runtime == "apptainer" else "run$(touch${IFS}CANARY)")
+    run_dir.mkdir()
+    image = "nvcr.io#nvidia/pytorch:24.01-py3"
+    hf = "/scratch/hf cache" if runtime == "apptainer" else "/scratch/hf`touch${IFS}CANARY`"
+    resources = Resources(container_image=image, container_runtime=runtime,
+                          container_mounts=[f"{hf}:/hf:ro", "/data:/data"])
+    script = slurm.render_batch_script(run_id="r", resources=resources, environment=PythonEnvironment(),
+                                       run_dir=str(run_dir), command=["python3", "-m", "worker"])
+    argv_file = tmp_path / "argv"
+    subprocess.run(["bash", "-c", script], check=True, cwd=tmp_path, env={
+        **os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SRUN_ARGV": str(argv_file)})
+    argv = argv_file.read_bytes().decode().split("\0")[:-1]
+    srun_own = ["--kill-on-bad-exit=1", "--unbuffered", "--nodes=1", "--ntasks-per-node=1",
+                f"--output={run_dir}/logs/%j-rank%t.out"]
+    if runtime == "apptainer":
+        container = ["apptainer", "exec", "--nv", "--bind", f"{hf}:/hf:ro", "--bind", "/data:/data", image]
+    else:  # pyxis mounts the run directory itself, where the worker reads its spec and writes results
+        container = [f"--container-image={image}", f"--container-mounts={run_dir}:{run_dir},{hf}:/hf:ro,/data:/data",
+                     f"--container-workdir={run_dir}"]
+    assert argv == srun_own + container + ["python3", "-m", "worker"]
+    assert not list(tmp_path.rglob("CANARY"))
+
+
+@pytest.mark.parametrize("run_dir", ["/r/a,b", "/r/a:b", "/r/a b"])
+def test_pyxis_refuses_a_run_directory_its_mount_list_cannot_carry(run_dir):
+    with pytest.raises(ValueError, match=rf"container_runtime: pyxis mounts the run directory '{run_dir}'"):
+        slurm.render_batch_script(run_id="r", resources=Resources(container_image="i", container_runtime="pyxis"),
+                                  environment=PythonEnvironment(), run_dir=run_dir, command=["true"])
+    with pytest.raises(ValueError, match="container_mounts: '/a b:/b' holds a space; pyxis hands mounts to enroot"):
+        slurm.resource_flags(Resources(container_runtime="pyxis", container_mounts=["/a b:/b"]))
+    assert slurm.resource_problems(Resources(container_mounts=["/a b:/b"])) == {}  # apptainer takes it
+
+
+@pytest.mark.parametrize(
+    ("option", "line"),
+    [
+        ("--hold", "#SBATCH --hold"),
+        ("--mail-type=END,FAIL", "#SBATCH --mail-type=END,FAIL"),
+        ("--comment=two words", '#SBATCH --comment="two words"'),
+        ("--comment=a#b", '#SBATCH --comment="a#b"'),
+        ("--comment=it's", '#SBATCH --comment="it\'s"'),
+        ('--comment=say "x" \\ y', '#SBATCH --comment="say \\"x\\" \\\\ y"'),
+        ("--comment=", '#SBATCH --comment=""'),
+    ],
+)
+def test_sbatch_directives_are_quoted_for_sbatchs_own_parser(option, line):
+    assert sbatch_directive(option) == line
+
+
+@pytest.mark.parametrize("option", ["--comment=a\nb", "--comment=a\tb", "--comment=a\rb", "--comment=\x7f"])
+def test_sbatch_directives_refuse_control_characters(option):
+    with pytest.raises(ValueError, match="control character"):
+        sbatch_directive(option)
 
 
 FAKE_SRUN = """#!/bin/bash

@@ -406,6 +406,30 @@ def test_rejected_submission_is_a_clear_error_and_queues_nothing(minicluster, re
         cluster.close()
 
 
+def test_site_options_pass_sbatch_test_only_or_fail_for_what_the_minicluster_lacks(minicluster):
+    """sbatch --test-only reads every #SBATCH line. What the minicluster has is accepted as rendered
+    (an exclusive job with a dependency, extra lines of hostile free text, pyxis' srun line, a
+    constraint with spaces); what it lacks (a reservation, typed GPUs, features) is refused by the
+    lookup after the option was read, never as a syntax error."""
+    cluster = minicluster.cluster(job_command=["true"])
+    try:
+        accepted = bundle(nodes=1, exclusive=True, dependency="singleton",
+                          extra_sbatch=["--comment=it's \"q\" # not a comment \\ ünï", "--mail-type=END", "--requeue"],
+                          container_image="nvcr.io#nvidia/pytorch:24.01-py3", container_runtime="pyxis",
+                          container_mounts=["/tmp:/tmp:ro"])
+        assert "to start" in cluster.preflight(accepted)
+        with pytest.raises(ClusterError, match="Requested reservation is invalid"):
+            cluster.preflight(bundle(nodes=1, reservation="dinf_no_such_reservation"))
+        with pytest.raises(ClusterError, match="node configuration is not available") as typed:
+            cluster.preflight(bundle(nodes=1, gpus_per_node=1, gpu_type="h100"))
+        assert "Invalid generic resource" not in str(typed.value)
+        # Written bare, sbatch split this at its spaces ("Invalid directive found in batch script: &").
+        with pytest.raises(ClusterError, match="Invalid feature specification"):
+            cluster.preflight(bundle(nodes=1, constraint="ib & h100"))
+    finally:
+        cluster.close()
+
+
 def test_invalid_spec_uploads_nothing(minicluster):
     cluster = minicluster.cluster(job_command=["true"])
     try:

@@ -16,7 +16,7 @@ import pytest
 from pilot_wait import wait_for
 from rich.console import Console
 from scripted_cluster import HostKeyUnknown
-from textual.widgets import Button, DataTable, Input, Select, TabbedContent
+from textual.widgets import Button, DataTable, Input, Select, Static, TabbedContent
 
 from remote.cluster import ClusterError, JobState
 from remote.errors import AuthenticationFailed
@@ -534,6 +534,69 @@ async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script, offline")
         assert isinstance(app.screen, NewRunScreen)
+
+
+async def test_the_form_takes_site_slurm_options_and_previews_them_in_the_script(make_app, scripted, tmp_path):
+    """Reservation, GPU type, exclusive and extra #SBATCH lines from the form, the cluster's container
+    runtime and mounts (no field) kept: all in the script the preview shows, and in the run submitted."""
+    from remote import slurm
+    from remote.cluster import PythonEnvironment
+
+    (tmp_path / "config.toml").write_text(
+        '[clusters.gpu]\nhost = "gpu-login"\n[clusters.gpu.slurm]\nexclusive = true\n'
+        'extra_sbatch = ["--mail-type=END"]\ncontainer_runtime = "pyxis"\ncontainer_mounts = ["/data:/data:ro"]\n')
+    # The scripted backend plays the cluster; the script is the real renderer's.
+    scripted.preview = lambda bundle: slurm.render_batch_script(
+        run_id=bundle.run_id, resources=bundle.resources, environment=PythonEnvironment(),
+        run_dir=f"/scratch/dinf/runs/{bundle.run_id}", command=["python3", "-m", "worker"])
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form_for(app, pilot, "gpu")
+        assert form.query_one("#exclusive", Select).value == "yes"  # the cluster's defaults filled in
+        assert form.query_one("#extra_sbatch", Input).value == "--mail-type=END"
+        form.query_one("#extra_sbatch", Input).value = '--mail-type=END --nodes=3'
+        await pilot.pause()
+        assert "gives --nodes, which dinf sets itself" in str(form.query_one("#error-extra_sbatch").render())
+        assert form.query_one("#submit", Button).disabled
+        for field, value in {"gpus_per_node": "1", "gpu_type": "h100", "reservation": "maint",
+                             "extra_sbatch": '--mail-type=END --comment="two words"', "container_image": "img.sqsh"}.items():
+            form.query_one(f"#{field}", Input).value = value
+        await pilot.pause()
+        assert not form.checked.problems, form.checked.problems
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: form.preview_script is not None, what="the script")
+        lines = form.preview_script.splitlines()
+        for line in ("#SBATCH --gpus-per-node=h100:1", "#SBATCH --reservation=maint", "#SBATCH --exclusive",
+                     "#SBATCH --mail-type=END", '#SBATCH --comment="two words"'):
+            assert line in lines, form.preview_script
+        assert "--container-mounts=/scratch/dinf/runs/" in form.preview_script and ",/data:/data:ro " in form.preview_script
+        shown = form.query_one("#preview-text", Static).content.renderables  # the script, then spec.json
+        assert form.preview_script in [getattr(part, "code", None) for part in shown]
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="submitted")
+        resources = app.service.run(app.screen.run_id).resources
+        assert (resources["reservation"], resources["gpu_type"], resources["exclusive"]) == ("maint", "h100", True)
+        assert resources["extra_sbatch"] == ["--mail-type=END", "--comment=two words"]
+        assert (resources["container_runtime"], resources["container_mounts"]) == ("pyxis", ["/data:/data:ro"])
+
+
+async def test_at_80x24_the_form_scrolls_to_its_last_slurm_fields(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.service is not None, what="service")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form, scroller = app.screen, app.screen.query_one("#run-form")
+        assert not scroller.region.contains_region(form.query_one("#reservation").region)  # below the fold at first
+        for name in ("reservation", "gpu_type", "exclusive", "container_image", "extra_sbatch"):
+            field = form.query_one(f"#{name}")
+            field.focus()
+            await pilot.pause(0.3)  # the scroll to the focused field is animated
+            assert scroller.region.contains_region(field.region), name
+        await pilot.press(*"--hold")
+        await pilot.pause()
+        assert form.query_one("#extra_sbatch", Input).value == "--hold"
+        assert form.checked.resources.extra_sbatch == ["--hold"]
 
 
 def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):

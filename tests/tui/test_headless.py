@@ -121,3 +121,30 @@ def test_a_valid_form_gives_the_spec_and_resources():
     r = checked.resources
     assert (r.nodes, r.tasks_per_node, r.gpus_per_node, r.partition, r.time_limit, r.container_image) == (
         2, 2, 2, "gpu", "0:30:00", "/img/dinf.sif")
+
+
+def test_the_form_gives_site_slurm_options_and_keeps_the_clusters_other_settings():
+    from remote.cluster import Resources
+
+    defaults = Resources(mem="64G", container_runtime="pyxis", container_mounts=["/data:/data"], reservation="old")
+    checked = check_form(RunForm(
+        mode="single", ranks_per_node="1", gpus_per_node="1", gpu_type="h100", reservation="maint", exclusive="yes",
+        extra_sbatch='--comment="two words # kept" --hold', container_image="img.sqsh"), defaults)
+    assert checked.ok, checked.problems
+    r = checked.resources
+    assert (r.gpu_type, r.reservation, r.exclusive, r.extra_sbatch) == (
+        "h100", "maint", True, ["--comment=two words # kept", "--hold"])
+    assert (r.mem, r.container_runtime, r.container_mounts, r.container_image) == ("64G", "pyxis", ["/data:/data"], "img.sqsh")
+    assert check_form(RunForm(mode="single", ranks_per_node="1"), defaults).resources.reservation is None  # cleared
+
+
+def test_site_slurm_option_problems_land_under_their_fields():
+    from remote.cluster import Resources
+
+    checked = check_form(RunForm(gpu_type="h100:4", reservation="a;b", extra_sbatch="--ntasks=8"))
+    assert set(checked.problems) == {"gpu_type", "reservation", "extra_sbatch"}, checked.problems
+    assert "gives --ntasks, which dinf sets itself" in checked.problems["extra_sbatch"]
+    assert "No closing quotation" in check_form(RunForm(extra_sbatch='--comment="open')).problems["extra_sbatch"]
+    # a bad setting from the cluster's configuration has no field: it shows under the form, named
+    checked = check_form(RunForm(), Resources(dependency="after ok"))
+    assert checked.problems["general"].startswith("resources.dependency (from the cluster's configuration): ")

@@ -52,6 +52,8 @@ from remote.poller import ACTIVE_S
 from storage.db import DatabaseError
 from storage.ingest import IngestError
 from tui.cli import studies as study_cli
+from tui.cli.slurm_options import FIELDS as SLURM_OPTION_FIELDS
+from tui.cli.slurm_options import add_slurm_options, apply_slurm_options, join_sbatch_values
 from tui.core.config import ConfigError
 from tui.core.logs.follow import follow_then_drain
 from tui.core.export import FORMATS, ExportError, repeat_stats, to_csv, to_json, write_parquet
@@ -82,7 +84,7 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_sbatch_values(sys.argv[1:] if argv is None else argv))
     try:
         with Dinf(db_path=args.db, config_path=args.config, config_required=args.config is not None) as dinf:
             return args.handler(dinf, args)
@@ -240,8 +242,9 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-limit", dest="time_limit", help="Slurm time limit, e.g. 00:30:00")
     group.add_argument("--constraint")
     group.add_argument("--mem")
-    group.add_argument("--container-image", dest="container_image", help="Apptainer image")
+    group.add_argument("--container-image", dest="container_image", help="container image (see --container-runtime)")
     study_cli.add_flag_aliases(group)  # --time, --container
+    add_slurm_options(group)  # --reservation, --gpu-type, --exclusive, --dependency, --sbatch, ... (shared)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -251,11 +254,11 @@ def cmd_submit(dinf, args) -> int:
     spec = build_spec(args)
     cluster_name = args.cluster or dinf.config.default_cluster
     cluster = dinf.config.cluster(cluster_name)
-    resources = dataclasses.replace(
+    resources = apply_slurm_options(dataclasses.replace(
         cluster.defaults,
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Resources)
-           if getattr(args, f.name, None) is not None},
-    )
+           if f.name not in SLURM_OPTION_FIELDS and getattr(args, f.name, None) is not None},
+    ), args)
     if args.dry_run:
         script = dinf.render_script(cluster=cluster_name, spec=spec, resources=resources, name=args.name)
         _emit(args, {"script": script}, script)

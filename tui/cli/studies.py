@@ -7,9 +7,9 @@ service (`Dinf`) and the parsed arguments and returns an exit code, like the oth
     dinf report EXPERIMENT... -o FILE.md [--png]
     dinf experiment presets
     dinf experiment plan PRESET [study options] [--write-specs DIR]
-    dinf experiment create PRESET --name NAME [study options] [--cluster C] [--no-submit | --record-only]
+    dinf experiment create PRESET --name NAME [study options] [--cluster C] [--no-submit | --record-only] [--serial]
     dinf experiment sweep --name NAME [SPEC.json] --axis FIELD=V1,V2 ... [--paired] [--cluster C]
-    dinf experiment list | show EXP | submit EXP | resubmit EXP | attach EXP DIR...
+    dinf experiment list | show EXP | submit EXP [--serial] | resubmit EXP | attach EXP DIR...
 
 Errors raise the exceptions tui/cli/main.py maps to exit codes (ExperimentError is a ValueError: 2).
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from remote.cluster import Resources
 from storage import repo
 from storage.db import read_session
+from tui.cli.slurm_options import add_slurm_options, apply_slurm_options
 from tui.core import experiment_runs
 from tui.display.tables import text_table
 from tui.studies.catalog import PRESETS, plan
@@ -89,6 +90,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="record the plan without runs (results are attached later: experiment attach)")
     create.add_argument("--write-specs", type=Path, metavar="DIR",
                         help="also write each cell's spec.json and resources.json under DIR/<cell>/")
+    _serial_flag(create)
 
     sweep = command(sub, "sweep", cmd_sweep, "record a paired or Cartesian sweep over spec/resource fields")
     sweep.add_argument("spec", nargs="?", type=Path, help="base RunSpec JSON (default: all defaults)")
@@ -108,6 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit = command(sub, "submit", cmd_submit, "submit cells that have no run yet, or whose run is DRAFT")
     submit.add_argument("experiment")
     submit.add_argument("--cluster")
+    _serial_flag(submit)
     resubmit = command(sub, "resubmit", cmd_resubmit, "a new run for every failed cell")
     resubmit.add_argument("experiment")
     resubmit.add_argument("--cluster", help="default: the cluster the failed run used")
@@ -149,6 +152,13 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     for flag in RESOURCE_FLAGS:
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int if flag == "cpus_per_task" else str)
     add_flag_aliases(group)
+    add_slurm_options(group)  # the same --reservation, --exclusive, --sbatch, ... as `dinf submit`
+
+
+def _serial_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--serial", action="store_true",
+                        help="on Slurm, each cell's job waits for the one before (--dependency=afterany:JOB), so "
+                             "no two cells share nodes or time each other (local cells run one at a time anyway)")
 
 
 FLAG_ALIASES = {"--time": "time_limit", "--container": "container_image"}
@@ -182,6 +192,7 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         value = getattr(args, flag, None)
         if value is not None:
             setattr(resources, flag, value)
+    resources = apply_slurm_options(resources, args)
     if args.checkpoint:
         model = ModelSource(source="checkpoint", path=args.checkpoint, seed=args.seed)
     else:
@@ -296,6 +307,9 @@ def _launch_text(launches) -> str:
 
 
 def cmd_create(dinf, args) -> int:
+    if args.serial and (args.record_only or args.no_submit):
+        raise ExperimentError("--serial chains the cells' jobs as they are submitted; with --no-submit or "
+                              "--record-only nothing is (give it to `dinf experiment submit EXP --serial` later)")
     cluster = args.cluster or dinf.config.default_cluster
     p = plan(args.preset, study_config(dinf, args, cluster=None if args.record_only else cluster))
     experiment_id = experiment_runs.record_plan(dinf, p)
@@ -303,7 +317,7 @@ def cmd_create(dinf, args) -> int:
     if args.write_specs:
         write_specs(p, args.write_specs)
     launches = [] if args.record_only else experiment_runs.launch(dinf, experiment_id, cluster=cluster,
-                                                                  submit=not args.no_submit)
+                                                                  submit=not args.no_submit, serial=args.serial)
     if args.json:
         _print_json({"experiment": experiment_id, "cells": [
             {"cell": l.cell, "run": l.run.id if l.run else None, "note": l.note} for l in launches]})
@@ -375,7 +389,8 @@ def _backend(dinf, cluster: str | None) -> str | None:
 
 
 def cmd_submit(dinf, args) -> int:
-    launches = experiment_runs.launch(dinf, args.experiment, cluster=args.cluster or dinf.config.default_cluster)
+    launches = experiment_runs.launch(dinf, args.experiment, cluster=args.cluster or dinf.config.default_cluster,
+                                      serial=args.serial)
     print(_launch_text(launches) if not args.json else json.dumps(
         [{"cell": l.cell, "run": l.run.id if l.run else None, "note": l.note} for l in launches]))
     return 0

@@ -21,6 +21,12 @@
     gpus_per_node = 4
     tasks_per_node = 4
     time_limit = "00:30:00"
+    gpu_type = "h100"               # --gpus-per-node=h100:4
+    reservation = "dinf"
+    exclusive = true
+    extra_sbatch = ["--mail-type=END", "--comment=dinf"]   # more #SBATCH lines; not ones dinf sets
+    container_runtime = "pyxis"     # or "apptainer" (the default), for container_image
+    container_mounts = ["/scratch/data:/data:ro"]
 
 `[clusters.local]` may set `workdir` and `[clusters.local.python]` (the local backend runs the worker
 as processes on this machine, with this interpreter by default); it can't become a Slurm cluster.
@@ -40,7 +46,7 @@ from typing import Any
 
 from remote.cluster import PythonEnvironment, Resources
 from remote.hostnames import host_name_problem, split_host_spec
-from remote.slurm import slurm_path_problem
+from remote.slurm import resource_problems, slurm_path_problem
 from tui.core import locations
 
 LOCAL = "local"
@@ -190,6 +196,8 @@ def _python(reader: _Reader, section: dict[str, Any], key: str, base: PythonEnvi
 
 
 _RESOURCE_INTS = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1}
+_RESOURCE_BOOLS = {"exclusive"}
+_RESOURCE_LISTS = {"extra_sbatch", "container_mounts"}
 
 
 def _resources(reader: _Reader, section: dict[str, Any], key: str) -> Resources:
@@ -204,13 +212,22 @@ def _resources(reader: _Reader, section: dict[str, Any], key: str) -> Resources:
             minimum = _RESOURCE_INTS[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise reader.error(f"{key}.{name}", f"must be an integer >= {minimum}, got {value!r}")
+        elif name in _RESOURCE_BOOLS:
+            if not isinstance(value, bool):
+                raise reader.error(f"{key}.{name}", f"must be true or false, got {value!r}")
+        elif name in _RESOURCE_LISTS:
+            value = reader.strings(section, name, f"{key}.{name}", [])
         else:
             if isinstance(value, int) and not isinstance(value, bool) and name == "time_limit":
                 value = str(value)  # minutes, as Slurm reads a bare number
             if not isinstance(value, str) or not value.strip():
                 raise reader.error(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
         values[name] = value
-    return Resources(**values)
+    resources = Resources(**values)
+    # Each value on its own, as the job script will use it (a run may still change the others).
+    for name, why in sorted(resource_problems(resources).items()):
+        raise reader.error(f"{key}.{name}", why)
+    return resources
 
 
 class _Reader:

@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote.cluster import Resources
+from remote.slurm import add_dependency
 from storage import repo
 from storage.db import read_session, write_session
-from tui.core.service import Dinf, RunRecord
+from tui.core.service import Dinf, RunRecord, check_run
 from tui.studies.presets import Cell, ExperimentError, ExperimentPlan, run_name
 from tui.studies.results import ExperimentResult, cell_key_of, find_experiment, load_experiment
 
@@ -35,6 +37,11 @@ def record_plan(dinf: Dinf, plan: ExperimentPlan, *, notes: str = "") -> int:
     """Store the experiment and its plan; no runs yet. Returns the experiment id."""
     if not plan.cells:
         raise ExperimentError(f"{plan.name}: the plan has no cells to run")
+    for cell in plan.cells:  # a bad setting is refused before anything is stored, not at the first submit
+        try:
+            check_run(cell.spec, cell.resources)
+        except ValueError as exc:
+            raise ExperimentError(f"cell {cell.key}: {exc} (nothing was recorded)") from exc
     return dinf.create_experiment(name=plan.name, kind=plan.kind, parameters=plan.parameters(), notes=notes)
 
 
@@ -50,44 +57,83 @@ def _new_run(dinf: Dinf, experiment: ExperimentResult, cell: Cell, cluster: str)
                         name=spec.run_name, experiment_id=experiment.id)
 
 
+class _Chain:
+    """With `--serial`: the job the next cell's job waits for (afterany), once one was submitted."""
+
+    def __init__(self, serial: bool) -> None:
+        self.serial = serial
+        self.last_job: str | None = None
+
+    def submit(self, dinf: Dinf, run_id: int) -> RunRecord:
+        record = dinf.submit(run_id, after_job=self.last_job if self.serial else None)
+        if record.job_id:
+            self.last_job = record.job_id
+        return record
+
+
+def _submitted_note(record: RunRecord) -> str:
+    return f"submitted as job {record.job_id}" if record.job_id else f"not submitted: {record.error}"
+
+
+def _refused(experiment: ExperimentResult, cell: Cell, exc: ValueError, launches: list[Launch]) -> ExperimentError:
+    """A field the service refused: stop there and say what was done."""
+    done = ", ".join(l.cell for l in launches if l.run is not None) or "none"
+    return ExperimentError(
+        f"cell {cell.key}: {exc} (cells launched before it: {done}; fix the setting and run "
+        f"`dinf experiment submit {experiment.name}` to launch the rest)"
+    )
+
+
 def _submit_cells(dinf: Dinf, experiment: ExperimentResult, cells: Iterable[Cell], cluster: str,
-                  *, submit: bool) -> list[Launch]:
-    launches: list[Launch] = []
+                  *, submit: bool, chain: _Chain | None = None, launches: list[Launch] | None = None) -> list[Launch]:
+    """A new run for each cell (submitted unless `submit` is False), added to `launches`."""
+    chain = chain or _Chain(serial=False)
+    launches = [] if launches is None else launches
     for cell in cells:
         try:
             record = _new_run(dinf, experiment, cell, cluster)
             if submit:
-                record = dinf.submit(record.id)
-        except ValueError as exc:  # a field the service refused: stop here and say what was done
-            done = ", ".join(l.cell for l in launches) or "none"
-            raise ExperimentError(
-                f"cell {cell.key}: {exc} (cells launched before it: {done}; fix the setting and run "
-                f"`dinf experiment submit {experiment.name}` to launch the rest)"
-            ) from exc
-        if submit:
-            note = f"submitted as job {record.job_id}" if record.job_id else f"not submitted: {record.error}"
-        else:
-            note = "recorded (DRAFT)"
-        launches.append(Launch(cell.key, record, note))
+                record = chain.submit(dinf, record.id)
+        except ValueError as exc:
+            raise _refused(experiment, cell, exc, launches) from exc
+        launches.append(Launch(cell.key, record, _submitted_note(record) if submit else "recorded (DRAFT)"))
     return launches
 
 
-def launch(dinf: Dinf, ref: str | int, *, cluster: str, submit: bool = True) -> list[Launch]:
-    """Make (and submit) a run for every cell that has none yet; submit cells left in DRAFT."""
+def launch(dinf: Dinf, ref: str | int, *, cluster: str, submit: bool = True, serial: bool = False) -> list[Launch]:
+    """Make (and submit) a run for every cell that has none yet; submit cells left in DRAFT.
+
+    `serial`: on a Slurm cluster, each job submitted here waits for the one submitted before it
+    (`afterany`, so a failed cell does not hold up the rest), in the plan's order. Cells on the
+    local backend share a lane and run one at a time without it.
+    """
     experiment = load(dinf, ref)
     if experiment.plan is None:
         raise ExperimentError(f"experiment {experiment.name} has no plan of cells (made outside the presets)")
+    chain = _Chain(serial=serial and dinf.config.cluster(cluster).backend == "slurm")
+    if chain.serial:  # a dependency the chain can't extend is refused before any cell is launched
+        for state in experiment.cells:
+            if state.run is not None and state.state != "DRAFT":
+                continue  # not submitted here
+            resources = Resources(**state.run.resources) if state.run is not None else state.cell.resources
+            try:
+                add_dependency(resources.dependency, "afterany:1")
+            except ValueError as exc:
+                raise ExperimentError(f"cell {state.cell.key}: {exc}; nothing was launched") from exc
+    order = [c.key for c in experiment.plan.cells]
     launches: list[Launch] = []
-    fresh = [c.cell for c in experiment.cells if c.run is None]
-    launches += _submit_cells(dinf, experiment, fresh, cluster, submit=submit)
-    for state in experiment.cells:
-        if state.run is not None and state.state == "DRAFT" and submit:
-            record = dinf.submit(state.run.id)
-            launches.append(Launch(state.cell.key, record, f"submitted as job {record.job_id}"
-                                   if record.job_id else f"not submitted: {record.error}"))
-        elif state.run is not None:
+    for state in sorted(experiment.cells, key=lambda c: order.index(c.cell.key)):
+        if state.run is None:
+            _submit_cells(dinf, experiment, [state.cell], cluster, submit=submit, chain=chain, launches=launches)
+        elif state.state == "DRAFT" and submit:
+            try:
+                record = chain.submit(dinf, state.run.id)
+            except ValueError as exc:
+                raise _refused(experiment, state.cell, exc, launches) from exc
+            launches.append(Launch(state.cell.key, record, _submitted_note(record)))
+        else:
             launches.append(Launch(state.cell.key, None, f"already has run {state.run.id} ({state.state})"))
-    return sorted(launches, key=lambda l: [c.key for c in experiment.plan.cells].index(l.cell))
+    return launches
 
 
 def resubmit_failed(dinf: Dinf, ref: str | int, *, cluster: str | None = None) -> list[Launch]:

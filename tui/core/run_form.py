@@ -1,16 +1,21 @@
 """The new-run form's data: raw field texts -> a RunSpec and Resources, or problems per field.
 
 Headless so it is tested without a terminal. Spec rules come from `worker.contract.RunSpec.problems`
-(the same check the worker runs); this module adds the parsing of texts and the checks of the
-Slurm resources, and says which form field each problem belongs under.
+(the same check the worker runs), Slurm's from `remote.slurm.resource_problems` (the job script's);
+this module adds the parsing of texts, and says which form field each problem belongs under. The
+resources start from the cluster's configured defaults, so settings the form has no field for
+(mem, container runtime and mounts, dependency, ...) still reach the script.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from remote.cluster import Resources
+from remote.slurm import resource_problems
 from worker.contract import MODEL_CONFIGS, ModelSource, RunSpec
 
 # Slurm's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
@@ -58,6 +63,11 @@ class RunForm:
     qos: str = ""
     time_limit: str = ""
     constraint: str = ""
+    reservation: str = ""
+    gpu_type: str = ""
+    exclusive: str = "no"
+    extra_sbatch: str = ""
+    """Extra #SBATCH options as one line, split like a shell line: --comment="two words" --hold."""
     container_image: str = ""
 
 
@@ -111,9 +121,15 @@ def _integer(text: str, name: str, problems: dict[str, str], minimum: int) -> in
     return value
 
 
-def check_form(form: RunForm) -> CheckedForm:
-    """Parse and validate every field; all problems at once, each under its field."""
+def check_form(form: RunForm, defaults: Resources | None = None) -> CheckedForm:
+    """Parse and validate every field; all problems at once, each under its field. `defaults`: the
+    cluster's configured resources, for what the form has no field for."""
     problems: dict[str, str] = {}
+    try:
+        extra_sbatch = shlex.split(form.extra_sbatch)
+    except ValueError as exc:
+        problems["extra_sbatch"] = f"{exc} (split like a shell line: --comment=\"two words\" --hold)"
+        extra_sbatch = []
     seed = _integer(form.seed, "seed", problems, 0) if form.source == "synthetic" else 0
     nodes = _integer(form.nodes, "nodes", problems, 1)
     ranks_per_node = _integer(form.ranks_per_node, "ranks_per_node", problems, 1)
@@ -170,7 +186,8 @@ def check_form(form: RunForm) -> CheckedForm:
             f"tensor parallel splits {config.num_attention_heads} attention heads; "
             f"{world_size} ranks do not divide them",
         )
-    resources = Resources(
+    resources = dataclasses.replace(
+        defaults or Resources(),
         nodes=nodes,
         tasks_per_node=ranks_per_node,
         gpus_per_node=gpus_per_node or 0,
@@ -179,6 +196,15 @@ def check_form(form: RunForm) -> CheckedForm:
         qos=form.qos.strip() or None,
         time_limit=form.time_limit.strip() or None,
         constraint=form.constraint.strip() or None,
+        reservation=form.reservation.strip() or None,
+        gpu_type=form.gpu_type.strip() or None,
+        exclusive=form.exclusive == "yes",
+        extra_sbatch=extra_sbatch,
         container_image=form.container_image.strip() or None,
     )
+    form_fields = {f.name for f in dataclasses.fields(RunForm)}
+    for name, why in resource_problems(resources).items():
+        # A setting from the cluster's configuration has no field: it shows under the form.
+        problems.setdefault(name if name in form_fields else "general", why if name in form_fields
+                            else f"resources.{name} (from the cluster's configuration): {why}")
     return CheckedForm(spec=spec, resources=resources, problems=problems)

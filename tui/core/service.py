@@ -39,7 +39,7 @@ from remote.cluster import (
 from remote.logstream import MAX_READ, follow
 from remote.poller import ACTIVE_S, JobPoller
 from remote.results import LOGS_SUBDIR
-from remote.slurm import STEPS_KEY, batch_log_file, resource_flags, summarize_failure
+from remote.slurm import STEPS_KEY, add_dependency, batch_log_file, resource_flags, summarize_failure
 from storage import repo
 from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
@@ -331,11 +331,13 @@ class Dinf:
         bundle = make_bundle(uid=new_uid(name), name=name, spec=spec, resources=resources)
         return self.cluster(cluster).preview(bundle)
 
-    def submit(self, run_id: int | str) -> RunRecord:
+    def submit(self, run_id: int | str, *, after_job: str | None = None) -> RunRecord:
         """Upload and submit a DRAFT run: state PENDING with its job id.
 
         If preparing or submitting fails, the run is SUBMIT_FAILED with the error (returned, not
         raised) and nothing runs. If the job was submitted but can't be recorded, it is cancelled.
+        `after_job`: the job waits until that job has ended (`afterany`, added to the run's own
+        dependency and recorded with its resources before it is submitted).
         """
         record = self.run(run_id)
         with self._submitting_lock:  # a double click must not submit two jobs
@@ -346,10 +348,23 @@ class Dinf:
                 raise ServiceError(f"run {record.id} is {record.state}; only a DRAFT run can be submitted")
             self._submitting.add(record.id)
         try:
+            if after_job is not None:
+                record = self._wait_for_job(record, after_job)
             return self._submit(record)
         finally:
             with self._submitting_lock:
                 self._submitting.discard(record.id)
+
+    def _wait_for_job(self, record: RunRecord, job_id: str) -> RunRecord:
+        resources = Resources(**record.resources)
+        resources.dependency = add_dependency(resources.dependency, f"afterany:{job_id}")
+        check_run(RunSpec.from_dict(record.spec), resources)
+        with write_session(self.engine) as session:
+            run = repo.get_run(session=session, run_id=record.id)
+            repo.update_run(session=session, run=run,
+                            resources_json=json.dumps(dataclasses.asdict(resources), sort_keys=True))
+            session.commit()
+        return self.run(record.id)
 
     def _submit(self, record: RunRecord) -> RunRecord:
         cluster = self.cluster(record.cluster)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shlex
 import sys
 import threading
 import time
@@ -530,7 +531,8 @@ class DinfApp(App):
         default = self.service.config.default_cluster
         names = sorted(configs, key=lambda n: (n != default, n)) or ["local"]
         defaults = {name: _form_defaults(cfg) for name, cfg in configs.items()}
-        self.push_screen(NewRunScreen(names, defaults))
+        resources = {name: cfg.defaults for name, cfg in configs.items()}  # what the form has no field for
+        self.push_screen(NewRunScreen(names, defaults, resources))
 
     @work(thread=True, exit_on_error=False, group="preview", exclusive=True, description="rendering the script")
     def preview_run(self, form: RunForm, checked: CheckedForm) -> None:
@@ -773,6 +775,10 @@ def _form_defaults(cluster_config: ClusterConfig) -> dict[str, Any]:
         "qos": resources.qos,
         "time_limit": resources.time_limit,
         "constraint": resources.constraint,
+        "reservation": resources.reservation,
+        "gpu_type": resources.gpu_type,
+        "exclusive": "yes" if resources.exclusive else "no",
+        "extra_sbatch": shlex.join(resources.extra_sbatch) if resources.extra_sbatch else None,
         "container_image": resources.container_image,
     }
     if cluster_config.backend == "local":

@@ -29,6 +29,7 @@ SELECTS: dict[str, tuple[str, ...]] = {
     "model_config": tuple(MODEL_CONFIGS),
     "mode": MODES,
     "dtype": DTYPES,
+    "exclusive": ("no", "yes"),
 }
 
 LABELS = {
@@ -51,7 +52,11 @@ LABELS = {
     "qos": "QoS",
     "time_limit": "Time limit",
     "constraint": "Constraint",
-    "container_image": "Apptainer image",
+    "reservation": "Reservation",
+    "gpu_type": "GPU type",
+    "exclusive": "Exclusive nodes",
+    "extra_sbatch": "Extra #SBATCH",
+    "container_image": "Container image",
 }
 
 SECTIONS: list[tuple[str, list[str]]] = [
@@ -59,7 +64,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Model", ["source", "model_config", "seed", "checkpoint", "dtype"]),
     ("Parallelism", ["mode", "nodes", "ranks_per_node", "gpus_per_node", "micro_batches"]),
     ("Workload", ["batch_sizes", "max_new_tokens"]),
-    ("Slurm", ["partition", "account", "qos", "time_limit", "constraint", "container_image"]),
+    ("Slurm", ["partition", "account", "qos", "time_limit", "constraint", "reservation", "gpu_type", "exclusive",
+               "extra_sbatch", "container_image"]),
 ]
 
 
@@ -74,10 +80,13 @@ class NewRunScreen(Screen):
         Binding("ctrl+d", "save_draft", "Save draft"),
     ]
 
-    def __init__(self, clusters: list[str], defaults: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, clusters: list[str], defaults: dict[str, dict[str, Any]] | None = None,
+                 resources: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.clusters = clusters or ["local"]
         self.cluster_defaults = defaults or {}
+        self.cluster_resources = resources or {}
+        """Each cluster's configured Resources: the run's starting point, for what has no field."""
         self.checked = CheckedForm()
         self.busy = False
         self.preview_script: str | None = None
@@ -130,7 +139,7 @@ class NewRunScreen(Screen):
 
     def _validate(self) -> CheckedForm:
         form = self.form_values()
-        self.checked = check_form(form)
+        self.checked = check_form(form, self.cluster_resources.get(form.cluster))
         for f in fields(RunForm):
             message = self.checked.problems.get(f.name, "")
             self.query_one(f"#error-{f.name}", FieldError).show(message)
@@ -148,7 +157,7 @@ class NewRunScreen(Screen):
         for name, value in self.cluster_defaults.get(cluster, {}).items():
             if value is not None and self.query(f"#{name}"):
                 widget = self.query_one(f"#{name}")
-                if isinstance(widget, Input):
+                if isinstance(widget, (Input, Select)):
                     widget.value = str(value)
 
     @on(Input.Changed)
