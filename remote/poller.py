@@ -13,7 +13,7 @@ before sacct catches up — is asked once more). A failed poll keeps the previou
 off too; `wake()` makes the next poll due now (after the user fixed what failed). The clock is
 injected so tests can fast-forward without sleeping.
 
-What it doesn't: run threads. The caller (`tui.services.Dinf.refresh`, which the app's refresh
+What it doesn't: run threads. The caller (`tui.core.service.Dinf.refresh`, which the app's refresh
 loop and the CLI call) calls `poll_if_due()` or `wait_s()`; the poller only decides.
 """
 

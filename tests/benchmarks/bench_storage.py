@@ -27,7 +27,7 @@ from storage import repo  # noqa: E402
 from storage.db import read_session, write_session  # noqa: E402
 from storage.ingest import ingest_bundle  # noqa: E402
 from storage.models import Measurement  # noqa: E402
-from tui.services import Dinf  # noqa: E402
+from tui.core.service import Dinf  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
 

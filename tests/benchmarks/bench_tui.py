@@ -141,7 +141,7 @@ def _ms(values: list[float]) -> str:
 TORCH_PROBE = textwrap.dedent(
     """
     import asyncio, sys
-    from tui.app import DinfApp
+    from tui.ui.app import DinfApp
     async def main():
         app = DinfApp()
         async with app.run_test() as pilot:
@@ -231,8 +231,8 @@ def _rss_mb() -> float:
 async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
     from remote.local import _read_local_from  # the local backend's own reader
     from remote.logstream import follow
-    from tui.app import DinfApp
-    from tui.services import RunRecord
+    from tui.core.service import RunRecord
+    from tui.ui.app import DinfApp
     from worker import contract
 
     workdir = Path(tempfile.mkdtemp())
@@ -453,7 +453,7 @@ def _build_live_db(home: Path, history: int, big_lines: int = 0) -> int:
     Runs in a child process (`run_case("build", ...)`): building 1,000 runs leaves the builder's heap
     grown, which would be counted as the app's RSS if the measured process built them itself.
     """
-    from tui.services import Dinf, make_cluster
+    from tui.core.service import Dinf, make_cluster
 
     workdir, paths = _live_paths(home)
     for path in paths:
@@ -472,7 +472,7 @@ def _build_live_db(home: Path, history: int, big_lines: int = 0) -> int:
 
 def _open_live_service(home: Path, history: int, big_lines: int = 0):
     """A real Dinf over a real SQLite file built by a child process: `history` old runs, one live run."""
-    from tui.services import Dinf, make_cluster
+    from tui.core.service import Dinf, make_cluster
 
     run_id = run_case("build", home=str(home), history=history, big_lines=big_lines)["run_id"]
     _, paths = _live_paths(home)
@@ -498,8 +498,8 @@ async def _press_timed(app, pilot, key: str, clock: FrameClock, handled: list[fl
 
 async def history_case(history: int, rate: int, seconds: float, idle_s: float) -> dict[str, object]:
     """Idle CPU on the runs screen, then RSS and key -> frame while the live run streams at `rate`."""
-    from tui.app import DinfApp
-    from tui.screens.run import RunScreen
+    from tui.ui.app import DinfApp
+    from tui.ui.screens.run import RunScreen
 
     home = Path(tempfile.mkdtemp())
     dinf, run_id, paths = _open_live_service(home, history)
@@ -547,7 +547,7 @@ async def history_case(history: int, rate: int, seconds: float, idle_s: float) -
 
 async def open_big_case(big_lines: int, tail: bool) -> dict[str, object]:
     """Open a live run whose log already holds `big_lines` lines: RSS, time to its last line, lines read."""
-    from tui.app import DinfApp
+    from tui.ui.app import DinfApp
 
     home = Path(tempfile.mkdtemp())
     dinf, run_id, paths = _open_live_service(home, 0, big_lines)

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from tests.cli.conftest import FIXTURE_BUNDLE
-from tui.cli import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
+from tui.cli.main import EXIT_BAD_INPUT, EXIT_DATABASE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
 
 
 def test_empty_database(dinf):
@@ -138,7 +138,7 @@ def test_runs_match_and_sort(dinf, tmp_path):
 
 def cli(tmp_path, capsys, *argv: str) -> tuple[int, str]:
     """`dinf` in this process (fast), on the test's own database: (exit code, stderr)."""
-    from tui.cli import main
+    from tui.cli.main import main
 
     code = main(["--db", str(tmp_path / "dinf.db"), *argv])
     cli.out = capsys.readouterr()

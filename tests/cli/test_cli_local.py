@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from tui.cli import EXIT_FAILED, EXIT_OK
+from tui.cli.main import EXIT_FAILED, EXIT_OK
 from worker.contract import parse_event
 
 pytestmark = pytest.mark.dist

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import REPO_ROOT
-from tui.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from tui.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slurm
 

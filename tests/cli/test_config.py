@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tui import locations
-from tui.config import LOCAL, ConfigError, load_config
+from tui.core import locations
+from tui.core.config import LOCAL, ConfigError, load_config
 
 GOOD = """
 [defaults]

@@ -10,7 +10,7 @@ import pytest
 
 from remote.cluster import JobState, Resources
 from tests.cli.fake_cluster import FakeCluster
-from tui.services import Dinf, RunNotFound, ServiceError
+from tui.core.service import Dinf, RunNotFound, ServiceError
 from worker.contract import RunSpec, SpecError
 
 FIXTURE_BUNDLE = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
@@ -282,7 +282,7 @@ def test_a_slurm_cluster_is_asked_only_when_its_poll_is_due(tmp_path):
 
 
 def test_waiting_on_a_run_watches_it(tmp_path):
-    from tui.cli import wait_for
+    from tui.cli.main import wait_for
 
     (tmp_path / "config.toml").write_text('[clusters.mini]\nhost = "mini"\n')
     fake = FakeCluster("mini", bundle=FIXTURE_BUNDLE)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tui.services import Dinf
+from tui.core.service import Dinf
 
 pytestmark = pytest.mark.dist
 

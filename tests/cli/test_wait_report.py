@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from tui.run_logs import RankState
-from tui.services import StateEntry
-from tui.wait_report import WaitReport, progress_line
+from tui.cli.wait_report import WaitReport, progress_line
+from tui.core.logs.buffers import RankState
+from tui.core.service import StateEntry
 from worker.contract import make_event
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from storage import repo
 from storage.ingest import ingest_bundle
-from tui.experiments import ExperimentPlan, run_name
+from tui.studies.presets import ExperimentPlan, run_name
 from worker import contract
 
 GIB = 2**30

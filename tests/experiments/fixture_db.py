@@ -23,7 +23,7 @@ from remote.cluster import Resources
 from storage.db import write_session
 from tests.experiments import bundles
 from tests.experiments.bundles import GIB
-from tui import experiments as ex
+from tui.studies import presets as ex
 from worker.contract import ModelSource
 
 SHAPE = ex.ClusterShape(nodes=1, ranks_per_node=4, gpus=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.experiments import bundles
-from tui import analysis
-from tui.analysis import Point, RankStat
+from tui.studies import analysis
+from tui.studies.analysis import Point, RankStat
 
 
 def spec(mode: str, name: str) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tui import charts
-from tui.analysis import Point
+from tui.studies import charts
+from tui.studies.analysis import Point
 
 
 def _point(label: str, batch: int, tok_s: float) -> Point:

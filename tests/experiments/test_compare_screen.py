@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static, TabbedContent
 
 from storage.db import make_engine
 from tests.experiments import fixture_db
-from tui.screens.compare import CompareScreen
+from tui.ui.screens.compare import CompareScreen
 
 SIZE = (150, 42)
 
@@ -30,13 +30,13 @@ def app_factory(tmp_path: Path):
     engine.dispose()
 
     def open_service():
-        from tui.services import Dinf
+        from tui.core.service import Dinf
 
         # Every run in the fixture database is finished, so no cluster is ever asked for.
         return Dinf(db_path=db, config_path=tmp_path / "config.toml")
 
     def make():
-        from tui.app import DinfApp
+        from tui.ui.app import DinfApp
 
         return DinfApp(service_factory=open_service, live_poll_s=0.1, idle_poll_s=0.5)
 

@@ -19,11 +19,12 @@ import pytest
 from remote.cluster import Resources
 from storage import repo
 from storage.db import read_session
-from tui import charts, experiment_runs, report, validity
-from tui.comparison import compare_runs, format_comparison
-from tui.experiments import ClusterShape, StudyConfig, plan
-from tui.results import load_experiment
-from tui.services import Dinf
+from tui.core import experiment_runs
+from tui.core.service import Dinf
+from tui.studies import charts, report, validity
+from tui.studies.comparison import compare_runs, format_comparison
+from tui.studies.presets import ClusterShape, StudyConfig, plan
+from tui.studies.results import load_experiment
 from worker.contract import ModelSource
 
 
@@ -147,7 +148,7 @@ def test_strong_scaling_on_the_slurm_minicluster(minicluster, tmp_path, monkeypa
     def factory(cluster_config):
         if cluster_config.name == "mini":
             return clusters.setdefault("mini", minicluster.cluster())
-        from tui.services import make_cluster
+        from tui.core.service import make_cluster
 
         return make_cluster(cluster_config)
 

@@ -15,8 +15,9 @@ import pytest
 from storage import repo
 from storage.db import read_session, write_session
 from tests.storage.conftest import write_schema1_file
-from tui import cli, comparison, report, results
-from tui.results import describe_engine
+from tui.cli import main as cli
+from tui.studies import comparison, report, results
+from tui.studies.results import describe_engine
 
 PP2_BUNDLE = Path(__file__).parents[1] / "storage" / "fixtures" / "pp2_bundle"
 FAST = {"impl": "fast", "compiled": True, "cuda_graphs": True, "capture_s": 41.2}

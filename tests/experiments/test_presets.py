@@ -7,7 +7,7 @@ import json
 import pytest
 
 from remote.cluster import Resources
-from tui import experiments as ex
+from tui.studies import presets as ex
 from worker.contract import ModelSource, RunSpec
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from storage.db import make_engine, read_session
 from tests.experiments import fixture_db
-from tui import report, results
+from tui.studies import report, results
 
 
 def build(engine, ids, **kwargs) -> str:
@@ -151,7 +151,7 @@ def test_no_experiments_is_an_error():
 
 
 def test_superlinear_speedup_is_flagged_not_celebrated():
-    from tui.analysis import Point, ScalingRow
+    from tui.studies.analysis import Point, ScalingRow
 
     base = Point(run_id=1, label="b", mode="single", num_gpus=1, num_nodes=1, batch_size=16, num_requests=64,
                  output_tokens=2048, wall_s=5.0)
@@ -183,7 +183,7 @@ def _store(engine, plan, walls_and_requests, tmp_path):
 
 
 def test_weak_scaling_section(tmp_path):
-    from tui import experiments as ex
+    from tui.studies import presets as ex
     from worker.contract import ModelSource
 
     engine = make_engine(tmp_path / "weak.db")
@@ -203,7 +203,7 @@ def test_weak_scaling_section(tmp_path):
 
 def test_sweep_section_names_the_best_cell(tmp_path):
     from remote.cluster import Resources
-    from tui import experiments as ex
+    from tui.studies import presets as ex
     from worker.contract import ModelSource, RunSpec
 
     engine = make_engine(tmp_path / "sweep.db")
@@ -223,8 +223,8 @@ def test_profile_section_draws_each_timeline_and_states_its_bubble(tmp_path):
 
     from storage.db import write_session
     from tests.experiments import bundles
-    from tui import experiments as ex
-    from tui.timeline import bubble_fraction, timeline_from
+    from tui.studies import presets as ex
+    from tui.studies.timeline import bubble_fraction, timeline_from
     from worker.contract import ModelSource
 
     recorded = json.loads((Path(__file__).parents[1] / "tui" / "timeline_pp2_cpu.json").read_text())

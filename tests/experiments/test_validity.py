@@ -1,6 +1,6 @@
 """The measurement warnings: they fire on a crafted overlapping pair, on E > 1 and on a short timing,
 and stay silent on a clean pair. Bundles go through storage's ingestion into a real SQLite file and
-come back through `tui.results`, as a finished run's would; the report and the comparison are the
+come back through `tui.studies.results`, as a finished run's would; the report and the comparison are the
 real ones."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from remote.cluster import Resources
 from storage.db import make_engine, read_session, write_session
 from tests.experiments import bundles
-from tui import experiments as ex
-from tui import report, results, validity
-from tui.comparison import compare_runs, format_comparison
+from tui.studies import presets as ex
+from tui.studies import report, results, validity
+from tui.studies.comparison import compare_runs, format_comparison
 from worker.contract import ModelSource
 
 T0 = 1_790_000_000.0

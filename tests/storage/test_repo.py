@@ -136,7 +136,7 @@ def test_new_run_records_the_engine_its_spec_asks_for(engine, spec, expected):
 
 def test_elapsed_follows_slurm_not_when_dinf_noticed(engine):
     # dinf saw RUNNING at 100 and COMPLETED at 157 (polls late); Slurm says the job ran 29 s.
-    from tui.run_display import elapsed_s
+    from tui.display.runs import elapsed_s
 
     with write_session(engine) as session:
         run = repo.create_run(session=session, uid="e", name="e", mode="pp", spec={}, at=90.0)

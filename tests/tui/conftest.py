@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from scripted_cluster import ScriptedCluster
 
 
@@ -38,7 +37,7 @@ def service_factory(tmp_path: Path, scripted: ScriptedCluster) -> Callable[[], o
     """Opens the real Dinf service on tmp files; every cluster is the scripted one."""
 
     def open_service():
-        from tui.services import Dinf
+        from tui.core.service import Dinf
 
         return Dinf(
             data_dir=tmp_path / "data",
@@ -51,7 +50,7 @@ def service_factory(tmp_path: Path, scripted: ScriptedCluster) -> Callable[[], o
 
 @pytest.fixture
 def make_app(service_factory):
-    from tui.app import DinfApp
+    from tui.ui.app import DinfApp
 
     def make(**kwargs):
         kwargs.setdefault("service_factory", service_factory)

@@ -12,16 +12,17 @@ import time
 
 import pytest
 from pilot_wait import wait_for
-from remote.cluster import ClusterError, JobState
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, TabbedContent
 
-from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
-from tui.screens.new_run import NewRunScreen
-from tui.screens.run import RunScreen
-from tui.screens.runs import RunsScreen
-from tui.widgets.rank_log import RankLog
-from tui.widgets.rank_progress import RankProgressRow
+from remote.cluster import ClusterError, JobState
+from remote.errors import AuthenticationFailed
+from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.ui.screens.new_run import NewRunScreen
+from tui.ui.screens.run import RunScreen
+from tui.ui.screens.runs import RunsScreen
+from tui.ui.widgets.rank_log import RankLog
+from tui.ui.widgets.rank_progress import RankProgressRow
 from worker.contract import make_event
 
 SIZE = (140, 44)
@@ -167,10 +168,10 @@ async def test_lost_connection_shows_reconnecting_then_recovers(make_app, script
     async with app.run_test(size=SIZE) as pilot:
         run_id = await submit_demo(app, pilot, scripted)
         scripted.fail_status_with = ClusterError("ssh connection to gpu-login lost")
-        await wait_for(pilot, lambda: app.connections["local"][0] == "reconnecting", what="reconnecting")
+        await wait_for(pilot, lambda: app.connections["local"].state == "reconnecting", what="reconnecting")
         assert "reconnecting" in str(app.screen.query_one("#connection-bar").render())
         scripted.fail_status_with = None
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40, what="recovery")
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", timeout=40, what="recovery")
         assert app.runs[run_id].state == "PENDING"
 
 
@@ -184,7 +185,7 @@ async def test_broken_log_stream_resumes_without_losing_or_repeating_lines(make_
         logs = app.run_logs[run_id]
         await wait_for(pilot, lambda: logs.merged.received == 100)
         seen: list[str] = []
-        app.watch(app, "connections_version", lambda _: seen.append(app.connections["local"][0]), init=False)
+        app.watch(app, "connections_version", lambda _: seen.append(app.connections["local"].state), init=False)
         scripted.break_next_stream = True
         # Shown until the stream or the next status poll succeeds (here within a poll interval).
         await wait_for(pilot, lambda: "reconnecting" in seen, what="reconnecting")
@@ -193,7 +194,7 @@ async def test_broken_log_stream_resumes_without_losing_or_repeating_lines(make_
         await pilot.pause(0.5)
         assert list(logs.ranks[0].lines) == (
             [f"before {i}" for i in range(100)] + [f"after {i}" for i in range(100)])
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", what="connected again")
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", what="connected again")
 
 
 async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, scripted):
@@ -207,13 +208,10 @@ async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, sc
         scripted.fail_status_with = None
         await pilot.click("#trust")
         await wait_for(pilot, lambda: trusted == [1], what="trust()")
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40)
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", timeout=40)
 
 
 async def test_failed_login_says_why(make_app, scripted):
-    class AuthenticationFailed(ClusterError):
-        pass
-
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await submit_demo(app, pilot, scripted)
@@ -429,7 +427,7 @@ async def test_trusting_the_host_key_resumes_the_interrupted_submit(make_app, sc
         # No second ctrl+s: the submit the dialog interrupted goes on.
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run submitted")
         assert trusted == [1] and len(app.service.runs()) == 1
-        assert app.connections["gpu"][0] == "connected"
+        assert app.connections["gpu"].state == "connected"
         assert not form.busy or form not in app.screen_stack
 
 
@@ -444,7 +442,7 @@ async def test_refusing_the_host_key_ends_the_submit_and_says_so(make_app, scrip
         await pilot.click("#refuse")
         await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not form.busy, what="the form back")
         assert "was refused" in str(form.query_one("#error-general").render())
-        assert app.connections["gpu"][0] == "refused" and app.service.runs() == []
+        assert app.connections["gpu"].state == "refused" and app.service.runs() == []
 
 
 async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_app, scripted, tmp_path):
@@ -470,7 +468,7 @@ async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_a
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the dialog again")
         await pilot.click("#trust")
         await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script")
-        assert app.connections["gpu"][0] == "connected"
+        assert app.connections["gpu"].state == "connected"
 
 
 async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app, scripted, tmp_path):
@@ -485,7 +483,7 @@ async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app
 
 
 def test_a_crashed_app_exits_with_a_failure_status(monkeypatch):
-    from tui.app import DinfApp, main
+    from tui.ui.app import DinfApp, main
 
     def crash(app) -> None:
         app._return_code = 1  # what Textual records when an exception ends the app

@@ -13,10 +13,10 @@ import pytest
 from pilot_wait import wait_for
 from textual.widgets import DataTable
 
-from tui.app import DinfApp
-from tui.screens.dialogs import ConfirmDialog
-from tui.screens.run import RunScreen
-from tui.widgets.rank_log import RankLog
+from tui.ui.app import DinfApp
+from tui.ui.screens.dialogs import ConfirmDialog
+from tui.ui.screens.run import RunScreen
+from tui.ui.widgets.rank_log import RankLog
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ and Textual markup, unbalanced brackets, ANSI escapes, control characters, globs
 opened, found in the palette, cancelled from a dialog, compared, picked in the new-run form, and
 met in host-key, login and failure dialogs and notifications. Each string must appear on screen literally, with control
 characters shown as U+FFFD (tab as spaces, a newline in one-line text as ⏎) and the app must
-stay up. A cheaper property test checks `tui.run_display.plain` itself on many more strings.
+stay up. A cheaper property test checks `tui.display.runs.plain` itself on many more strings.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pilot_wait import wait_for
-from remote.cluster import ClusterError, FailureSummary
 from rich.console import Console
 from scripted_cluster import BUNDLE, HostKeyUnknown, ScriptedCluster
 from textual.widgets import Select
 from textual.widgets._toast import Toast
 
+from remote.cluster import FailureSummary
+from remote.errors import AuthenticationFailed
 from storage import repo
 from storage.db import write_session
-from tui.app import DinfApp
-from tui.messages import ActionFailed, SshTroubleMet
-from tui.run_display import CONTROL_SHOWN, plain, printable
-from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
-from tui.screens.new_run import NewRunScreen
-from tui.screens.run import RunScreen
+from tui.display.runs import CONTROL_SHOWN, plain, printable
+from tui.ui.app import DinfApp
+from tui.ui.messages import ActionFailed, SshTroubleMet
+from tui.ui.screens.compare import CompareScreen
+from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+from tui.ui.screens.new_run import NewRunScreen
+from tui.ui.screens.run import RunScreen
 from worker import contract
 from worker.contract import RunSpec, make_event
 
@@ -95,10 +96,6 @@ def test_plain_text_is_never_markup_and_never_a_control_sequence(text):
 def toml_string(text: str) -> str:
     """A TOML basic string holding `text` exactly (every non-printable-ASCII character escaped)."""
     return '"' + "".join(ch if " " <= ch <= "~" and ch not in '"\\' else f"\\u{ord(ch):04x}" for ch in text) + '"'
-
-
-class AuthenticationFailed(ClusterError):
-    """Shaped like the remote layer's login failure (the app recognises it by name)."""
 
 
 def screen_text(app) -> str:
@@ -201,7 +198,7 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
         assert shown_by(app.screen.query_one(".dialog-question")) == f"Unknown host key for {host} (cluster {cluster})"
         await pilot.press("escape")  # refuse
-        await wait_for(pilot, lambda: app.connections.get(fields["cluster"], ("",))[0] == "refused")
+        await wait_for(pilot, lambda: app.connections[fields["cluster"]].state == "refused")
         assert_shown(app, f"{cluster} ✖ host key refused")
 
         app.post_message(SshTroubleMet(fields["cluster"], AuthenticationFailed(fields["error"])))
@@ -250,7 +247,7 @@ def test_hostile_text_in_every_displayed_field_is_shown_as_written(fields, tmp_p
     scripted = ScriptedCluster(fields["cluster"])
 
     def open_service():
-        from tui.services import Dinf
+        from tui.core.service import Dinf
 
         service = Dinf(data_dir=tmp / "data", config_path=config, cluster_factory=lambda _: scripted)
         seed(service, scripted, fields)

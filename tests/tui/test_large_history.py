@@ -126,8 +126,8 @@ def _live_run(dinf, workdir: Path, job_id: str = "77") -> int:
 
 
 async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path) -> None:
-    from tui.app import DinfApp
-    from tui.services import Dinf, make_cluster
+    from tui.core.service import Dinf, make_cluster
+    from tui.ui.app import DinfApp
     from worker import contract
 
     workdir = tmp_path / "live"
@@ -188,7 +188,7 @@ class CountingService:
 
 
 def _service(tmp_path: Path, history: int):
-    from tui.services import Dinf, make_cluster
+    from tui.core.service import Dinf, make_cluster
 
     dinf = Dinf(data_dir=tmp_path / "data", config_path=tmp_path / "config.toml",
                 cluster_factory=lambda config: RunningCluster(make_cluster(config)))
@@ -198,7 +198,7 @@ def _service(tmp_path: Path, history: int):
 
 
 async def test_polls_do_not_list_every_run_while_nothing_but_the_live_ones_changes(tmp_path: Path) -> None:
-    from tui.app import DinfApp
+    from tui.ui.app import DinfApp
 
     service = _service(tmp_path, 30)
     app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=3600)
@@ -213,8 +213,8 @@ async def test_polls_do_not_list_every_run_while_nothing_but_the_live_ones_chang
 async def test_runs_table_is_updated_in_place_not_rebuilt(tmp_path: Path) -> None:
     from textual.widgets import DataTable
 
-    from tui.app import DinfApp
-    from tui.messages import RunsRefreshed
+    from tui.ui.app import DinfApp
+    from tui.ui.messages import RunsRefreshed
 
     service = _service(tmp_path, 60)
     app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=0.2)  # a full list every 0.2 s
@@ -265,8 +265,8 @@ async def test_runs_table_is_updated_in_place_not_rebuilt(tmp_path: Path) -> Non
 
 
 async def test_an_elapsed_tick_renders_only_its_row_again(tmp_path: Path) -> None:
-    from tui.app import DinfApp
-    from tui.widgets.runs_table import RunsTable
+    from tui.ui.app import DinfApp
+    from tui.ui.widgets.runs_table import RunsTable
 
     service = _service(tmp_path, 60)
     app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=3600)
@@ -302,8 +302,8 @@ async def test_a_run_in_the_list_costs_the_app_little_memory(tmp_path: Path) -> 
 
     from rich.cells import cached_cell_len
 
-    from tui.app import DinfApp
-    from tui.widgets.runs_table import RunsTable
+    from tui.ui.app import DinfApp
+    from tui.ui.widgets.runs_table import RunsTable
 
     def held() -> int:
         # Bounded render caches are not a run's cost: rich's width cache (4,096 strings), the
@@ -337,7 +337,7 @@ async def test_polls_do_not_redraw_the_footer(tmp_path: Path) -> None:
     """'Cancel run' follows the selected run, but the bindings (and so the footer) are refreshed only
     when whether it can be cancelled changes: every poll of a live run refreshing them kept the idle
     app at ~4% CPU (bench_tui.py)."""
-    from tui.app import DinfApp
+    from tui.ui.app import DinfApp
 
     service = _service(tmp_path, 5)
     app = DinfApp(service_factory=lambda: service, live_poll_s=0.05, idle_poll_s=0.1)

@@ -17,9 +17,9 @@ from textual.widgets import Input
 
 from storage import repo
 from storage.db import write_session
-from tui.app import DinfApp
-from tui.messages import SshTroubleMet
-from tui.screens.run import RunScreen
+from tui.ui.app import DinfApp
+from tui.ui.messages import SshTroubleMet
+from tui.ui.screens.run import RunScreen
 from worker import contract
 from worker.contract import RunSpec
 

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 from textual.app import App, ComposeResult
 
-from tui.timeline import RankSpans, Timeline, bubble_fraction, first_timeline, render, shares, timeline_from
-from tui.widgets.timeline import PipelineTimeline
+from tui.studies.timeline import (
+    RankSpans,
+    Timeline,
+    bubble_fraction,
+    first_timeline,
+    render,
+    shares,
+    timeline_from,
+)
+from tui.ui.widgets.timeline import PipelineTimeline
 
 RECORDED = json.loads((Path(__file__).parent / "timeline_pp2_cpu.json").read_text())
 

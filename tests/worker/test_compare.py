@@ -50,7 +50,7 @@ def test_compare_refuses_a_directory_without_completions(single_run, tmp_path, c
 
 
 def test_worker_compare_and_the_laptop_analysis_agree_when_one_output_stops_early():
-    from tui.analysis import check_prompt
+    from tui.studies.analysis import check_prompt
     from worker.compare import compare_one
 
     base = {"index": 3, "prompt": "p", "output_ids": [5, 6, 7, 2], "topk_ids": [[5], [6], [7, 9], [2, 8]]}

@@ -20,7 +20,7 @@ STEP=${1:?plan or report}
 dinf() {
   if [ -n "${DINF:-}" ]; then $DINF --db "$WORK/dinf.db" "$@"; else
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-      'import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))' --db "$WORK/dinf.db" "$@"
+      'import sys; from tui.cli.main import main; sys.exit(main(sys.argv[1:]))' --db "$WORK/dinf.db" "$@"
   fi
 }
 

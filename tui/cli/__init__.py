@@ -1,0 +1,1 @@
+"""The headless `dinf` command line (no Textual)."""

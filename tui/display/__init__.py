@@ -1,0 +1,1 @@
+"""How things read on a terminal, for the app, the CLI and the reports: runs, safe text, tables."""

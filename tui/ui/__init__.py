@@ -1,0 +1,1 @@
+"""The Textual app: `DinfApp`, its screens, widgets and messages. It asks the core for everything."""

@@ -1,0 +1,128 @@
+"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a problem report.
+
+Each returns its answer through `dismiss()`; none of them does I/O. The host-key dialog only
+asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call.
+Questions, titles and details carry run names, hosts and error text: shown as plain text (a
+`str` is never parsed as markup; a caller wanting style passes a `rich.text.Text`).
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+from tui.display.runs import plain
+
+
+def _shown(text: str | Text) -> Text:
+    return text if isinstance(text, Text) else plain(text, multiline=True)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """A question with a default of 'no'; y / n / Esc answer it from the keyboard."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str | Text, *, yes_label: str = "Yes", no_label: str = "No") -> None:
+        super().__init__()
+        self.question = question
+        self.yes_label = yes_label
+        self.no_label = no_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(_shown(self.question), classes="dialog-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes_label, variant="error", id="yes")
+                yield Button(self.no_label, variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class HostKeyDialog(ModalScreen[bool]):
+    """An unknown (or changed) host key: show the fingerprint and let the user trust or refuse it."""
+
+    BINDINGS = [Binding("escape", "refuse", "Refuse")]
+
+    def __init__(
+        self, cluster: str, host: str, fingerprint: str, *, changed: bool = False, known_fingerprint: str | None = None
+    ) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.host = host
+        self.fingerprint = fingerprint
+        self.changed = changed
+        self.known_fingerprint = known_fingerprint
+        """A changed key: the one known_hosts holds (the CLI shows both too)."""
+
+    def compose(self) -> ComposeResult:
+        if self.changed:
+            title = Text.assemble("The host key of ", plain(self.host), " has CHANGED", style="bold red")
+            advice = (
+                "Someone may be intercepting the connection, or the host was reinstalled.\n"
+                "Trust the new key only if its administrator confirms this fingerprint."
+            )
+        else:
+            title = Text.assemble(Text.assemble("Unknown host key for ", plain(self.host), style="bold"),
+                                  " (cluster ", plain(self.cluster), ")")
+            advice = "Compare it with the fingerprint the cluster's administrators publish."
+        with Vertical(classes="dialog"):
+            yield Static(title, classes="dialog-question")
+            if self.changed:
+                yield Label(Text.assemble("known_hosts has   ", plain(self.known_fingerprint or "(not told)")),
+                            id="known-fingerprint")
+                yield Label(Text.assemble("the host presents ", plain(self.fingerprint)), id="fingerprint")
+            else:
+                yield Label(plain(self.fingerprint), id="fingerprint")
+            yield Static(advice)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Trust and connect", variant="warning", id="trust")
+                yield Button("Refuse", variant="primary", id="refuse")
+
+    def on_mount(self) -> None:
+        self.query_one("#refuse", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "trust")
+
+    def action_refuse(self) -> None:
+        self.dismiss(False)
+
+
+class ProblemDialog(ModalScreen[None]):
+    """Something went wrong that the user must read (failed login, failed submit, bad config)."""
+
+    BINDINGS = [Binding("escape,enter", "close", "Close")]
+
+    def __init__(self, title: str | Text, detail: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            title = self.title_text if isinstance(self.title_text, Text) else plain(self.title_text)  # one line
+            yield Static(Text.assemble(title, style="bold"), classes="dialog-question")
+            yield Static(plain(self.detail, multiline=True), id="problem-detail")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
