@@ -31,16 +31,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from remote.errors import AuthenticationFailed, ConnectionLost, HostKeyNotVerified, HostUnreachable, SshError
 from remote.hostnames import split_host_spec
 from remote.quoting import join_argv
-from remote.ssh import (
-    AuthenticationFailed,
-    CommandFailed,
-    CommandResult,
-    ConnectionLost,
-    HostUnreachable,
-    SshError,
-)
+from remote.ssh import CommandFailed, CommandResult
 
 MISSING = 44
 """Exit status the file commands below use for 'no such file' (no coreutils program exits 44)."""
@@ -65,10 +59,6 @@ _UNREACHABLE = re.compile(r"Could not resolve hostname|Connection refused|Connec
 _DROPPED = re.compile(r"Connection closed by|Connection reset|Broken pipe|closed by remote host|client_loop:|"
                       r"mux_client|Control socket connect|ControlSocket .* already exists|"
                       r"packet_write_wait|Timeout, server .* not responding")
-
-
-class HostKeyNotVerified(SshError):
-    """OpenSSH refused the server's host key (unknown, or changed); dinf records nothing itself."""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from remote.openssh import HostKeyNotVerified, OpenSshConnection, OpenSshOptions
-from remote.ssh import AuthenticationFailed, CommandFailed, ConnectionLost, HostUnreachable
+from remote.errors import AuthenticationFailed, ConnectionLost, HostKeyNotVerified, HostUnreachable
+from remote.openssh import OpenSshConnection, OpenSshOptions
+from remote.ssh import CommandFailed
 
 # --- without a cluster: the command line and ssh's exit 255 --------------------------------------
 
