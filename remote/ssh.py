@@ -222,9 +222,10 @@ class _KeysThenQuestionsClient(paramiko.SSHClient):
     instead of keys. paramiko's own second factor prints the questions to stdout and reads stdin;
     this one hands them to `answer(transport, username)`."""
 
-    def __init__(self, answer: Callable[[paramiko.Transport, str], None]):
+    def __init__(self, answer: Callable[[paramiko.Transport, str], None], *, can_answer: bool):
         super().__init__()
         self._answer = answer
+        self._can_answer = can_answer
         self._asked = False
 
     def _ask(self, transport: paramiko.Transport, username: str) -> None:
@@ -237,8 +238,11 @@ class _KeysThenQuestionsClient(paramiko.SSHClient):
         try:
             super()._auth(username, *args, **kwargs)
         except paramiko.SSHException as exc:
-            # Keys failed (or there were none): questions alone may still log in, as `ssh` would try.
-            if self._asked or KEYBOARD_INTERACTIVE not in _methods_left(transport, username, exc):
+            # Keys failed (or there were none): questions alone may still log in, as `ssh` would try;
+            # with nobody to answer them, the keys' failure is the error to report.
+            if self._asked or not self._can_answer:
+                raise
+            if KEYBOARD_INTERACTIVE not in _methods_left(transport, username, exc):
                 raise
             self._ask(transport, username)
 
@@ -410,7 +414,7 @@ class SshConnection:
 
     def _connect(self) -> paramiko.SSHClient:
         t = self.target
-        client = _KeysThenQuestionsClient(self._answer_questions)
+        client = _KeysThenQuestionsClient(self._answer_questions, can_answer=self.options.answer_prompts is not None)
         self._answered_questions = False
         known = Path(t.known_hosts).expanduser()
         if known.is_file():

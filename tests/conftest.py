@@ -43,6 +43,8 @@ class Minicluster:
     cgroups: bool
     otp_port: int | None = None
     """The 2FA sshd's port (key, then a one-time code); None on a cluster started before it existed."""
+    otp_only_port: int | None = None
+    """The same sshd on another port, where the one-time code alone logs in (no key)."""
     otp_code_file: str | None = None
 
     def otp_code(self) -> str:
@@ -113,7 +115,8 @@ def _load_minicluster() -> Minicluster | str:
         host=data["host"], port=int(data["port"]), user=data["user"], key=data["key"],
         known_hosts=data["known_hosts"], home=data["home"], state_dir=data["state_dir"],
         nodes=int(data["nodes"]), gpus_per_node=int(data["gpus_per_node"]), partition=data["partition"],
-        cgroups=bool(data.get("cgroups")), otp_port=data.get("otp_port"), otp_code_file=data.get("otp_code_file"),
+        cgroups=bool(data.get("cgroups")), otp_port=data.get("otp_port"), otp_only_port=data.get("otp_only_port"),
+        otp_code_file=data.get("otp_code_file"),
     )
 
 
@@ -139,7 +142,7 @@ def otp_minicluster(minicluster) -> Minicluster:
     """The minicluster through its 2FA sshd (key, then a keyboard-interactive one-time code)."""
     state_dir = Path(minicluster.state_dir)
     otp_pid = state_dir / "run" / "sshd_otp.pid"
-    if minicluster.otp_port is None or not otp_pid.is_file() or not Path(f"/proc/{otp_pid.read_text().strip()}").exists():
+    if minicluster.otp_only_port is None or not otp_pid.is_file() or not Path(f"/proc/{otp_pid.read_text().strip()}").exists():
         why = f"the minicluster at {state_dir} has no 2FA sshd: `bash tests/cluster/minicluster up` starts it"
         if os.environ.get("DINF_REQUIRE_SLURM") == "1":
             pytest.fail(f"DINF_REQUIRE_SLURM=1 but {why}")

@@ -159,3 +159,40 @@ def test_a_key_only_login_asks_nothing(minicluster):
     with conn:
         assert conn.run(["true"]).ok
     assert answers.asked == []
+
+
+@pytestmark_slurm
+def test_where_the_server_wants_the_code_alone_it_is_asked_without_a_key(otp_minicluster):
+    """Password + OTP sites: keyboard-interactive is the only method. Keys offered first are refused
+    (or there are none); the questions then log in, as `ssh` would go on to them."""
+    for key_files in ((otp_minicluster.key,), ()):
+        answers = Answers(otp_minicluster.otp_code())
+        conn = SshConnection(otp_minicluster.target(port=otp_minicluster.otp_only_port, key_files=key_files),
+                             SshOptions(allow_agent=False, look_for_keys=False, answer_prompts=answers))
+        with conn:
+            assert conn.run(["whoami"]).stdout.strip() == otp_minicluster.user
+        assert len(answers.asked) == 1, key_files
+
+
+@pytestmark_slurm
+def test_a_refused_key_on_the_2fa_server_is_the_keys_error_and_asks_nothing(otp_minicluster, tmp_path):
+    """Key first, then the code: a wrong key never reaches the question (and says it was the key)."""
+    import subprocess
+
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    answers = Answers(otp_minicluster.otp_code())
+    conn = SshConnection(otp_minicluster.target(port=otp_minicluster.otp_port, key_files=(str(wrong),)),
+                         SshOptions(allow_agent=False, look_for_keys=False, answer_prompts=answers))
+    with pytest.raises(AuthenticationFailed, match=f"refused authentication as slurmtest \\(tried {wrong}\\)"):
+        conn.run(["true"])
+    assert answers.asked == []
+
+
+@pytestmark_slurm
+def test_without_a_handler_a_code_only_server_reports_the_keys_failure(otp_minicluster):
+    conn = SshConnection(otp_minicluster.target(port=otp_minicluster.otp_only_port),
+                         SshOptions(allow_agent=False, look_for_keys=False, reconnect_attempts=1))
+    with pytest.raises(AuthenticationFailed, match="refused authentication as slurmtest") as caught:
+        conn.run(["true"])
+    assert "keyboard-interactive" in str(caught.value), "paramiko's reason names the method the server wants"
