@@ -285,6 +285,12 @@ async def test_log_filter_search_and_follow(make_app, scripted):
         await wait_for(pilot, lambda: logs.merged.received == 500)
         view = app.screen.query_one("#log-merged", RankLog)
         assert view.follow and view.scroll_y == view.max_scroll_y > 0
+        state = app.screen.query_one("#follow-state")
+        assert "following" in str(state.render())
+        view.action_page_up()  # scrolling back pauses, and the label says so
+        await wait_for(pilot, lambda: "paused" in str(state.render()), what="the paused label")
+        view.action_scroll_end()
+        await wait_for(pilot, lambda: "following" in str(state.render()), what="following again")
         await pilot.press("f")
         assert not view.follow
         app.screen.query_one("#log-filter", Input).value = "WARN"

@@ -27,15 +27,13 @@ from storage import repo
 from storage.db import read_session
 from tui.core import experiment_runs
 from tui.display.tables import text_table
+from tui.studies.catalog import PRESETS, plan
 from tui.studies.presets import (
-    PRESET_DESCRIPTIONS,
-    PRESETS,
     ClusterShape,
     ExperimentError,
     ExperimentPlan,
     StudyConfig,
     parse_axis,
-    plan,
     plan_sweep,
 )
 from tui.studies.results import load_experiments
@@ -188,7 +186,7 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         model = ModelSource(source="checkpoint", path=args.checkpoint, seed=args.seed)
     else:
         model = ModelSource(source="synthetic", config=args.model, seed=args.seed)
-    return StudyConfig(
+    return StudyConfig.of(
         name=args.name, model=model, dtype=args.dtype, device=args.device,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         shape=ClusterShape(nodes=args.nodes, ranks_per_node=args.ranks_per_node, gpus=not (args.cpu or local)),
@@ -262,7 +260,7 @@ def cmd_report(dinf, args) -> int:
 
 
 def cmd_presets(dinf, args) -> int:
-    rows = {name: {"description": PRESET_DESCRIPTIONS[name], "available": True} for name in PRESETS}
+    rows = {name: {"description": preset.description, "available": True} for name, preset in PRESETS.items()}
     if args.json:
         _print_json(rows)
         return 0

@@ -16,9 +16,7 @@ from typing import Any, Protocol
 
 from rich.text import Text
 
-from storage.states import FINISHED_STATES
-
-LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"})
+from storage.states import FINISHED_STATES, LIVE_STATES
 
 STATE_STYLES = {
     "DRAFT": "dim",

@@ -85,12 +85,6 @@ class Point:
             return None
         return (max(self.wall_samples) - min(self.wall_samples)) / self.wall_s
 
-    @property
-    def per_gpu_tok_s(self) -> float | None:
-        if self.output_tok_s is None or not self.num_gpus:
-            return None
-        return self.output_tok_s / self.num_gpus
-
 
 def _median(values: Sequence[float]) -> float | None:
     ordered = sorted(v for v in values if v is not None)

@@ -254,7 +254,8 @@ class RunScreen(FocusesRun, Screen):
             text = Text.assemble(("paused", "bold yellow"), " (f to follow)")
         self.query_one("#follow-state", FixedText).update(text)
 
-    def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
+    def on_rank_log_follow_changed(self, message: RankLog.FollowChanged) -> None:
+        self.follow = message.follow  # scrolling back in a log pauses following, as `f` does
         self._show_follow()
 
     def action_focus_search(self) -> None:
