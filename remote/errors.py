@@ -2,7 +2,8 @@
 
 Standard library only: the app and the CLI classify a failure (a host key to confirm, a login to
 fix, a connection to retry) without importing paramiko, and the local backend, which never opens
-SSH, raises the same base class. The transports (`remote.ssh` for paramiko) raise these.
+SSH, raises the same base class. The transports (`remote.ssh` for paramiko, `remote.openssh` for the
+ssh binary) raise these.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class AuthenticationFailed(SshError):
 
 class ConnectionLost(SshError):
     """The connection dropped and could not be re-established."""
+
+
+class HostKeyNotVerified(SshError):
+    """OpenSSH refused the server's host key (unknown or changed): the user checks it with `ssh`
+    itself, which records it; dinf's openssh transport records nothing (and never relaxes the check)."""
 
 
 class KeyTruster(Protocol):

@@ -1,21 +1,23 @@
 """`SlurmCluster`: the `Cluster` interface over one SSH connection to a Slurm login node.
 
-What it does: uploads a run (spec, prompts, batch script) by SFTP into `<workdir>/runs/<run_id>`
+What it does: uploads a run (spec, prompts, batch script) through its transport (SFTP with paramiko,
+shell commands with the ssh binary: `Transport` below says what either offers) into `<workdir>/runs/<run_id>`
 (mode 0700), previews and preflights (`sbatch --test-only`, script on stdin: nothing is written),
 submits with `sbatch --parsable`, reports the status of many jobs in ONE round trip (squeue and
 sacct together), cancels and waits for the terminal state, streams every log over the one SFTP
 channel from byte offsets, fetches results and sacct accounting.
 
 What it doesn't: build strings (`remote.slurm`), quote (`remote.quoting`), manage the connection
-(`remote.ssh`), or decide when to poll (`remote.poller`).
+(`remote.ssh`, `remote.openssh`), or decide when to poll (`remote.poller`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from remote import slurm
 from remote.cluster import (
@@ -40,9 +42,37 @@ from remote.run_dir import (
     rewrite_spec,
     wait_until_ended,
 )
-from remote.ssh import DEFAULT_SSH_CONFIG, CommandFailed, SshConnection, SshError, SshOptions, resolve_target
+from remote.ssh import (
+    DEFAULT_SSH_CONFIG,
+    CommandFailed,
+    CommandResult,
+    SshConnection,
+    SshError,
+    SshOptions,
+    resolve_target,
+)
 
 SCRIPT_FILE = "job.sbatch"
+
+
+class Transport(Protocol):
+    """What the Slurm backend asks of a connection: `remote.ssh.SshConnection` (paramiko) and
+    `remote.openssh.OpenSshConnection` (the ssh binary) both offer it. Paths are remote and absolute."""
+
+    def open(self) -> Any: ...
+    def close(self) -> None: ...
+    def run(self, argv: Sequence[str], *, check: bool = True, timeout_s: float | None = 60.0,
+            stdin: bytes | None = None, idempotent: bool = True, command: str | None = None) -> CommandResult: ...
+    def home(self) -> str: ...
+    def stat(self, path: str) -> Any:
+        """None if absent, else an object with st_size and st_mode."""
+    def makedirs(self, path: str, mode: int = 0o700) -> None: ...
+    def mkdir_exclusive(self, path: str, mode: int = 0o700) -> None: ...
+    def put_bytes(self, path: str, data: bytes, mode: int = 0o600) -> None: ...
+    def get_bytes(self, path: str) -> bytes: ...
+    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes | None: ...
+    def list_files(self, path: str) -> list[str]: ...
+    def remove_tree(self, path: str) -> None: ...
 
 
 class SlurmCluster:
@@ -50,7 +80,7 @@ class SlurmCluster:
 
     def __init__(
         self,
-        connection: SshConnection | None = None,
+        connection: Transport | None = None,
         *,
         name: str = "slurm",
         host: str | None = None,
@@ -61,7 +91,8 @@ class SlurmCluster:
         ssh_config: str | None = DEFAULT_SSH_CONFIG,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        """Either an open-able `connection`, or a `host` alias resolved through ~/.ssh/config.
+        """Either an open-able `connection` (either transport), or a `host` alias resolved through
+        ~/.ssh/config for a paramiko one.
 
         `workdir` is absolute, or relative to the remote home (`~/x` or `x`). `job_command` overrides
         the worker (a template with {python} {spec} {run_dir} {output_dir}); tests use stand-ins.

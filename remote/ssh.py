@@ -1,7 +1,9 @@
 """One SSH connection to a cluster's login node (paramiko): commands, SFTP, host-key trust.
 
 What it does: resolves a host alias through `~/.ssh/config` (HostName, User, Port, IdentityFile,
-ProxyJump, ProxyCommand); authenticates with the agent and key files; verifies the server's host key
+ProxyJump, ProxyCommand); authenticates with the agent and key files, then answers keyboard-interactive
+questions (2FA: `AuthenticationMethods publickey,keyboard-interactive`) through the `PromptHandler` in
+`SshOptions.answer_prompts` (`remote.keyboard_interactive`), in the connecting thread; verifies the server's host key
 against known_hosts and refuses an unknown one (`HostKeyUnknown`) or a changed one (`HostKeyChanged`),
 both carrying the SHA256 fingerprint, until `trust_host_key()` records it explicitly; turns on
 keepalive and TCP_NODELAY; connects lazily on first use; reconnects with backoff when the connection
@@ -20,6 +22,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import socket
 import stat as stat_module
 import threading
@@ -42,6 +45,7 @@ from remote.errors import (  # re-exported: callers that hold a connection catch
     SshError,
 )
 from remote.hostnames import host_name_problem
+from remote.keyboard_interactive import PromptHandler, PromptsNotAnswered
 from remote.quoting import join_argv
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -203,6 +207,59 @@ class SshOptions:
     reconnect_attempts: int = 4
     backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    answer_prompts: PromptHandler | None = field(default=None, repr=False)
+    """Answers keyboard-interactive questions (a one-time code); None: such a login fails, saying why."""
+    prompt_timeout_s: float = 300.0
+    """How long a person may take over the questions (sshd's LoginGraceTime may end it sooner)."""
+
+
+KEYBOARD_INTERACTIVE = "keyboard-interactive"
+
+
+class _KeysThenQuestionsClient(paramiko.SSHClient):
+    """paramiko's SSHClient, whose login goes on to keyboard-interactive questions where the server
+    asks for them: after a key was accepted as the first of two factors ("partial success"), or
+    instead of keys. paramiko's own second factor prints the questions to stdout and reads stdin;
+    this one hands them to `answer(transport, username)`."""
+
+    def __init__(self, answer: Callable[[paramiko.Transport, str], None], *, can_answer: bool):
+        super().__init__()
+        self._answer = answer
+        self._can_answer = can_answer
+        self._asked = False
+
+    def _ask(self, transport: paramiko.Transport, username: str) -> None:
+        self._asked = True
+        self._answer(transport, username)
+
+    def _auth(self, username, *args, **kwargs):  # paramiko's hook between the handshake and the session
+        transport = self._transport
+        transport.auth_interactive_dumb = lambda user, handler=None, submethods="": self._ask(transport, user)
+        try:
+            super()._auth(username, *args, **kwargs)
+        except paramiko.SSHException as exc:
+            # Keys failed (or there were none): questions alone may still log in, as `ssh` would try;
+            # with nobody to answer them, the keys' failure is the error to report.
+            if self._asked or not self._can_answer:
+                raise
+            if KEYBOARD_INTERACTIVE not in _methods_left(transport, username, exc):
+                raise
+            self._ask(transport, username)
+
+
+def _methods_left(transport: paramiko.Transport, username: str, failure: paramiko.SSHException) -> list[str]:
+    """The methods the server still accepts after our keys failed (it says so in reply to 'none')."""
+    if isinstance(failure, paramiko.BadAuthenticationType):
+        return list(failure.allowed_types)
+    if not transport.is_active() or transport.is_authenticated():
+        return []
+    try:
+        transport.auth_none(username)
+    except paramiko.BadAuthenticationType as exc:
+        return list(exc.allowed_types)
+    except paramiko.SSHException:
+        pass
+    return []
 
 
 class SshConnection:
@@ -218,6 +275,8 @@ class SshConnection:
         self._sftp_lock = threading.RLock()
         self.connects = 0
         """How many times a connection was (re)established; tests and the benchmark read it."""
+        self._answered_questions = False
+        """Whether the login being made got answers to keyboard-interactive questions (for its error)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -292,9 +351,71 @@ class SshConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
+    def _answer_questions(self, transport: paramiko.Transport, username: str) -> None:
+        """Keyboard-interactive login, the questions answered by `options.answer_prompts` in THIS thread.
+
+        paramiko asks its handler from its transport thread; the relay below hands each question to
+        the thread that called open() and waits, so a terminal handler restores the echo on Ctrl-C
+        and the app's handler blocks a worker, never paramiko's reader.
+        """
+        handler = self.options.answer_prompts
+        if handler is None:
+            raise PromptsNotAnswered(
+                "the server asks keyboard-interactive questions (a one-time code or other second factor) "
+                "and nothing was given to answer them"
+            )
+        questions: queue.Queue = queue.Queue()
+
+        def relay(title: str, instructions: str, prompts: list) -> list[str]:  # paramiko's transport thread
+            reply: queue.Queue = queue.Queue(maxsize=1)
+            questions.put((title, instructions, [(str(p), bool(e)) for p, e in prompts], reply))
+            answer = reply.get()
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        outcome: list = []
+
+        def authenticate() -> None:
+            try:
+                outcome.append(transport.auth_interactive(username, relay))
+            except BaseException as exc:  # noqa: BLE001 - handed to the connecting thread
+                outcome.append(exc)
+            finally:
+                questions.put(None)
+
+        transport.auth_timeout = self.options.prompt_timeout_s  # a person is typing now
+        worker = threading.Thread(target=authenticate, name="dinf-ssh-questions", daemon=True)
+        worker.start()
+        while (question := questions.get()) is not None:
+            title, instructions, prompts, reply = question
+            try:
+                answers = list(handler(title, instructions, prompts)) if prompts else []
+                if len(answers) != len(prompts):
+                    raise PromptsNotAnswered(f"{len(prompts)} questions got {len(answers)} answers")
+            except Exception as exc:  # noqa: BLE001 - the server's wait ends with it
+                reply.put(exc)
+                continue
+            except BaseException:
+                reply.put(PromptsNotAnswered("interrupted"))
+                transport.close()
+                raise
+            self._answered_questions = True
+            reply.put(answers)
+        worker.join()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        if result:  # "partial success" again: the server wants yet another method
+            raise AuthenticationFailed(
+                f"{self.target.display} accepted the answers but asks for more ({', '.join(result)}), "
+                "which dinf does not do; use transport = \"openssh\" with your own ssh login"
+            )
+
     def _connect(self) -> paramiko.SSHClient:
         t = self.target
-        client = paramiko.SSHClient()
+        client = _KeysThenQuestionsClient(self._answer_questions, can_answer=self.options.answer_prompts is not None)
+        self._answered_questions = False
         known = Path(t.known_hosts).expanduser()
         if known.is_file():
             client.load_host_keys(str(known))
@@ -331,8 +452,17 @@ class SshConnection:
             client.close()
             exc.connection = self
             raise
+        except PromptsNotAnswered as exc:
+            client.close()
+            raise AuthenticationFailed(f"login to {t.display} as {t.user or '(default user)'} stopped: {exc}") from exc
         except paramiko.AuthenticationException as exc:
             client.close()
+            if self._answered_questions:
+                raise AuthenticationFailed(
+                    f"{t.display} refused the answers to its keyboard-interactive questions as "
+                    f"{t.user or '(default user)'}: {str(exc).rstrip('.')}. Check the one-time code (or other "
+                    "answer) and try again."
+                ) from exc
             tried = ", ".join(t.key_files) or "agent and default keys"
             raise AuthenticationFailed(
                 f"{t.display} refused authentication as {t.user or '(default user)'} (tried {tried}): {exc}. "

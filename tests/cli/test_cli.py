@@ -95,6 +95,17 @@ def test_config_error_names_key(dinf):
     assert "clusters.gpu.slurm.nodes: must be an integer >= 1, got 0" in result.err
 
 
+def test_trust_on_an_openssh_cluster_points_to_ssh_itself(dinf):
+    """OpenSSH owns the host keys of a transport = "openssh" cluster: dinf trust records nothing."""
+    dinf.home.mkdir(parents=True)
+    (dinf.home / "config.toml").write_text("[clusters.gpu]\nhost = 'login'\ntransport = 'openssh'\n")
+    result = dinf("trust", "gpu")
+    assert result.code == EXIT_BAD_INPUT
+    assert 'uses transport = "openssh"' in result.err and "run `ssh login` in a terminal" in result.err
+    listed = dinf("clusters", "--json").json()
+    assert [c["transport"] for c in listed if c["name"] == "gpu"] == ["openssh"]
+
+
 def test_usage_errors(dinf):
     assert dinf().code == EXIT_BAD_INPUT
     assert dinf("export", "--format", "xml").code == EXIT_BAD_INPUT

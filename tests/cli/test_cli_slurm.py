@@ -2,22 +2,30 @@
 
 Configured the way a user configures dinf: a Host alias in ~/.ssh/config (a private HOME here) and a
 [clusters.mini] section in the TOML file naming it. submit --wait -> show (measurements, real sacct)
--> logs of rank 1 on the second node; and a cancel of a running job.
+-> logs of rank 1 on the second node; and a cancel of a running job — over both transports (paramiko,
+and `transport = "openssh"`). Then the 2FA login: the minicluster's second sshd asks for a one-time
+code after the key, which `dinf` asks on its terminal, and refuses clearly where there is none.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import json
 import os
+import pty
 import signal
+import subprocess
 import sys
+import termios
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import REPO_ROOT
+from tests.cli.conftest import DINF, REPO_ROOT
 from tui.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slurm
@@ -39,15 +47,17 @@ def user_home(tmp_path, minicluster, known_hosts: str):
     return home
 
 
-@pytest.fixture
-def slurm_dinf(dinf, minicluster, tmp_path):
+def configure_mini(dinf, minicluster, tmp_path, transport: str = "paramiko"):
     home = user_home(tmp_path, minicluster, minicluster.known_hosts)
     dinf.home.mkdir(parents=True)
+    # ssh reads the ~/.ssh/config of the passwd entry, not of $HOME: name the test's file to it.
+    openssh = f'transport = "openssh"\nssh_config = "{home}/.ssh/config"\n' if transport == "openssh" else ""
     (dinf.home / "config.toml").write_text(
         f"""
 [clusters.mini]
 host = "mini"
 workdir = "{minicluster.home}/cli-{uuid.uuid4().hex[:8]}"
+{openssh}
 
 [clusters.mini.python]
 python = "{sys.executable}"
@@ -64,8 +74,19 @@ time_limit = "00:10:00"
     return dinf
 
 
-def test_submit_wait_show_logs_on_slurm(slurm_dinf):
-    dinf = slurm_dinf
+@pytest.fixture
+def slurm_dinf(dinf, minicluster, tmp_path):
+    return configure_mini(dinf, minicluster, tmp_path)
+
+
+@pytest.fixture
+def transport_dinf(dinf, minicluster, tmp_path, transport):
+    """`slurm_dinf` over each transport."""
+    return configure_mini(dinf, minicluster, tmp_path, transport)
+
+
+def test_submit_wait_show_logs_on_slurm(transport_dinf):
+    dinf = transport_dinf
     script = dinf("submit", "--cluster", "mini", *TINY_PP2, "--dry-run")
     assert script.code == EXIT_OK, script.err
     assert "#SBATCH" in script.out and "--nodes=2" in script.out.replace(" ", "=")
@@ -87,8 +108,8 @@ def test_submit_wait_show_logs_on_slurm(slurm_dinf):
     assert any("rank 1 phase done" in line for line in logs.out.splitlines())
 
 
-def test_cancel_on_slurm(slurm_dinf):
-    dinf = slurm_dinf
+def test_cancel_on_slurm(transport_dinf):
+    dinf = transport_dinf
     submitted = dinf("submit", "--cluster", "mini", *TINY_PP2, "--max-new-tokens", "512", "--set", "repeats=50",
                      "--json")
     assert submitted.code == EXIT_OK, submitted.err
@@ -204,10 +225,114 @@ def test_a_rank_killed_with_sigkill_is_named_by_show(slurm_dinf):
     assert "failure    rank 1 on node2 died first: killed by signal 9 (SIGKILL)" in text, text
 
 
-def test_a_partition_the_cluster_lacks_is_bad_input_dry_run_or_not(slurm_dinf):
-    dinf = slurm_dinf
+def test_a_partition_the_cluster_lacks_is_bad_input_dry_run_or_not(transport_dinf):
+    dinf = transport_dinf
     for dry_run in (["--dry-run"], []):
         result = dinf("submit", "--cluster", "mini", *TINY_PP2, "--partition", "nope", *dry_run)
         assert result.code == EXIT_BAD_INPUT, result.err
         assert "resources.partition: mini has no partition 'nope'; sinfo lists debug" in result.err
     assert dinf("runs", "--json", "--no-refresh").json() == []
+
+
+# --- a 2FA login: the key, then a one-time code ------------------------------------------------------
+
+TINY_SINGLE = [
+    "--mode", "single", "--set", "model.config=tiny", "--batch-sizes", "1", "--max-new-tokens", "4",
+    "--set", "repeats=1", "--set", "warmup=0", "--set", "num_requests=1", "--set", "device=cpu",
+]
+
+
+@pytest.fixture
+def otp_dinf(dinf, otp_minicluster, tmp_path):
+    home = tmp_path / "user"
+    (home / ".ssh").mkdir(parents=True)
+    otp_minicluster.write_ssh_config(home / ".ssh" / "config", alias="otp", port=otp_minicluster.otp_port)
+    dinf.home.mkdir(parents=True)
+    (dinf.home / "config.toml").write_text(
+        f"""
+[clusters.otp]
+host = "otp"
+workdir = "{otp_minicluster.home}/cli-otp-{uuid.uuid4().hex[:8]}"
+
+[clusters.otp.python]
+python = "{sys.executable}"
+env = {{ PYTHONPATH = "{REPO_ROOT}", OMP_NUM_THREADS = "1" }}
+
+[clusters.otp.slurm]
+partition = "{otp_minicluster.partition}"
+time_limit = "00:10:00"
+"""
+    )
+    dinf.env["HOME"] = str(home)
+    return dinf
+
+
+def run_on_a_terminal(dinf, args: list[str], answer: str) -> tuple[int, str, str, str]:
+    """`dinf ARGS` in a session whose controlling terminal is a pseudo-terminal; whoever sits at it
+    types `answer` at every 'Password:' prompt. Returns (exit code, stdout, stderr, the screen)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(DINF), *args], cwd=REPO_ROOT, env=dinf.env, stdin=terminal, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True,
+        # The pty becomes its /dev/tty: one ioctl, no lock the test's threads could hold.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # noqa: PLW1509
+    )
+    os.close(terminal)
+    screen = bytearray()
+
+    def sit_at_the_terminal() -> None:
+        answered = 0
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:  # EIO: dinf has exited
+                return
+            if not data:
+                return
+            screen.extend(data)
+            while screen.count(b"Password: ") > answered:
+                os.write(controller, answer.encode() + b"\n")
+                answered += 1
+
+    typist = threading.Thread(target=sit_at_the_terminal, daemon=True)
+    typist.start()
+    out, err = process.communicate(timeout=300)
+    typist.join(5)
+    os.close(controller)
+    return process.returncode, out.decode(), err.decode(), screen.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_2fa_asks_the_code_on_the_terminal_once_and_the_run_completes(otp_dinf, otp_minicluster):
+    code, out, err, screen = run_on_a_terminal(
+        otp_dinf, ["submit", "--cluster", "otp", *TINY_SINGLE, "--wait", "--poll", "1", "--json"],
+        otp_minicluster.otp_code(),
+    )
+    assert code == EXIT_OK, err
+    assert json.loads(out)["state"] == "COMPLETED"
+    assert "cluster otp: keyboard-interactive login" in screen and "Minicluster 2FA: enter the one-time code" in screen
+    assert screen.count("Password: ") == 1, "one login for the whole submit --wait"
+    assert otp_minicluster.otp_code() not in screen, "the code is typed hidden"
+
+
+def test_a_wrong_2fa_code_at_the_terminal_is_a_clear_login_error(otp_dinf, otp_minicluster):
+    wrong = "000000" if otp_minicluster.otp_code() != "000000" else "111111"
+    code, out, err, screen = run_on_a_terminal(otp_dinf, ["submit", "--cluster", "otp", *TINY_SINGLE, "--json"], wrong)
+    assert code == EXIT_FAILED, err
+    record = json.loads(out)
+    assert record["state"] == "SUBMIT_FAILED" and record["job_id"] is None
+    assert "refused the answers to its keyboard-interactive questions as slurmtest" in record["error"]
+    assert "Password: " in screen
+
+
+def test_2fa_without_a_terminal_says_so_and_names_the_way_out(otp_dinf):
+    done = subprocess.run(  # a new session: no controlling terminal, as under cron or CI
+        [str(DINF), "submit", "--cluster", "otp", *TINY_SINGLE, "--json"], cwd=REPO_ROOT, env=otp_dinf.env,
+        capture_output=True, text=True, timeout=120, start_new_session=True, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert done.returncode == EXIT_FAILED, done.stderr
+    record = json.loads(done.stdout)
+    assert record["state"] == "SUBMIT_FAILED" and record["job_id"] is None
+    error = record["error"]
+    assert "cluster 'otp' asks keyboard-interactive questions" in error and "no terminal" in error
+    assert 'set transport = "openssh" in [clusters.otp]' in error

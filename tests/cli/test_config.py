@@ -78,6 +78,12 @@ def test_full_config(tmp_path):
         ("[defaults]\ncluster = 'nope'\n", r"defaults\.cluster: names 'nope', which is not a cluster"),
         ("clusters = 3\n", r"clusters: must be a table"),
         ("[clusters\n", r"not valid TOML"),
+        ("[clusters.gpu]\nhost = 'h'\ntransport = 'ssh'\n",
+         r"clusters\.gpu\.transport: must be 'paramiko' .* or 'openssh' .*, got 'ssh'"),
+        ("[clusters.gpu]\nhost = 'h'\ncontrol_path = '~/.ssh/cm-%C'\n",
+         r"clusters\.gpu\.control_path: is used only with transport = \"openssh\""),
+        ("[clusters.gpu]\nhost = 'h'\ntransport = 'openssh'\ncontrol_persist = 'forever'\n",
+         r"clusters\.gpu\.control_persist: must be an ssh ControlPersist time .* got 'forever'"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, message):
@@ -152,3 +158,27 @@ def test_locations_env_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("DINF_DB", str(tmp_path / "other.db"))
     monkeypatch.setenv("DINF_CONFIG", str(tmp_path / "other.toml"))
     assert (locations.db_path(), locations.config_path()) == (tmp_path / "other.db", tmp_path / "other.toml")
+
+
+def test_the_openssh_transport_and_its_control_master(tmp_path):
+    """transport = "openssh" builds the ssh-binary transport with the socket and persistence asked
+    for; without a terminal to ask on, ssh runs with BatchMode=yes. paramiko stays the default."""
+    from remote.openssh import OpenSshConnection
+    from remote.ssh import SshConnection
+    from tui.core.service import make_cluster
+
+    config = load_config(write(tmp_path, (
+        "[clusters.gpu]\nhost = 'me@gpu-login:2200'\ntransport = 'openssh'\ncontrol_path = '~/.ssh/cm-%C'\n"
+        "control_persist = '1h'\n[clusters.plain]\nhost = 'gpu-login'\n"
+    )), data_dir=tmp_path)
+    gpu = config.cluster("gpu")
+    assert (gpu.transport, gpu.control_path, gpu.control_persist) == ("openssh", "~/.ssh/cm-%C", "1h")
+    assert config.cluster("plain").transport == "paramiko"
+
+    connection = make_cluster(gpu, answer_prompts=lambda *question: []).connection
+    assert isinstance(connection, OpenSshConnection)
+    argv = connection.ssh_argv("true")
+    assert "BatchMode=yes" in argv, "the app's dialog can't answer ssh: it must never prompt"
+    assert f"ControlPath={Path('~/.ssh/cm-%C').expanduser()}" in argv and "ControlPersist=1h" in argv
+    assert "-F" not in argv, "the user's own ssh configuration, /etc/ssh/ssh_config included"
+    assert isinstance(make_cluster(config.cluster("plain")).connection, SshConnection)

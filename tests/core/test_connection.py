@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from remote.errors import AuthenticationFailed, ClusterError, HostKeyChanged, HostKeyUnknown, HostUnreachable
+from remote.errors import (
+    AuthenticationFailed,
+    ClusterError,
+    HostKeyChanged,
+    HostKeyNotVerified,
+    HostKeyUnknown,
+    HostUnreachable,
+)
 from tui.core.connection import (
     Connections,
     LinkState,
@@ -72,6 +79,8 @@ def test_failures_are_classified_by_type_not_by_name():
     assert classify(unknown) is Trouble.HOST_KEY and classify(changed) is Trouble.HOST_KEY
     assert Connections.host_key_detail(changed) == "host key changed"
     assert classify(AuthenticationFailed("refused")) is Trouble.LOGIN
+    # OpenSSH refused a host key: no fingerprint to trust here, the user checks it with ssh itself.
+    assert classify(HostKeyNotVerified("Host key verification failed.")) is Trouble.LOGIN
 
     class AuthenticationLookalike(ClusterError):  # named like one, is not one
         pass

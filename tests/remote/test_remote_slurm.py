@@ -1,7 +1,9 @@
 """SlurmCluster against the real minicluster: real sshd, real slurmctld + 2 slurmd, real sacct.
 
 Started by `bash tests/cluster/minicluster up` (CI does it); see tests/conftest.py for how the
-cluster is found. Jobs are polled, never slept on.
+cluster is found. Jobs are polled, never slept on. The tests of what the Slurm backend does run over
+both transports (`transport`: paramiko, and the OpenSSH binary); those of paramiko's own connection
+(host-key trust, ProxyJump, reconnecting after sshd dies) run over paramiko.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ def sshd_serving(connection) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_node_worker_job_runs_streams_and_reports(minicluster, tmp_path):
-    cluster = minicluster.cluster()
+def test_two_node_worker_job_runs_streams_and_reports(minicluster, transport, tmp_path):
+    cluster = minicluster.cluster(transport=transport)
     try:
         b = bundle(spec=TINY_PP, gpus_per_node=1, partition=minicluster.partition)
         assert "srun --kill-on-bad-exit=1" in cluster.preview(b)
@@ -148,9 +150,9 @@ def test_two_node_worker_job_runs_streams_and_reports(minicluster, tmp_path):
 # --- failure states ------------------------------------------------------------------------------
 
 
-def test_cancel_running_two_node_job_leaves_no_process(minicluster):
+def test_cancel_running_two_node_job_leaves_no_process(minicluster, transport):
     marker = f"dinfcancel{uuid.uuid4().hex[:8]}"
-    cluster = minicluster.cluster(job_command=["bash", "-c", f"echo started; exec -a {marker} sleep 600"])
+    cluster = minicluster.cluster(transport=transport, job_command=["bash", "-c", f"echo started; exec -a {marker} sleep 600"])
     try:
         prepared, job_id = submit(cluster, bundle())
         paths = [f"{prepared.logs_dir}/{launcher_log_file(job_id, r)}" for r in range(2)]
@@ -170,10 +172,10 @@ def test_cancel_running_two_node_job_leaves_no_process(minicluster):
         cluster.close()
 
 
-def test_task_exiting_3_is_failed_with_exit_code_3(minicluster):
+def test_task_exiting_3_is_failed_with_exit_code_3(minicluster, transport):
     marker = f"dinfbad{uuid.uuid4().hex[:8]}"
     command = ["bash", "-c", f'if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; exec -a {marker} sleep 600']
-    cluster = minicluster.cluster(job_command=command)
+    cluster = minicluster.cluster(transport=transport, job_command=command)
     try:
         _, job_id = submit(cluster, bundle())
         status = wait_for_state(cluster, job_id, lambda s: s.state.is_terminal and s.exit_code is not None)
@@ -186,8 +188,8 @@ def test_task_exiting_3_is_failed_with_exit_code_3(minicluster):
         cluster.close()
 
 
-def test_job_waiting_for_resources_is_pending_with_its_reason(minicluster):
-    cluster = minicluster.cluster(job_command=["sleep", "600"])
+def test_job_waiting_for_resources_is_pending_with_its_reason(minicluster, transport):
+    cluster = minicluster.cluster(transport=transport, job_command=["sleep", "600"])
     try:
         # Both nodes' only GPU taken by the first job: the second must wait.
         _, first = submit(cluster, bundle(gpus_per_node=minicluster.gpus_per_node))
@@ -351,10 +353,10 @@ def test_ssh_config_alias_is_resolved(minicluster, tmp_path):
         cluster.close()
 
 
-def test_failed_command_carries_command_exit_code_and_stderr_tail(minicluster):
+def test_failed_command_carries_command_exit_code_and_stderr_tail(minicluster, transport):
     from remote.ssh import CommandFailed
 
-    with minicluster.connection() as conn:
+    with (minicluster.openssh() if transport == "openssh" else minicluster.connection()) as conn:
         with pytest.raises(CommandFailed) as caught:
             conn.run(["sh", "-c", "echo first >&2; echo last words >&2; exit 7", "arg with space"])
     error = caught.value
@@ -370,8 +372,8 @@ def queued_with_name(cluster, name: str) -> str:
     return cluster.connection.run(["squeue", "-h", "-n", name, "-o", "%i %T"]).stdout.strip()
 
 
-def test_a_partition_sinfo_does_not_list_is_refused_before_anything_is_uploaded(minicluster):
-    cluster = minicluster.cluster(job_command=["true"])
+def test_a_partition_sinfo_does_not_list_is_refused_before_anything_is_uploaded(minicluster, transport):
+    cluster = minicluster.cluster(transport=transport, job_command=["true"])
     try:
         b = bundle(partition="nosuchpartition")
         for step in (cluster.preview, cluster.preflight, cluster.prepare):
@@ -390,8 +392,8 @@ def test_a_partition_sinfo_does_not_list_is_refused_before_anything_is_uploaded(
         ({"gpus_per_node": 8}, "(?i)node configuration is not available|gres"),
     ],
 )
-def test_rejected_submission_is_a_clear_error_and_queues_nothing(minicluster, resources, message):
-    cluster = minicluster.cluster(job_command=["true"])
+def test_rejected_submission_is_a_clear_error_and_queues_nothing(minicluster, transport, resources, message):
+    cluster = minicluster.cluster(transport=transport, job_command=["true"])
     name = f"reject-{uuid.uuid4().hex[:8]}"
     try:
         b = bundle(job_name=name, **resources)
@@ -430,8 +432,8 @@ def test_site_options_pass_sbatch_test_only_or_fail_for_what_the_minicluster_lac
         cluster.close()
 
 
-def test_invalid_spec_uploads_nothing(minicluster):
-    cluster = minicluster.cluster(job_command=["true"])
+def test_invalid_spec_uploads_nothing(minicluster, transport):
+    cluster = minicluster.cluster(transport=transport, job_command=["true"])
     try:
         b = bundle(spec={"mode": "sideways"})
         with pytest.raises(ClusterError, match="mode"):
@@ -446,10 +448,10 @@ def test_invalid_spec_uploads_nothing(minicluster):
 HOSTILE_NAMES = ["a 0", "a'; touch CANARY", "$(touch CANARY)", "`touch CANARY`", "ünï ☃ 名前", 'q"uote', "a\nb", "100%j"]
 
 
-def test_hostile_job_names_and_paths_round_trip_without_executing(minicluster):
+def test_hostile_job_names_and_paths_round_trip_without_executing(minicluster, transport):
     hostile_dir = "wd " + "".join(HOSTILE_NAMES).replace("/", "_")
     echo = ["bash", "-c", 'printf "%s" "$1" > "$2"/echo.txt', "task", "{run_dir}", "{output_dir}"]
-    cluster = minicluster.cluster(job_command=echo)
+    cluster = minicluster.cluster(transport=transport, job_command=echo)
     cluster._resolved_workdir = f"{minicluster.home}/{hostile_dir}"
     try:
         jobs = []
@@ -532,8 +534,8 @@ hostile_words = st.lists(
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(job_name=hostile_words, directory=hostile_words)
-def test_property_hostile_names_round_trip_through_prepare_and_preflight(minicluster, job_name, directory):
-    cluster = minicluster.cluster()
+def test_property_hostile_names_round_trip_through_prepare_and_preflight(minicluster, transport, job_name, directory):
+    cluster = minicluster.cluster(transport=transport)
     workdir = f"{cluster.workdir}/{directory.replace('/', '_')}"
     cluster._resolved_workdir = workdir
     try:
@@ -550,8 +552,8 @@ def test_property_hostile_names_round_trip_through_prepare_and_preflight(miniclu
         cluster.close()
 
 
-def test_job_unknown_to_slurm_is_reported_unknown(minicluster):
-    cluster = minicluster.cluster()
+def test_job_unknown_to_slurm_is_reported_unknown(minicluster, transport):
+    cluster = minicluster.cluster(transport=transport)
     try:
         status = cluster.status(["987654"])["987654"]
         assert status.state == JobState.UNKNOWN and "squeue or sacct" in status.reason

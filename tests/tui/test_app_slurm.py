@@ -1,5 +1,7 @@
 """The real app against the real Slurm minicluster over real SSH: fill the form, submit a 2-node
-pipeline run, watch both ranks' logs stream, see it complete with measurements.
+pipeline run, watch both ranks' logs stream, see it complete with measurements (over both
+transports). A 2FA login (the minicluster's second sshd: the key, then a one-time code) asks its
+question in a dialog; Escape there ends the login with a dialog saying so.
 
 Needs `bash tests/cluster/minicluster up` (the suite-wide `minicluster` fixture skips without it,
 or fails under DINF_REQUIRE_SLURM=1).
@@ -28,8 +30,7 @@ SIZE = (140, 44)
 RUN_TIMEOUT_S = 300
 
 
-@pytest.fixture
-def slurm_app(minicluster, tmp_path: Path):
+def make_slurm_app(minicluster, tmp_path: Path, transport: str = "paramiko") -> DinfApp:
     config = tmp_path / "config.toml"
     config.write_text(
         '[clusters.mini]\nhost = "mini"\n'
@@ -41,15 +42,28 @@ def slurm_app(minicluster, tmp_path: Path):
 
         def clusters(cluster_config):
             # The minicluster's own key, known_hosts and this checkout's Python; `local` as usual.
-            return minicluster.cluster() if cluster_config.name == "mini" else make_cluster(cluster_config)
+            if cluster_config.name == "mini":
+                return minicluster.cluster(transport=transport)
+            return make_cluster(cluster_config)
 
         return Dinf(data_dir=tmp_path / "data", config_path=config, cluster_factory=clusters)
 
     return DinfApp(service_factory=open_service, live_poll_s=1.0, idle_poll_s=2.0, max_backoff_s=2.0)
 
 
-async def test_submit_two_node_pipeline_streams_and_completes(slurm_app):
-    app = slurm_app
+@pytest.fixture
+def slurm_app(minicluster, tmp_path: Path):
+    return make_slurm_app(minicluster, tmp_path)
+
+
+@pytest.fixture
+def transport_app(minicluster, tmp_path: Path, transport):
+    """`slurm_app` over each transport."""
+    return make_slurm_app(minicluster, tmp_path, transport)
+
+
+async def test_submit_two_node_pipeline_streams_and_completes(transport_app):
+    app = transport_app
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
         await pilot.press("n")
@@ -309,3 +323,85 @@ async def test_a_rank_killed_with_sigkill_leaves_the_app_up_and_names_the_cause(
                 await pilot.pause(1.0)
         assert app.is_running
 
+
+
+# --- a 2FA login: the key, then a one-time code asked in a dialog ----------------------------------
+
+
+def make_otp_app(otp_minicluster, tmp_path: Path) -> DinfApp:
+    """The app as a user configures it: [clusters.otp] naming an ssh_config alias for the 2FA sshd."""
+    import sys
+    import uuid
+
+    from tests.cli.conftest import REPO_ROOT
+
+    ssh_config = otp_minicluster.write_ssh_config(tmp_path / "ssh_config", alias="otp",
+                                                  port=otp_minicluster.otp_port)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[clusters.otp]\nhost = "otp"\nssh_config = "{ssh_config}"\n'
+        f'workdir = "{otp_minicluster.home}/tui-otp-{uuid.uuid4().hex[:8]}"\n'
+        f'[clusters.otp.python]\npython = "{sys.executable}"\n'
+        f'env = {{ PYTHONPATH = "{REPO_ROOT}", OMP_NUM_THREADS = "1" }}\n'
+        f'[clusters.otp.slurm]\npartition = "{otp_minicluster.partition}"\ntime_limit = "10:00"\n'
+    )
+
+    def open_service():
+        from tui.core.service import Dinf
+
+        return Dinf(data_dir=tmp_path / "data", config_path=config)  # the clusters dinf itself builds
+
+    return DinfApp(service_factory=open_service, live_poll_s=1.0, idle_poll_s=2.0, max_backoff_s=2.0)
+
+
+async def submit_single_run_on(pilot, app, cluster: str) -> NewRunScreen:
+    await wait_for(pilot, lambda: app.service is not None, timeout=30, what="service")
+    await pilot.press("n")
+    await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+    form = app.screen
+    form.query_one("#cluster", Select).value = cluster
+    form.query_one("#mode", Select).value = "single"
+    form.query_one("#ranks_per_node", Input).value = "1"
+    form.query_one("#nodes", Input).value = "1"
+    form.query_one("#gpus_per_node", Input).value = "0"
+    await pilot.pause()
+    assert not form.checked.problems, form.checked.problems
+    await pilot.press("ctrl+s")
+    return form
+
+
+async def test_a_2fa_login_asks_for_the_code_in_a_dialog_and_submits(otp_minicluster, tmp_path: Path):
+    from tui.ui.screens.dialogs import LoginPromptDialog
+
+    app = make_otp_app(otp_minicluster, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await submit_single_run_on(pilot, app, "otp")
+        await wait_for(pilot, lambda: isinstance(app.screen, LoginPromptDialog), timeout=60, what="the code dialog")
+        dialog = app.screen
+        assert "one-time code" in str(dialog.query_one(".login-prompt").render())
+        code_input = dialog.query_one(Input)
+        assert code_input.password and app.focused is code_input
+        assert app.service.runs() == [], "nothing recorded while the login waits"
+        await pilot.press(*otp_minicluster.otp_code(), "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), timeout=60, what="submitted after the code")
+        assert app.connections["otp"].state == "connected"
+        run_id = app.screen.run_id
+        assert app.service.run(run_id).job_id
+        app.service.cancel(run_id)  # don't leave the job behind
+
+
+async def test_escape_at_the_2fa_dialog_ends_the_login_with_a_clear_message(otp_minicluster, tmp_path: Path):
+    from tui.ui.screens.dialogs import LoginPromptDialog, ProblemDialog
+
+    app = make_otp_app(otp_minicluster, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await submit_single_run_on(pilot, app, "otp")
+        await wait_for(pilot, lambda: isinstance(app.screen, LoginPromptDialog), timeout=60, what="the code dialog")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProblemDialog), timeout=30, what="the login dialog")
+        detail = str(app.screen.query_one("#problem-detail").render())
+        assert "login to cluster 'otp' cancelled" in detail and "keyboard-interactive" in detail
+        assert app.connections["otp"].state == "failed"
+        assert app.service.runs() == [], "nothing recorded, nothing submitted"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not app.screen.busy)

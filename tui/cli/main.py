@@ -640,6 +640,9 @@ def cmd_trust(dinf, args) -> int:
     config = dinf.config.cluster(args.cluster)
     if config.backend != "slurm":
         raise UsageError(f"cluster {args.cluster!r} runs on this machine; there is no host key to trust")
+    if config.transport == "openssh":
+        raise UsageError(f"cluster {args.cluster!r} uses transport = \"openssh\": OpenSSH checks and records its "
+                         f"host key; run `ssh {config.host}` in a terminal and compare the fingerprint it shows")
     connection = dinf.cluster(args.cluster).connection
     try:
         connection.open()

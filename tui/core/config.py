@@ -7,6 +7,9 @@
     host = "gpu-login"              # a Host alias from ~/.ssh/config (user, port, key, ProxyJump live there)
     ssh_config = "~/.ssh/config"    # optional: another OpenSSH config file to resolve the alias in
     workdir = "~/dinf-runs"         # remote work directory; one sub-directory per run
+    transport = "paramiko"          # or "openssh": run the user's `ssh` (Kerberos, their ControlMaster, 2FA)
+    control_path = "~/.ssh/cm-%C"   # openssh only, optional: the ControlMaster socket to reuse (or open)
+    control_persist = "10m"         # openssh only, optional: how long a master dinf opened stays up
 
     [clusters.gpu.python]           # how the job gets a Python with the worker installed
     python = "python3"
@@ -38,6 +41,7 @@ the file, the TOML key at fault and what it should be. Nothing here connects any
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -51,6 +55,10 @@ from tui.core import locations
 
 LOCAL = "local"
 BACKENDS = ("slurm", LOCAL)
+TRANSPORTS = ("paramiko", "openssh")
+"""How a Slurm cluster is reached: paramiko in-process (the default), or the user's `ssh` binary."""
+DEFAULT_SSH_CONFIG = "~/.ssh/config"
+_CONTROL_PERSIST = re.compile(r"^(yes|no|\d+|(\d+[smhdwSMHDW])+)$")
 
 
 class ConfigError(ValueError):
@@ -64,8 +72,14 @@ class ClusterConfig:
     name: str
     backend: str = "slurm"
     host: str | None = None
-    ssh_config: str = "~/.ssh/config"
+    ssh_config: str = DEFAULT_SSH_CONFIG
     workdir: str = "~/dinf-runs"
+    transport: str = "paramiko"
+    """One of TRANSPORTS."""
+    control_path: str | None = None
+    """openssh: the ControlMaster socket to use; None: the user's ssh configuration's, else dinf's own."""
+    control_persist: str = "10m"
+    """openssh: how long a master dinf opened outlives its last command (ssh's ControlPersist)."""
     python: PythonEnvironment = field(default_factory=PythonEnvironment)
     defaults: Resources = field(default_factory=Resources)
     """Resources every run on this cluster starts from (the New-run form's initial values)."""
@@ -144,7 +158,8 @@ def parse_config(raw: dict[str, Any], *, path: Path, data_dir: Path | None = Non
 
 def _cluster(reader: _Reader, name: str, section: dict[str, Any]) -> ClusterConfig:
     key = f"clusters.{name}"
-    reader.only(section, key, {"backend", "host", "ssh_config", "workdir", "python", "slurm"})
+    reader.only(section, key, {"backend", "host", "ssh_config", "workdir", "transport", "control_path",
+                               "control_persist", "python", "slurm"})
     backend = reader.string(section, "backend", f"{key}.backend") or "slurm"
     if backend != "slurm":
         raise reader.error(
@@ -160,13 +175,29 @@ def _cluster(reader: _Reader, name: str, section: dict[str, Any]) -> ClusterConf
     problem = slurm_path_problem(workdir)
     if problem:
         raise reader.error(f"{key}.workdir", f"{workdir!r} {problem}; choose a directory without ' \" \\ or %")
-    ssh_config = reader.string(section, "ssh_config", f"{key}.ssh_config") or "~/.ssh/config"
+    ssh_config = reader.string(section, "ssh_config", f"{key}.ssh_config") or DEFAULT_SSH_CONFIG
+    transport = reader.string(section, "transport", f"{key}.transport") or "paramiko"
+    if transport not in TRANSPORTS:
+        raise reader.error(f"{key}.transport", f"must be 'paramiko' (dinf's own SSH, the default) or 'openssh' "
+                                               f"(your ssh binary and its ControlMaster), got {transport!r}")
+    control_path = reader.string(section, "control_path", f"{key}.control_path")
+    control_persist = reader.string(section, "control_persist", f"{key}.control_persist")
+    for option in ("control_path", "control_persist"):
+        if option in section and transport != "openssh":
+            raise reader.error(f"{key}.{option}", "is used only with transport = \"openssh\" (paramiko keeps one "
+                                                  "connection itself); set the transport or remove the key")
+    if control_persist is not None and not _CONTROL_PERSIST.match(control_persist):
+        raise reader.error(f"{key}.control_persist", f"must be an ssh ControlPersist time such as '10m', '1h' or "
+                                                     f"'600' (seconds), or 'yes', got {control_persist!r}")
     return ClusterConfig(
         name=name,
         backend="slurm",
         host=host,
         ssh_config=ssh_config,
         workdir=workdir,
+        transport=transport,
+        control_path=control_path,
+        control_persist=control_persist or "10m",
         python=_python(reader, reader.table(section, "python", f"{key}.python"), f"{key}.python", PythonEnvironment()),
         defaults=_resources(reader, reader.table(section, "slurm", f"{key}.slurm"), f"{key}.slurm"),
     )

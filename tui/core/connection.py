@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from remote.errors import AuthenticationFailed, HostKeyError
+from remote.errors import AuthenticationFailed, HostKeyError, HostKeyNotVerified
 
 __all__ = ["HostKeyError"]  # the UI reads a host-key error's fingerprint through the core
 
@@ -44,7 +44,7 @@ class Trouble(Enum):
 def classify(exc: BaseException) -> Trouble:
     if isinstance(exc, HostKeyError):
         return Trouble.HOST_KEY
-    if isinstance(exc, AuthenticationFailed):
+    if isinstance(exc, (AuthenticationFailed, HostKeyNotVerified)):  # the latter: fixed with `ssh` itself
         return Trouble.LOGIN
     return Trouble.TRANSIENT
 

@@ -36,6 +36,7 @@ from remote.cluster import (
     Resources,
     RunBundle,
 )
+from remote.keyboard_interactive import PromptHandler, PromptsNotAnswered
 from remote.logstream import MAX_READ, follow
 from remote.poller import ACTIVE_S, JobPoller
 from remote.results import LOGS_SUBDIR
@@ -45,7 +46,7 @@ from storage.db import make_engine, read_session, write_session
 from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
-from tui.core.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
+from tui.core.config import DEFAULT_SSH_CONFIG, LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
 from tui.core.records import LOG_KINDS, LogSource, RunRecord, StateEntry
 from tui.studies import baseline_checks
 from tui.studies.results import load_experiment
@@ -61,18 +62,40 @@ RunNotFound = repo.RunNotFound
 
 
 ClusterFactory = Callable[[ClusterConfig], Cluster]
+LoginQuestions = Callable[[str, str, str, list[tuple[str, bool]]], "list[str] | None"]
+"""(cluster, title, instructions, [(prompt, echo)]) -> the answers, or None when the user declined."""
 
 
-def make_cluster(config: ClusterConfig) -> Cluster:
-    """Build the backend for a configured cluster (imported lazily: the CLI's start-up stays light)."""
+def make_cluster(config: ClusterConfig, *, answer_prompts: PromptHandler | None = None) -> Cluster:
+    """Build the backend for a configured cluster (imported lazily: the CLI's start-up stays light).
+
+    `answer_prompts` answers a login's keyboard-interactive questions (a one-time code); None asks on
+    the terminal. Through the openssh transport, ssh itself may ask only where that terminal is.
+    """
     if config.backend == LOCAL:
         from remote.local import LocalCluster
 
         return LocalCluster(name=config.name, workdir=config.workdir, python=config.python)
+    from remote.keyboard_interactive import TerminalPrompts
     from remote.slurm_cluster import SlurmCluster
 
+    prompts = answer_prompts if answer_prompts is not None else TerminalPrompts(config.name)
+    if config.transport == "openssh":
+        from remote.openssh import OpenSshConnection, OpenSshOptions
+
+        options = OpenSshOptions(
+            # -F would also drop /etc/ssh/ssh_config (site-wide Kerberos settings): only when asked for.
+            ssh_config=None if config.ssh_config == DEFAULT_SSH_CONFIG else config.ssh_config,
+            control_path=config.control_path,
+            control_persist=config.control_persist,
+            batch_mode=not (isinstance(prompts, TerminalPrompts) and prompts.available()),
+        )
+        return SlurmCluster(OpenSshConnection(config.host, options), name=config.name, workdir=config.workdir,
+                            python=config.python)
+    from remote.ssh import SshOptions
+
     return SlurmCluster(name=config.name, host=config.host, workdir=config.workdir, python=config.python,
-                        ssh_config=config.ssh_config)
+                        ssh_config=config.ssh_config, ssh_options=SshOptions(answer_prompts=prompts))
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -87,7 +110,7 @@ class Dinf:
         db_path: Path | None = None,
         config_path: Path | None = None,
         data_dir: Path | None = None,
-        cluster_factory: ClusterFactory = make_cluster,
+        cluster_factory: ClusterFactory | None = None,
         config_required: bool = False,
     ):
         """`config_required`: the user named `config_path` (`dinf --config`), so it must exist."""
@@ -97,7 +120,10 @@ class Dinf:
         )
         self.config: DinfConfig = load_config(config_path, data_dir=self.data_dir, required=config_required)
         self.engine = make_engine(self.db_path)
-        self._cluster_factory = cluster_factory
+        self._cluster_factory = cluster_factory or self._make_cluster
+        self.login_questions: LoginQuestions | None = None
+        """Who answers a cluster login's keyboard-interactive questions (2FA); None: the terminal (the
+        CLI). The app sets its dialog here before any cluster is used."""
         self._clusters: dict[str, Cluster] = {}
         self._clusters_lock = threading.Lock()
         self._submitting: set[int] = set()
@@ -111,6 +137,20 @@ class Dinf:
         self._poll_lock = threading.Lock()
 
     # --- clusters ---------------------------------------------------------------------------
+
+    def _make_cluster(self, config: ClusterConfig) -> Cluster:
+        ask = self.login_questions
+        if ask is None or config.backend == LOCAL:
+            return make_cluster(config)
+
+        def answer(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
+            answers = ask(config.name, title, instructions, prompts)
+            if answers is None:
+                raise PromptsNotAnswered(f"login to cluster {config.name!r} cancelled: its keyboard-interactive "
+                                         "questions (a one-time code?) were not answered")
+            return answers
+
+        return make_cluster(config, answer_prompts=answer)
 
     def cluster(self, name: str) -> Cluster:
         """The backend for a configured cluster, built once and reused (it connects lazily)."""

@@ -210,7 +210,10 @@ class DinfApp(App):
         self.post_message(ServiceOpened(service))
 
     def on_service_opened(self, message: ServiceOpened) -> None:
+        from tui.ui.login_prompts import ask_in_dialog
+
         self.service = message.service
+        self.service.login_questions = ask_in_dialog(self)  # a 2FA login asks in a dialog, not on the terminal
         # What is loaded by now (Textual, SQLModel, the first screens) lives all session. Freezing it
         # keeps full garbage collections, which stop every thread, from walking it again and again:
         # streaming 100k lines/s they paused the UI for 100-165 ms each (bench_tui.py).

@@ -1,9 +1,10 @@
-"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a problem report,
-a run's tags and note.
+"""Modal dialogs: yes/no confirmation, an unknown SSH host key (trust / refuse), a login's questions
+(keyboard-interactive: a one-time code), a problem report, a run's tags and note.
 
 Each returns its answer through `dismiss()`; none of them does I/O. The host-key dialog only
-asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call;
-the tags dialog checks what was typed (`tui.core.tags`) and hands it back for the caller to save.
+asks: trusting is done by the caller, in a thread worker, through the remote layer's trust call.
+The login dialog's answers go to its caller (`tui.ui.login_prompts`) and are kept nowhere; the tags
+dialog checks what was typed (`tui.core.tags`) and hands it back for the caller to save.
 Questions, titles and details carry run names, hosts and error text: shown as plain text (a
 `str` is never parsed as markup; a caller wanting style passes a `rich.text.Text`).
 """
@@ -200,4 +201,55 @@ class AnnotateDialog(ModalScreen[tuple[list[str], str] | None]):
             self.dismiss((tags, note))
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class LoginPromptDialog(ModalScreen[list[str] | None]):
+    """A cluster's login asks questions (keyboard-interactive: a one-time code, a PIN): one input per
+    prompt, hidden where the server says not to echo. Enter on the last input (or Log in) answers;
+    Escape (or Cancel) answers None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, cluster: str, title: str, instructions: str, prompts: list[tuple[str, bool]]) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.title_text = title
+        self.instructions = instructions
+        self.prompts = list(prompts)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Text.assemble(Text.assemble("Login to cluster ", plain(self.cluster), style="bold"),
+                                       " asks:"), classes="dialog-question")
+            for text in (self.title_text, self.instructions):
+                if text.strip():
+                    yield Static(plain(text.strip(), multiline=True), classes="login-text")
+            for index, (prompt, echo) in enumerate(self.prompts):
+                yield Label(plain(prompt.strip(), multiline=True), classes="login-prompt")
+                yield Input(password=not echo, id=f"answer-{index}", classes="login-answer")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Log in", variant="primary", id="login")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        inputs = self.query(Input)
+        if inputs:
+            inputs.first().focus()
+
+    def answers(self) -> list[str]:
+        return [self.query_one(f"#answer-{index}", Input).value for index in range(len(self.prompts))]
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        index = int(str(event.input.id).removeprefix("answer-"))
+        if index + 1 < len(self.prompts):
+            self.query_one(f"#answer-{index + 1}", Input).focus()
+        else:
+            self.dismiss(self.answers())
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.answers() if event.button.id == "login" else None)
+
+    def action_cancel(self) -> None:
         self.dismiss(None)
