@@ -2,14 +2,16 @@
 
 Configured the way a user configures dinf: a Host alias in ~/.ssh/config (a private HOME here) and a
 [clusters.mini] section in the TOML file naming it. submit --wait -> show (measurements, real sacct)
--> logs of rank 1 on the second node; and a cancel of a running job — over both transports (paramiko,
-and `transport = "openssh"`). Then the 2FA login: the minicluster's second sshd asks for a one-time
-code after the key, which `dinf` asks on its terminal, and refuses clearly where there is none.
+-> export and tag -> logs of rank 1 on the second node; and a cancel of a running job — over both
+transports (paramiko, and `transport = "openssh"`). Then the 2FA login: the minicluster's second sshd asks
+for a one-time code after the key, which `dinf` asks on its terminal, and refuses clearly where there is none.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import itertools
 import json
 import os
@@ -102,6 +104,17 @@ def test_submit_wait_show_logs_on_slurm(transport_dinf):
     assert shown["accounting"] and shown["accounting"][0]["job_id"] == record["job_id"]
     states = [h["state"] for h in shown["history"]]
     assert states[0] == "DRAFT" and states[-1] == "COMPLETED"
+    # the real worker's bundle, exported: its layout as submitted and every latency statistic it wrote
+    exported = list(csv.DictReader(io.StringIO(dinf("export", "--run", str(record["id"])).out)))
+    assert [(r["nodes"], r["ranks_per_node"], r["num_ranks"], r["dtype"]) for r in exported] == [
+        ("2", "1", "2", "float32")] * 2
+    for row in exported:
+        assert float(row["ttft_min_s"]) <= float(row["ttft_median_s"]) <= float(row["ttft_p99_s"]) <= float(
+            row["ttft_max_s"])
+        assert row["itl_std_s"] != "" and int(row["peak_rss_bytes"]) > 0
+        assert row["wall_ci95_s"] == ""  # one repeat: no interval, and none pretended
+    assert dinf("tag", str(record["id"]), "+on-slurm").code == EXIT_OK
+    assert [r["id"] for r in dinf("runs", "--no-refresh", "--json", "--tag", "on-slurm").json()] == [record["id"]]
 
     logs = dinf("logs", str(record["id"]), "--rank", "1", "--kind", "worker")
     assert logs.code == EXIT_OK, logs.err
