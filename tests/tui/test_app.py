@@ -7,11 +7,13 @@ test_app_slurm.py (Slurm over SSH).
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
 from pilot_wait import wait_for
+from rich.console import Console
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, TabbedContent
 
@@ -789,3 +791,30 @@ async def test_the_runs_list_shows_state_and_elapsed_at_80_columns(make_app):
             if right <= table.scrollable_content_region.width:
                 visible.append(column.label.plain.split(" ")[0])  # without the sort arrow
         assert visible[:8] == ["ID", "Name", "Cluster", "Mode", "Ranks", "State", "Job", "Elapsed"]
+
+
+async def test_a_draft_is_saved_without_submitting_then_submitted_from_its_screen(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#name", Input).value = "later"
+        await pilot.press("ctrl+r")  # the preview shows the settings beside the script
+        await wait_for(pilot, lambda: form.preview_script is not None, what="the preview")
+        assert '"run_name": "later"' in (form.preview_spec or "")
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(form.query_one("#preview-text").content)
+        shown = console.export_text()
+        assert shown.index("Batch script") < shown.index("Run settings") < shown.index('"run_name": "later"')
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the draft's screen")
+        (draft,) = app.service.runs()
+        assert draft.state == "DRAFT" and draft.name == "later" and draft.job_id is None
+        assert not scripted.prepared  # nothing reached the cluster
+        await wait_for(pilot, lambda: app.screen.check_action("submit_draft", ()), what="the submit key")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.service.run(draft.id).state != "DRAFT", what="the submit")
+        assert app.service.run(draft.id).job_id is not None
+        await wait_for(pilot, lambda: not app.screen.check_action("submit_draft", ()), what="no second submit")

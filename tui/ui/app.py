@@ -36,8 +36,8 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from tui.core.connection import (
-    HostKeyError,
     Connections,
+    HostKeyError,
     LinkState,
     PollVerdict,
     Trouble,
@@ -54,6 +54,9 @@ from tui.ui.messages import (
     ActionFailed,
     CompareMarksChanged,
     ConnectionChanged,
+    DraftRequested,
+    DraftSaved,
+    DraftSubmitRequested,
     HostKeyTrusted,
     LogBatchReceived,
     LogsUpdated,
@@ -510,6 +513,12 @@ class DinfApp(App):
     def on_submit_requested(self, message: SubmitRequested) -> None:
         self.submit_run(message.form, message.checked)
 
+    def on_draft_requested(self, message: DraftRequested) -> None:
+        self._save_draft(message.form, message.checked)
+
+    def on_draft_submit_requested(self, message: DraftSubmitRequested) -> None:
+        self._submit_draft(message.run_id)
+
     # --- new runs ------------------------------------------------------------------------------
 
     def action_new_run(self) -> None:
@@ -550,11 +559,11 @@ class DinfApp(App):
             else:
                 self.post_message(ActionFailed("preview", problem_text(exc)))
             return
-        self.post_message(PreviewRendered(script))
+        self.post_message(PreviewRendered(script, checked.spec.to_json()))
 
     def on_preview_rendered(self, message: PreviewRendered) -> None:
         for screen in self.screen_stack:  # the form, possibly under a dialog
-            screen.post_message(PreviewRendered(message.script))
+            screen.post_message(PreviewRendered(message.script, message.spec_json))
 
     def _draft(self, form: RunForm, checked: CheckedForm) -> RunRecord:
         return self.service.new_run(
@@ -574,6 +583,43 @@ class DinfApp(App):
         if state_of(record) == "SUBMIT_FAILED":  # recorded, nothing left running: say why
             self.post_message(ActionFailed("submit", record.error or "submission failed", record.id))
             return
+        self.post_message(RunSubmitted(record))
+
+    @work(thread=True, exit_on_error=False, group="submit", description="saving a draft")
+    def _save_draft(self, form: RunForm, checked: CheckedForm) -> None:
+        try:
+            record = self._draft(form, checked)
+        except Exception as exc:
+            self.post_message(ActionFailed("draft", problem_text(exc)))
+            return
+        self.post_message(DraftSaved(record))
+
+    def on_draft_saved(self, message: DraftSaved) -> None:
+        from tui.ui.screens.new_run import NewRunScreen
+
+        record = message.run
+        self.runs[record.id] = record
+        self.runs_version += 1
+        if isinstance(self.screen, NewRunScreen):
+            self.pop_screen()
+        self.open_run(record.id)
+        self.notify(printable(f"Saved run #{record.id} as a draft: press s on its screen to submit it."),
+                    markup=False)
+
+    @work(thread=True, exit_on_error=False, group="submit", description="submitting a draft")
+    def _submit_draft(self, run_id: int) -> None:
+        record = self.runs.get(run_id)
+        if record is None:
+            return
+        if not self._connect_before_submit(record.cluster or "", resume=lambda: self._submit_draft(run_id)):
+            return
+        try:
+            record = self.service.submit(run_id)
+        except Exception as exc:
+            self.post_message(ActionFailed("submit", problem_text(exc), run_id))
+            return
+        if state_of(record) == "SUBMIT_FAILED":
+            self.post_message(ActionFailed("submit", record.error or "submission failed", record.id))
         self.post_message(RunSubmitted(record))
 
     def _connect_before_submit(self, cluster: str, *, resume: Callable[[], None]) -> bool:
@@ -628,6 +674,7 @@ class DinfApp(App):
         if isinstance(self.screen, NewRunScreen):
             self.pop_screen()
         self.open_run(record.id)
+        self.start_tail(record.id)  # a draft submitted from its own screen: that screen is already open
         self._wake_refresh.set()
 
     # --- cancelling ----------------------------------------------------------------------------

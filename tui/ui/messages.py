@@ -142,9 +142,11 @@ class LogsUpdated(Message, bubble=False):
 
 @dataclass
 class PreviewRendered(Message, bubble=False):
-    """To the new-run form: the batch script its settings would submit (nothing was recorded)."""
+    """To the new-run form: the run's settings (the spec the worker reads) and the batch script they
+    would submit (nothing was recorded)."""
 
     script: str
+    spec_json: str = ""
 
 
 # --- requests: posted by screens, handled by the app -------------------------------------------
@@ -179,6 +181,28 @@ class PreviewRequested(Message):
 class SubmitRequested(Message):
     form: RunForm
     checked: CheckedForm
+
+
+@dataclass
+class DraftRequested(Message):
+    """Record these form values as a DRAFT run, submitting nothing."""
+
+    form: RunForm
+    checked: CheckedForm
+
+
+@dataclass
+class DraftSubmitRequested(Message):
+    """Submit a run recorded as a draft."""
+
+    run_id: int
+
+
+@dataclass
+class DraftSaved(Message):
+    """A draft run was recorded (nothing submitted)."""
+
+    run: RunRecord
 
 
 @dataclass

@@ -36,7 +36,13 @@ from tui.display.runs import (
     state_of,
     state_text,
 )
-from tui.ui.messages import LogsUpdated, ResultsLoaded, ResultsRequested, RunCancelRequested
+from tui.ui.messages import (
+    DraftSubmitRequested,
+    LogsUpdated,
+    ResultsLoaded,
+    ResultsRequested,
+    RunCancelRequested,
+)
 from tui.ui.screens import FocusesRun
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
@@ -61,6 +67,7 @@ class RunScreen(FocusesRun, Screen):
         Binding("R", "show_tab('results')", "Results"),
         Binding("0", "show_rank(0)", "Rank", key_display="0-9"),
         Binding("c", "cancel_run", "Cancel run"),
+        Binding("s", "submit_draft", "Submit draft"),
         Binding("q", "app.quit", "Quit"),
         Binding("m", "show_tab('merged')", "Merged log", show=False),
         Binding("ctrl+f", "focus_search", "Search", show=False),
@@ -83,7 +90,7 @@ class RunScreen(FocusesRun, Screen):
         self._views: dict[str, RankLog] = {}
         """pane id -> its mounted log view."""
         self._progress_pending = False
-        self._finished_shown: bool | None = None
+        self._actions_offered: tuple[bool, bool] | None = None
 
     @property
     def record(self) -> Any:
@@ -127,8 +134,9 @@ class RunScreen(FocusesRun, Screen):
         record = self.record
         if record is None:
             return
-        if is_finished(record) != self._finished_shown:  # "Cancel run" only while there is something to cancel
-            self._finished_shown = is_finished(record)
+        offered = (is_finished(record), state_of(record) == "DRAFT")  # "Cancel run" and "Submit draft"
+        if offered != self._actions_offered:  # only while there is something to cancel or submit
+            self._actions_offered = offered
             self.refresh_bindings()  # (only on a change: it redraws the footer)
         self._draw_header(record)
         self._draw_progress()
@@ -356,7 +364,13 @@ class RunScreen(FocusesRun, Screen):
         if action == "cancel_run":  # a finished run has nothing to cancel: no key, no footer entry
             record = self.record
             return record is not None and not is_finished(record)
+        if action == "submit_draft":  # only a draft has something to submit
+            record = self.record
+            return record is not None and state_of(record) == "DRAFT"
         return True
+
+    def action_submit_draft(self) -> None:
+        self.post_message(DraftSubmitRequested(self.run_id))
 
     def action_cancel_run(self) -> None:
         self.post_message(RunCancelRequested(self.run_id))
