@@ -12,9 +12,11 @@ which wants a keyboard-interactive one-time code after the key (2FA).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -98,8 +100,10 @@ class Minicluster:
 
 @functools.cache
 def _scratch_dir() -> Path:
-    """One directory per test process for the ssh_config files of `Minicluster.openssh`."""
-    return Path(tempfile.mkdtemp(prefix="dinf-test-ssh-"))
+    """One directory per test process for the ssh_config files of `Minicluster.openssh` (removed at exit)."""
+    path = tempfile.mkdtemp(prefix="dinf-test-ssh-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
 
 
 def _load_minicluster() -> Minicluster | str:
