@@ -6,8 +6,8 @@ unfinished run with one batched status call per cluster, cancel, stream per-rank
 ingest results when a run finishes. Everything blocks; the app calls it from thread workers only.
 Each method opens its own database session, so one `Dinf` may serve several threads.
 
-What it hands out are frozen snapshots (`RunRecord`, `LogSource`) and plain dicts, never live ORM
-objects. No Textual import here (the headless `dinf` CLI uses this module), and no torch.
+What it hands out are frozen snapshots (`RunRecord` from `tui.core.records`, `LogSource`) and plain
+dicts, never live ORM objects. No Textual import here (the headless `dinf` CLI uses this module), and no torch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import dataclasses
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +46,7 @@ from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
 from tui.core.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
+from tui.core.records import RunRecord, StateEntry, records  # noqa: F401 - StateEntry: callers import it here
 from worker import contract
 from worker.contract import RunSpec
 
@@ -59,92 +59,6 @@ class ServiceError(RuntimeError):
 
 
 RunNotFound = repo.RunNotFound
-
-
-# --- snapshots handed to callers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)  # slots: a thousand runs hold four of these each
-class StateEntry:
-    state: str
-    at: float
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run as stored, at one moment. Safe to pass between threads; refresh by asking again.
-
-    The app holds one per run in the database, so a record is kept light (dinf-tui's RSS with 1,000
-    runs, bench_tui.py): slots instead of an instance dict, and the spec and resources kept as the
-    JSON text stored, decoded only when `spec` / `resources` are read (each read gives a new dict).
-    """
-
-    id: int
-    uid: str
-    name: str
-    cluster: str | None
-    backend: str | None
-    experiment_id: int | None
-    mode: str
-    state: str
-    state_reason: str | None
-    job_id: str | None
-    job_ids: tuple[str, ...]
-    num_ranks: int
-    num_gpus: int
-    spec_json: str
-    resources_json: str
-    run_dir: str | None
-    output_dir: str | None
-    logs_dir: str | None
-    script_path: str | None
-    local_results_dir: str | None
-    error: str | None
-    exit_code: int | None
-    load_time_s: float | None
-    created_at: float
-    submitted_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    ingested_at: float | None
-    history: tuple[StateEntry, ...] = ()
-    engine_impl: str = "reference"
-    """The worker's engine, as the spec asked until results are ingested (`tui.studies.results.describe_engine`)."""
-    engine_compiled: bool = False
-    engine_cuda_graphs: bool = False
-    engine_capture_s: float | None = None
-    quant_scheme: str = "none"
-    accuracy_json: str | None = None
-    """result.json "accuracy" as stored (parsed only where shown: `dinf show`)."""
-    failure: FailureSummary | None = None
-    """How a failed job ended, told straight: the first rank to die, its node, its signal or exit
-    code, then what followed (`failure.text()` is one line; `error` starts with it too)."""
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)
-
-    @property
-    def resources(self) -> dict[str, Any]:
-        return json.loads(self.resources_json)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED_STATES
-
-    @property
-    def has_results(self) -> bool:
-        return self.ingested_at is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {("spec" if k == "spec_json" else "resources" if k == "resources_json" else k): v
-                for k, v in dataclasses.asdict(self).items()}
-        data["spec"], data["resources"] = self.spec, self.resources
-        data["job_ids"] = list(self.job_ids)
-        data["history"] = [dataclasses.asdict(h) for h in self.history]
-        data["failure"] = None if self.failure is None else self.failure.to_dict()
-        return data
 
 
 @dataclass(frozen=True)
@@ -765,36 +679,8 @@ class Dinf:
     @staticmethod
     def _records(session: Session, runs: list[Run]) -> list[RunRecord]:
         """Snapshots of many runs with three queries in all (the Runs screen lists thousands)."""
-        clusters = {c.id: c for c in repo.list_clusters(session=session)}
-        histories: dict[int, list[StateEntry]] = {}
-        for change in repo.state_histories(session=session, run_ids=[run.id for run in runs]):
-            # interned: "COMPLETED" read from SQLite is a new string in every row otherwise
-            entry = StateEntry(sys.intern(change.state), change.at, change.reason)
-            histories.setdefault(change.run_id, []).append(entry)
-        return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ()))) for run in runs]
-
-
-def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...]) -> RunRecord:
-    return RunRecord(
-        id=run.id, uid=run.uid, name=run.name,
-        cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
-        experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
-        job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
-        num_gpus=run.num_gpus, spec_json=run.spec_json, resources_json=run.resources_json,
-        run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
-        local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
-        load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
-        started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
-        engine_impl=run.engine_impl, engine_compiled=run.engine_compiled,
-        engine_cuda_graphs=run.engine_cuda_graphs, engine_capture_s=run.engine_capture_s,
-        quant_scheme=run.quant_scheme, accuracy_json=run.accuracy_json,
-        history=history, failure=_failure(run),
-    )
-
-
-def _failure(run: Run) -> FailureSummary | None:
-    text = run.failure_json
-    return None if not text else FailureSummary.from_dict(json.loads(text))
+        history = repo.state_histories(session=session, run_ids=[run.id for run in runs])
+        return records(runs, repo.list_clusters(session=session), history)
 
 
 # --- small pure helpers, used by the CLI and the app too -----------------------------------------
