@@ -12,6 +12,9 @@ service (`Dinf`) and the parsed arguments and returns an exit code, like the oth
     dinf experiment list | show EXP | submit EXP | resubmit EXP | attach EXP DIR...
 
 Errors raise the exceptions tui/cli/main.py maps to exit codes (ExperimentError is a ValueError: 2).
+
+Building the parser imports nothing heavy (`dinf --help` runs it): the handlers import the storage
+layer (SQLModel) and the study modules that read it when they run.
 """
 
 from __future__ import annotations
@@ -23,9 +26,6 @@ import sys
 from pathlib import Path
 
 from remote.cluster import Resources
-from storage import repo
-from storage.db import read_session
-from tui.core import experiment_runs
 from tui.studies.presets import (
     PRESET_DESCRIPTIONS,
     PRESETS,
@@ -38,7 +38,6 @@ from tui.studies.presets import (
     plan_sweep,
 )
 from tui.display.tables import text_table
-from tui.studies.results import load_experiment, load_experiments, load_runs
 from worker.contract import ModelSource, RunSpec
 
 RESOURCE_FLAGS = ("partition", "account", "qos", "time_limit", "constraint", "mem", "container_image",
@@ -223,7 +222,9 @@ def _plan_text(p: ExperimentPlan) -> str:
 
 
 def cmd_compare(dinf, args) -> int:
+    from storage.db import read_session
     from tui.studies.comparison import compare_runs, format_comparison, run_label  # plotext: only when charting
+    from tui.studies.results import load_experiment, load_runs
 
     with read_session(dinf.engine) as session:
         runs = load_runs(session, args.runs)
@@ -260,7 +261,9 @@ def cmd_compare(dinf, args) -> int:
 
 
 def cmd_report(dinf, args) -> int:
+    from storage.db import read_session
     from tui.studies.report import write_report  # plotext: only when reporting
+    from tui.studies.results import load_experiments
 
     with read_session(dinf.engine) as session:
         experiments = load_experiments(session, args.experiments)
@@ -309,6 +312,8 @@ def _launch_text(launches) -> str:
 
 
 def cmd_create(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     cluster = args.cluster or dinf.config.default_cluster
     p = plan(args.preset, study_config(dinf, args, cluster=None if args.record_only else cluster))
     experiment_id = experiment_runs.record_plan(dinf, p)
@@ -327,6 +332,8 @@ def cmd_create(dinf, args) -> int:
 
 
 def cmd_sweep(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     base = RunSpec.from_json(args.spec.read_text()) if args.spec else RunSpec()
     cluster = args.cluster or dinf.config.default_cluster
     resources = dataclasses.replace(dinf.config.cluster(cluster).defaults, nodes=args.nodes,
@@ -345,6 +352,9 @@ def cmd_sweep(dinf, args) -> int:
 
 
 def cmd_list(dinf, args) -> int:
+    from storage import repo
+    from storage.db import read_session
+
     with read_session(dinf.engine) as session:
         experiments = repo.list_experiments(session=session)
         rows = []
@@ -360,6 +370,8 @@ def cmd_list(dinf, args) -> int:
 
 
 def cmd_show(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     dinf.refresh()
     exp = experiment_runs.load(dinf, args.experiment)
     cells = [{"cell": c.cell.key, "role": c.cell.role, "mode": c.cell.spec.mode, "ranks": c.cell.num_ranks,
@@ -388,6 +400,8 @@ def _backend(dinf, cluster: str | None) -> str | None:
 
 
 def cmd_submit(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     launches = experiment_runs.launch(dinf, args.experiment, cluster=args.cluster or dinf.config.default_cluster)
     print(_launch_text(launches) if not args.json else json.dumps(
         [{"cell": l.cell, "run": l.run.id if l.run else None, "note": l.note} for l in launches]))
@@ -395,6 +409,8 @@ def cmd_submit(dinf, args) -> int:
 
 
 def cmd_resubmit(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     dinf.refresh()
     launches = experiment_runs.resubmit_failed(dinf, args.experiment, cluster=args.cluster)
     if args.json:
@@ -407,6 +423,8 @@ def cmd_resubmit(dinf, args) -> int:
 
 
 def cmd_attach(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     attached = experiment_runs.attach_bundles(dinf, args.experiment, args.directories)
     if args.json:
         _print_json([{"directory": str(d), "cell": k, "run": r} for d, k, r in attached])
