@@ -13,6 +13,7 @@
     dinf clusters                            the configured clusters
     dinf trust CLUSTER [--fingerprint FP]    show / record a cluster's SSH host key
     dinf compare | report | experiment ...   studies over many runs (tui/cli/studies.py)
+    dinf completion bash|zsh|tcsh            the shell completion script (tui/cli/completion.py)
 
 RUN is a numeric id, a uid (or a unique prefix of one) or a unique run name. Every command takes
 --json for machine-readable output on stdout; messages go to stderr. `--wait` without --json
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from remote.cluster import ClusterError, Resources
 from remote.poller import ACTIVE_S
 from tui.cli import studies as study_cli
+from tui.cli.completion import SHELLS
 from tui.core import locations
 from worker.contract import RunSpec, SpecError
 
@@ -243,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("run", help="run id, uid or name, or a results directory holding rank<r>.trace.json")
     trace.add_argument("-o", "--output", type=Path, help="file to write (default: <run uid>.trace.json here)")
     study_cli.register(commands)  # compare, report, experiment ... (tui/cli/studies.py)
+
+    completion = commands.add_parser("completion", help="print the shell completion script",
+                                     description="print the shell completion script: "
+                                                 "dinf completion bash > ~/.local/share/bash-completion/completions/dinf")
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=None, light=cmd_completion)
     return parser
 
 
@@ -651,6 +659,13 @@ def cmd_clusters(args) -> int:
     ]
     print(_table(("NAME", "BACKEND", "HOST", "WORKDIR"), rows))
     print(f"(configuration: {config.path})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    from tui.cli.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
     return EXIT_OK
 
 
