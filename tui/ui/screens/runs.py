@@ -2,22 +2,39 @@
 
 It renders `app.runs` (kept fresh by the app's refresh worker) and asks the app for actions.
 It does no I/O itself.
+
+The table fits the terminal: from `WIDE_FROM` columns it shows every column with full timestamps;
+below, it drops the cluster and job columns (the run's screen shows both), shows the creation
+time to the minute without the year, and cuts long names with an ellipsis, so at 80 columns every
+column shows whole. The filter still matches the hidden columns.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui.display.runs import clock, duration, elapsed_s, is_finished, is_live, ranks_of, state_of, state_text
+from tui.display.runs import (
+    clock,
+    duration,
+    elapsed_s,
+    is_finished,
+    is_live,
+    ranks_of,
+    short_clock,
+    state_of,
+    state_text,
+)
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
 from tui.ui.widgets.runs_table import PlainCell, RunsTable
@@ -31,8 +48,37 @@ COLUMNS: list[tuple[str, str]] = [
     ("state", "State"),
     ("job", "Job"),
     ("elapsed", "Elapsed"),
-    ("created", "Created"),  # last: at 80 columns the date is what is cut, not how long a run took
+    ("created", "Created"),  # last: the longest, and the least needed at a glance
 ]
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Which columns the table shows, and how wide its text may be."""
+
+    columns: tuple[str, ...]
+    created: Callable[[float | None], str]
+    name_width: int | None
+    """Names longer than this are cut with an ellipsis; None: never."""
+
+
+WIDE_FROM = 110
+"""Terminal columns from which every column fits with full timestamps and whole names (~105 with
+20-character names, 4-digit ids and the vertical scrollbar)."""
+NARROW_OTHERS = 62
+"""Below WIDE_FROM, the columns but Name at their widest (ids to 9999, SUBMIT_FAILED, a sort
+arrow, elapsed times past 10 hours, a short date) plus the scrollbar: Name gets the rest."""
+
+
+def layout_for(width: int) -> TableLayout:
+    if width >= WIDE_FROM:
+        return TableLayout(tuple(key for key, _ in COLUMNS), clock, None)
+    return TableLayout(("id", "name", "mode", "ranks", "state", "elapsed", "created"), short_clock,
+                       max(10, width - NARROW_OTHERS))
+
+
+def _cut(text: str, width: int | None) -> str:
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 REBUILD_WHEN_REMOVING = 50
 """Removing more rows than this at once clears and refills the table instead."""
@@ -88,6 +134,7 @@ class RunsScreen(Screen):
         self._shown_records: dict[str, Any] = {}
         """Row key -> the run snapshot its cells were drawn from."""
         self._offered_cancel: bool | None = None
+        self._layout: TableLayout | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
@@ -99,11 +146,31 @@ class RunsScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        self._set_layout(layout_for(self.app.size.width))
         table.focus()
         self.watch(self.app, "runs_version", self._redraw, init=True)
         self.set_interval(1.0, self._tick_elapsed)
+
+    def on_resize(self, event: events.Resize) -> None:
+        layout = layout_for(event.size.width)
+        if layout != self._layout:
+            selected = self.selected_run_id()
+            self._set_layout(layout)
+            self._redraw()
+            table = self.query_one(DataTable)
+            if selected is not None and str(selected) in table.rows:
+                table.move_cursor(row=table.get_row_index(str(selected)))
+
+    def _set_layout(self, layout: TableLayout) -> None:
+        """Columns for `layout`, no rows: the next redraw fills them in its formats."""
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        self._shown_records.clear()
+        self._shown_keys = None
+        labels = dict(COLUMNS)
+        for key in layout.columns:
+            table.add_column(labels[key], key=key)
+        self._layout = layout
 
     # --- drawing -----------------------------------------------------------------------------
 
@@ -121,19 +188,23 @@ class RunsScreen(Screen):
         return rows
 
     def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
+        """The cells of the columns the layout shows, in its order."""
         # A str cell would be parsed as markup by DataTable: text cells are PlainCells (shown
         # literally, light by the thousand), numbers stay ints, the state a coloured Text.
-        return [
-            values["id"],
-            PlainCell(values["name"]),
-            PlainCell(values["cluster"]),
-            PlainCell(values["mode"]),
-            values["ranks"],
-            state_text(values["state"]),
-            PlainCell(values["job"] or "-"),
-            PlainCell(duration(elapsed_s(record))),
-            PlainCell(clock(values["created"] or None)),
-        ]
+        layout = self._layout
+        assert layout is not None  # set at mount
+        cells = {
+            "id": values["id"],
+            "name": PlainCell(_cut(values["name"], layout.name_width)),
+            "cluster": PlainCell(values["cluster"]),
+            "mode": PlainCell(values["mode"]),
+            "ranks": values["ranks"],
+            "state": state_text(values["state"]),
+            "job": PlainCell(values["job"] or "-"),
+            "elapsed": PlainCell(duration(elapsed_s(record))),
+            "created": PlainCell(layout.created(values["created"] or None)),
+        }
+        return [cells[key] for key in layout.columns]
 
     def _redraw(self, _version: int = 0) -> None:
         """Show `app.runs`. Rows are keyed by run id and kept between refreshes: only a row whose
@@ -167,7 +238,7 @@ class RunsScreen(Screen):
                 table.add_row(*cells, key=key)
                 order.append(key)
             else:
-                for (column, _), cell in zip(COLUMNS, cells):
+                for column, cell in zip(self._layout.columns, cells):
                     table.update_cell(key, column, cell, update_width=True)
             shown[key] = record
         if order != keys:
@@ -258,8 +329,9 @@ class RunsScreen(Screen):
         self._redraw()
 
     def action_cycle_sort(self) -> None:
-        keys = [key for key, _ in COLUMNS]
-        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        keys = list(self._layout.columns if self._layout else (key for key, _ in COLUMNS))  # the shown ones
+        after = keys.index(self.sort_column) + 1 if self.sort_column in keys else 0
+        self.sort_column = keys[after % len(keys)]
         self.sort_reverse = False
         self._redraw()
 
