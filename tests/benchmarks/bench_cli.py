@@ -4,11 +4,13 @@
 
 Rows: `dinf --help`; `dinf runs` in a fresh home (no database file yet), over an empty database and
 over 1,000 finished runs (the history bench_tui.py builds); `dinf show` of an ingested run with
-measurements (tests/storage/fixtures/pp2_bundle) in that database; an argument error. Baselines in
+measurements (tests/storage/fixtures/pp2_bundle) in that database; an argument error; `dinf
+completion bash` (run once when completion is set up, never per TAB). Baselines in
 the same run: a bare `python -c pass` (the floor no command can beat) and `python -c "import
 argparse"` (what any argparse CLI pays). The commands are run round-robin, `--repeat` rounds after
 one warm-up round, so a load change on a shared machine touches every row alike; each cell is the
-median and the min-max of its rounds. The last column lists the heavy packages the command loaded
+median and the min-max of its rounds, in wall time and in the process's CPU time (user + system,
+which a busy machine inflates far less). The last column lists the heavy packages the command loaded
 (one extra run each, under `python -X importtime`). Each process runs this checkout's code
 (PYTHONPATH), through the `dinf` console script beside the running Python. `--against DIR` adds
 every dinf row run with another checkout's code (e.g. `git worktree add /tmp/before main`), in the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -58,13 +61,17 @@ def build_history(home: Path, runs: int) -> str | None:
         return str(dinf.ingest_dir(FIXTURE).run_id)
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run: CPU is user + system of the child, which a busy machine
+    inflates far less than wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 2):  # 2: the argument-error row
         raise SystemExit(f"{argv} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def heavy_imports(argv: list[str], env: dict[str, str]) -> str:
@@ -120,18 +127,23 @@ def main() -> None:
                 (f"dinf runs --json ({args.history:,} runs)" + suffix, [dinf, "runs", "--json"], home(full, code)),
                 ("dinf show RUN (with measurements)" + suffix, [dinf, "show", show_id], home(full, code)),
             ]
-        samples: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        cases.append(("dinf completion bash (once, at set-up)", [dinf, "completion", "bash"], home(empty, ROOT)))
+        walls: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        cpus: dict[str, list[float]] = {label: [] for label, _, _ in cases}
         for round_ in range(args.repeat + 1):
             for label, argv, env in cases:
-                elapsed = timed(argv, env())
+                wall, cpu = timed(argv, env())
                 if round_:  # round 0 warms the page cache and the .pyc files
-                    samples[label].append(elapsed)
-        print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {args.repeat} rounds, "
-              f"wall time of the whole process")
+                    walls[label].append(wall)
+                    cpus[label].append(cpu)
+        print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
+              f"{os.getloadavg()[0]:.1f}; {args.repeat} rounds, the whole process")
         width = max(len(label) for label, _, _ in cases)
-        print(f"{'command':{width}} | {'median (min-max)':24} | heavy packages imported")
+        print(f"{'command':{width}} | {'wall: median (min-max)':24} | {'CPU: median (min-max)':24} | "
+              "heavy packages imported")
         for label, argv, env in cases:
-            print(f"{label:{width}} | {spread(samples[label]):24} | {heavy_imports(argv, env())}")
+            print(f"{label:{width}} | {spread(walls[label]):24} | {spread(cpus[label]):24} | "
+                  f"{heavy_imports(argv, env())}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
