@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from remote.errors import ClusterError  # noqa: F401  (re-exported: every backend raises it)
+
 
 class JobState(str, Enum):
     """Slurm's job states (the local backend uses the same names)."""
@@ -174,10 +176,6 @@ class LogChunk:
     offset: int
     end_offset: int
     lines: list[str]
-
-
-class ClusterError(RuntimeError):
-    """A cluster operation failed; the message says what, where, and what to do."""
 
 
 class Cluster(Protocol):

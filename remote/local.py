@@ -46,7 +46,14 @@ from remote.local_launcher import PLAN_FILE, STATE_FILE, read_state, write_state
 from remote.logstream import MAX_READ, follow
 from remote.quoting import export_lines, join_argv
 from remote.results import copy_run_files
-from remote.run_dir import JOB_ID_FILE, PROMPTS_FILE, check_run_id, expand_command, rewrite_spec
+from remote.run_dir import (
+    JOB_ID_FILE,
+    PROMPTS_FILE,
+    check_run_id,
+    expand_command,
+    rewrite_spec,
+    wait_until_ended,
+)
 
 SCRIPT_FILE = "job.sh"
 CANCEL_MARKER = "cancel_requested"
@@ -268,18 +275,15 @@ class LocalCluster:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + wait_s
-        while True:
-            current = self._status_of(job_id)
-            if current.state.is_terminal:
-                return current
-            if time.monotonic() > deadline:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                raise ClusterError(f"local job {job_id} did not stop within {wait_s:.0f} s of SIGTERM; SIGKILLed")
-            self._sleep(0.05)
+        ended = wait_until_ended(lambda: self._status_of(job_id), wait_s=wait_s, poll_s=0.05,
+                                  sleep=self._sleep)
+        if ended is not None:
+            return ended
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise ClusterError(f"local job {job_id} did not stop within {wait_s:.0f} s of SIGTERM; SIGKILLed")
 
     def stream_logs(
         self,

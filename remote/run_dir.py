@@ -1,7 +1,7 @@
-"""The run directory every backend lays out the same way: its file names, the run id and workdir
-checks, and the job command and spec rewritten to point into it.
+"""What every backend does the same way: the run directory's file names, the run id and workdir
+checks, the job command and spec rewritten to point into it, and waiting for a cancelled job to end.
 
-Pure functions over strings, shared by `remote.slurm_cluster` and `remote.local`. It opens no
+Shared by `remote.slurm_cluster` and `remote.local`. It opens no
 connection and imports no SSH library, so the local backend (and the app with only a local
 cluster) never loads paramiko: its import alone held ~4 MB of the app's RSS (bench_tui.py).
 """
@@ -9,9 +9,11 @@ cluster) never loads paramiko: its import alone held ~4 MB of the app's RSS (ben
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 from remote import slurm
-from remote.cluster import ClusterError
+from remote.cluster import ClusterError, JobStatus
 from worker.contract import RunSpec, SpecError
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -55,3 +57,18 @@ def rewrite_spec(spec_json: str, *, output_dir: str, prompts_path: str | None) -
     if prompts_path is not None:
         spec.prompts_file = prompts_path
     return spec.to_json()
+
+
+def wait_until_ended(
+    status_of: Callable[[], JobStatus], *, wait_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep
+) -> JobStatus | None:
+    """Ask `status_of` until the job is in a terminal state; None once `wait_s` passed without it
+    (the caller escalates, or says the job is still running)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        current = status_of()
+        if current.state.is_terminal:
+            return current
+        if time.monotonic() > deadline:
+            return None
+        sleep(poll_s)

@@ -222,11 +222,6 @@ def squeue_argv(job_ids: list[str]) -> list[str]:
     return ["squeue", "-t", "all", "-j", ",".join(job_ids), "-o", fmt]
 
 
-def squeue_header_note() -> str:
-    """squeue prints its own header names for -o codes; SQUEUE_FIELDS lists the ones it prints."""
-    return "|".join(name for name, _ in SQUEUE_FIELDS)
-
-
 def sacct_status_argv(job_ids: list[str]) -> list[str]:
     return ["sacct", "--parsable2", "-X", "-j", ",".join(job_ids), f"--format={','.join(SACCT_STATUS_FIELDS)}"]
 

@@ -38,6 +38,7 @@ from remote.run_dir import (
     check_workdir,
     expand_command,
     rewrite_spec,
+    wait_until_ended,
 )
 from remote.ssh import DEFAULT_SSH_CONFIG, CommandFailed, SshConnection, SshError, SshOptions, resolve_target
 
@@ -252,14 +253,12 @@ class SlurmCluster:
         if current.state.is_terminal:
             return current
         self.connection.run(slurm.scancel_argv(job_id))
-        deadline = time.monotonic() + wait_s
-        while True:
-            current = self.status([job_id])[job_id]
-            if current.state.is_terminal:
-                return current
-            if time.monotonic() > deadline:
-                raise ClusterError(f"job {job_id} is still {current.state.value} {wait_s:.0f} s after scancel")
-            self._sleep(0.25)
+        ended = wait_until_ended(lambda: self.status([job_id])[job_id], wait_s=wait_s, poll_s=0.25,
+                                 sleep=self._sleep)
+        if ended is None:
+            state = self.status([job_id])[job_id].state.value
+            raise ClusterError(f"job {job_id} is still {state} {wait_s:.0f} s after scancel")
+        return ended
 
     # --- logs and results --------------------------------------------------------------------
 

@@ -32,6 +32,15 @@ from pathlib import Path
 import paramiko
 
 from remote.cluster import ClusterError
+from remote.errors import (  # re-exported: callers that hold a connection catch them here
+    AuthenticationFailed,
+    ConnectionLost,
+    HostKeyChanged,
+    HostKeyError,
+    HostKeyUnknown,
+    HostUnreachable,
+    SshError,
+)
 from remote.hostnames import host_name_problem
 from remote.quoting import join_argv
 
@@ -46,59 +55,6 @@ CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError, socket.timeout)
 # dinf's own message. What went wrong reaches the user as our exception; paramiko's records stay
 # available to anyone who configures logging.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-
-class SshError(ClusterError):
-    """Connecting to or talking with the SSH server failed."""
-
-
-class HostUnreachable(SshError):
-    """The host name does not resolve or the TCP connection is refused / times out."""
-
-
-class AuthenticationFailed(SshError):
-    """The server refused every key offered."""
-
-
-class ConnectionLost(SshError):
-    """The connection dropped and could not be re-established."""
-
-
-class HostKeyError(SshError):
-    """The server's host key is not the one known_hosts vouches for.
-
-    `trust()` records the key that was shown (after the user confirmed `fingerprint`).
-    """
-
-    changed = False
-
-    def __init__(self, message: str, *, host: str, key_type: str, fingerprint: str):
-        super().__init__(message)
-        self.host = host
-        self.key_type = key_type
-        self.fingerprint = fingerprint
-        self.connection: SshConnection | None = None
-        """Set by the connection that raised it, so `trust()` knows where to record the key."""
-
-    def trust(self) -> str:
-        """Record exactly this fingerprint in known_hosts (refused if the server now shows another)."""
-        if self.connection is None:
-            raise SshError("this host-key error is not tied to a connection; use SshConnection.trust_host_key")
-        return self.connection.trust_host_key(self.fingerprint, replace=self.changed)
-
-
-class HostKeyUnknown(HostKeyError):
-    """known_hosts has no key for this host: refused until the user trusts it explicitly."""
-
-
-class HostKeyChanged(HostKeyError):
-    """known_hosts has a DIFFERENT key for this host: possibly a man-in-the-middle."""
-
-    changed = True
-
-    def __init__(self, message: str, *, host: str, key_type: str, fingerprint: str, expected: str):
-        super().__init__(message, host=host, key_type=key_type, fingerprint=fingerprint)
-        self.expected_fingerprint = expected
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ SCHEDULER_FINISHED_STATES = frozenset(
 )
 """remote.cluster.TERMINAL_STATES by name."""
 
+LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"})
+"""Submitted and not finished: what is polled and watched (DRAFT is neither live nor finished)."""
+
 FINISHED_STATES = SCHEDULER_FINISHED_STATES | {SUBMIT_FAILED, IMPORTED}
 """States a run never leaves; every other state (DRAFT included) is unfinished."""
 

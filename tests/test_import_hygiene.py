@@ -80,3 +80,19 @@ def test_import_linter_contracts_hold():
     done = subprocess.run([lint_imports, "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
+
+
+def test_the_local_backend_works_without_paramiko_installed(tmp_path):
+    """Not just unimported: with paramiko unimportable, the local backend still loads and answers,
+    and the app's connection handling (which classifies SSH errors) still imports."""
+    probe = f"""
+import sys
+sys.modules["paramiko"] = None  # what an environment without paramiko looks like to `import`
+from remote.local import LocalCluster
+import tui.core.connection, tui.ui.app
+cluster = LocalCluster(workdir={str(tmp_path)!r})
+print(cluster.status([]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "{}"

@@ -23,9 +23,9 @@ import argparse
 import asyncio
 import re
 import socket
-import tempfile
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -208,8 +208,8 @@ class CountingConnection:
 def app_polling(mc, table, running_s: float, idle_s: float, *, baseline: bool = False):
     """The real DinfApp (headless) over a Dinf with 3 running `sleep` jobs on the minicluster."""
     from remote.cluster import Resources
-    from tui.ui.app import DinfApp
     from tui.core.service import Dinf
+    from tui.ui.app import DinfApp
     from worker.contract import RunSpec
 
     home = Path(tempfile.mkdtemp(prefix="bench-app-"))

@@ -231,8 +231,8 @@ def _rss_mb() -> float:
 async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
     from remote.local import _read_local_from  # the local backend's own reader
     from remote.logstream import follow
-    from tui.ui.app import DinfApp
     from tui.core.service import RunRecord
+    from tui.ui.app import DinfApp
     from worker import contract
 
     workdir = Path(tempfile.mkdtemp())

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_worker_table as table  # noqa: E402  (the shared launcher and checkpoint maker; puts the repo on sys.path)
+
 from tui.studies.analysis import efficiency, speedup, throughput_scaling  # noqa: E402  (stdlib-only, METRICS.md)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
+from tui.cli.wait_report import WaitReport, progress_line
 from tui.core.logs.buffers import RankState
 from tui.core.service import StateEntry
-from tui.cli.wait_report import WaitReport, progress_line
 from worker.contract import make_event
 
 

@@ -23,6 +23,7 @@ from remote.cluster import Resources
 from storage.db import write_session
 from tests.experiments import bundles
 from tests.experiments.bundles import GIB
+from tui.studies import catalog
 from tui.studies import presets as ex
 from worker.contract import ModelSource
 
@@ -33,7 +34,7 @@ def _config(name: str, **changes) -> ex.StudyConfig:
     values = dict(name=name, model=ModelSource(config="tiny", seed=7), dtype="float16", shape=SHAPE,
                   resources=Resources(partition="gpu", time_limit="00:20:00"), repeats=3)
     values.update(changes)
-    return ex.StudyConfig(**values)
+    return ex.StudyConfig.of(**values)
 
 
 def _bundle(root: Path, cell: ex.Cell, measurements: list[dict], completions: list[dict] | None = None,
@@ -58,7 +59,7 @@ def _m(cell: ex.Cell, batch: int, requests: int, walls, *, peak_gib: float, ttft
 
 
 def strong_scaling(root: Path) -> tuple[ex.ExperimentPlan, dict]:
-    plan = ex.plan("strong_scaling", _config("scaling", modes=("pp", "tp", "dp"), rank_counts=(1, 2, 4)))
+    plan = catalog.plan("strong_scaling", _config("scaling", modes=("pp", "tp", "dp"), rank_counts=(1, 2, 4)))
     walls = {"single/r1": ([10.2, 9.8, 10.0], 8), "pp/r2": ([8.0, 8.0, 8.0], 4), "pp/r4": ([9.1, 8.9, 9.0], 2),
              "dp/r2": ([5.1, 4.9, 5.0], 8), "dp/r4": ([2.6, 2.4, 2.5], 8)}
     bundle_dirs: dict[str, Path | None] = {"tp/r2": None}
@@ -97,7 +98,7 @@ def _completions(batch: int, n: int, tokens: int, changes: dict[int, tuple[int, 
 
 
 def correctness(root: Path) -> tuple[ex.ExperimentPlan, dict]:
-    plan = ex.plan("correctness", _config("correctness", modes=("pp", "dp"), max_new_tokens=8, repeats=1))
+    plan = catalog.plan("correctness", _config("correctness", modes=("pp", "dp"), max_new_tokens=8, repeats=1))
     assert [c.key for c in plan.cells] == ["baseline", "pp/r2", "dp/r2", "noise_floor/b20", "noise_floor/b10"]
     n, tokens = 20, 8
     base_within = {}
@@ -126,7 +127,7 @@ def correctness(root: Path) -> tuple[ex.ExperimentPlan, dict]:
 
 
 def batch_sweep(root: Path) -> tuple[ex.ExperimentPlan, dict]:
-    plan = ex.plan("batch_sweep", _config("sweep", modes=("pp",), batch_sizes=(1, 4, 16)))
+    plan = catalog.plan("batch_sweep", _config("sweep", modes=("pp",), batch_sizes=(1, 4, 16)))
     single, pp = plan.cell("single/r1"), plan.cell("pp/r2")
     # 16 requests x 64 tokens = 1024 tokens: single 64 / 256 / 800 tok/s; pp 51.2 / 256 / 1600 tok/s
     single_m = [_m(single, 1, 16, [16.0] * 3, peak_gib=8.1, tpot=0.015, ttft=0.020),
@@ -140,7 +141,7 @@ def batch_sweep(root: Path) -> tuple[ex.ExperimentPlan, dict]:
 
 
 def profile(root: Path) -> tuple[ex.ExperimentPlan, dict]:
-    plan = ex.plan("profile", _config("profile", modes=("pp",), batch_sizes=(1, 16)))
+    plan = catalog.plan("profile", _config("profile", modes=("pp",), batch_sizes=(1, 16)))
     single, pp = plan.cell("single/r1"), plan.cell("pp/r2")
     single_m = [_m(single, b, 16, [2.0] * 3, peak_gib=8, splits=[(2.0, 0.0, 0.0)]) for b in (1, 16)]
     pp_m = [_m(pp, 1, 16, [10.0] * 3, peak_gib=4, splits=[(4.0, 1.0, 5.0), (5.0, 1.0, 4.0)]),

@@ -12,8 +12,7 @@ import pytest
 
 from storage.db import make_engine, read_session
 from tests.experiments import bundles, fixture_db
-from tui.studies import report
-from tui.studies import results
+from tui.studies import report, results
 from tui.studies.presets import Cell
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

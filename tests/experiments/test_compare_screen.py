@@ -229,3 +229,26 @@ def test_compare_charts_snapshot_at_size(app_factory, snap_compare, size):
         await pilot.pause()
 
     assert snap_compare(app_factory(), terminal_size=size, run_before=show_charts)
+
+
+async def test_marks_are_kept_between_openings_and_new_results_join_while_open(app_factory):
+    app = app_factory()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(app, pilot)
+        await open_experiment(pilot, screen, 0)
+        marked, baseline = list(screen.marked), screen.baseline_id
+        assert len(marked) > 1
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen), what="back to the runs")
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare again")
+        again = app.screen
+        assert again is not screen and again.marked[: len(marked)] == marked and again.baseline_id == baseline
+
+        # A run that finishes while the screen is open joins its list (an import is such a run).
+        runs = again.query_one("#compare-runs", DataTable)
+        await wait_for(pilot, lambda: runs.row_count == 14, what="the run list")
+        app.service.ingest_dir(Path(__file__).parents[1] / "storage" / "fixtures" / "pp2_bundle")
+        app.action_refresh_runs()
+        await wait_for(pilot, lambda: runs.row_count == 15, timeout=20, what="the new run in the list")
+        assert again.marked[: len(marked)] == marked  # marks survive the reload

@@ -19,19 +19,17 @@ import pytest
 from remote.cluster import Resources
 from storage import repo
 from storage.db import read_session
-from tui.studies import charts
 from tui.core import experiment_runs
-from tui.studies import report
-from tui.studies import validity
+from tui.core.service import Dinf
+from tui.studies import charts, report, validity
 from tui.studies.comparison import compare_runs, format_comparison
 from tui.studies.presets import ClusterShape, StudyConfig, plan
 from tui.studies.results import load_experiment
-from tui.core.service import Dinf
 from worker.contract import ModelSource
 
 
 def tiny_study(name: str, shape: ClusterShape, resources: Resources) -> StudyConfig:
-    return StudyConfig(
+    return StudyConfig.of(
         name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp", "dp"),
         shape=shape, resources=resources, batch_size=2, num_requests=4, max_new_tokens=4, warmup=0,
         repeats=2, rank_counts=(1, 2),
@@ -118,7 +116,7 @@ def test_failed_cell_is_resubmitted_as_a_new_attempt(tmp_path, monkeypatch):
         cfg = tiny_study("resub", ClusterShape(nodes=1, ranks_per_node=2, gpus=False),
                          dinf.config.cluster("local").defaults)
         # a checkpoint directory that does not exist on the cluster: the worker's preflight refuses it
-        cfg.model = ModelSource(source="checkpoint", path=str(tmp_path / "no-such-model"))
+        cfg.spec.model = ModelSource(source="checkpoint", path=str(tmp_path / "no-such-model"))
         cfg.modes = ("dp",)
         experiment_id = experiment_runs.record_plan(dinf, plan("strong_scaling", cfg))
         experiment_runs.launch(dinf, experiment_id, cluster="local")

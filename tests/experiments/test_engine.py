@@ -15,10 +15,8 @@ import pytest
 from storage import repo
 from storage.db import read_session, write_session
 from tests.storage.conftest import write_schema1_file
-from tui.cli.main import main as cli
-from tui.studies import comparison
-from tui.studies import report
-from tui.studies import results
+from tui.cli import main as cli
+from tui.studies import comparison, report, results
 from tui.studies.results import describe_engine
 
 PP2_BUNDLE = Path(__file__).parents[1] / "storage" / "fixtures" / "pp2_bundle"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.cli.main import main as cli
+from tui.cli import main as cli
 
 GPU = Path(__file__).parent / "gpu"
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from remote.cluster import Resources
+from tui.studies import catalog
 from tui.studies import presets as ex
 from worker.contract import ModelSource, RunSpec
 
@@ -16,11 +17,11 @@ def config(**changes) -> ex.StudyConfig:
                   shape=ex.ClusterShape(nodes=2, ranks_per_node=2, gpus=True),
                   resources=Resources(partition="gpu", time_limit="00:30:00"))
     values.update(changes)
-    return ex.StudyConfig(**values)
+    return ex.StudyConfig.of(**values)
 
 
 def test_correctness_has_baseline_modes_and_shared_noise_floors():
-    plan = ex.plan("correctness", config(micro_batches=4))
+    plan = catalog.plan("correctness", config(micro_batches=4))
     keys = [c.key for c in plan.cells]
     assert keys == ["baseline", "pp/r2", "tp/r2", "dp/r2", "noise_floor/b5", "noise_floor/b10"]
     by_key = {c.key: c for c in plan.cells}
@@ -46,7 +47,7 @@ def test_noise_floor_batch_per_mode():
 
 
 def test_strong_scaling_counts_and_skips_what_the_model_cannot_do():
-    plan = ex.plan("strong_scaling", config(shape=ex.ClusterShape(nodes=2, ranks_per_node=4)))
+    plan = catalog.plan("strong_scaling", config(shape=ex.ClusterShape(nodes=2, ranks_per_node=4)))
     assert ex.rank_counts(config(shape=ex.ClusterShape(nodes=2, ranks_per_node=4))) == [1, 2, 4, 8]
     keys = [c.key for c in plan.cells]
     assert keys[0] == "single/r1"
@@ -58,32 +59,32 @@ def test_strong_scaling_counts_and_skips_what_the_model_cannot_do():
     assert (eight.resources.nodes, eight.resources.tasks_per_node) == (2, 4)
     # fixed workload everywhere, sized so that even at 8 GPUs each runs 8 batches of 20
     assert {c.spec.num_requests for c in plan.cells} == {20 * 8 * 8}
-    assert {c.spec.num_requests for c in ex.plan("strong_scaling", config(num_requests=20)).cells} == {20}
+    assert {c.spec.num_requests for c in catalog.plan("strong_scaling", config(num_requests=20)).cells} == {20}
 
 
 def test_scaling_workloads_default_to_batches_per_gpu():
-    weak = ex.plan("weak_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
+    weak = catalog.plan("weak_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
     assert [(c.key, c.spec.num_requests) for c in weak.cells] == [("single/r1", 64), ("dp/r2", 128), ("dp/r4", 256)]
-    strong = ex.plan("strong_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
+    strong = catalog.plan("strong_scaling", config(modes=("dp",), batch_size=16, batches_per_gpu=4))
     assert {c.spec.num_requests for c in strong.cells} == {16 * 4 * 4}
     with pytest.raises(ex.ExperimentError, match="batches_per_gpu: must be an integer >= 1, got 0"):
-        ex.plan("strong_scaling", config(batches_per_gpu=0))
+        catalog.plan("strong_scaling", config(batches_per_gpu=0))
 
 
 def test_weak_scaling_grows_requests_with_ranks():
-    plan = ex.plan("weak_scaling", config(num_requests=8, modes=("dp",)))
+    plan = catalog.plan("weak_scaling", config(num_requests=8, modes=("dp",)))
     assert [(c.key, c.spec.num_requests) for c in plan.cells] == [("single/r1", 8), ("dp/r2", 16), ("dp/r4", 32)]
 
 
 def test_scale_by_nodes_uses_whole_nodes():
     cfg = config(scale_by="nodes", shape=ex.ClusterShape(nodes=3, ranks_per_node=2), modes=("dp",))
     assert ex.rank_counts(cfg) == [2, 4, 6]
-    plan = ex.plan("strong_scaling", cfg)
+    plan = catalog.plan("strong_scaling", cfg)
     assert [(c.resources.nodes, c.resources.tasks_per_node) for c in plan.cells] == [(1, 2), (2, 2), (3, 2)]
 
 
 def test_batch_sweep_one_job_per_configuration_all_sizes():
-    plan = ex.plan("batch_sweep", config(batch_sizes=(8, 1, 4), micro_batches=2))
+    plan = catalog.plan("batch_sweep", config(batch_sizes=(8, 1, 4), micro_batches=2))
     assert [c.key for c in plan.cells] == ["single/r1", "pp/r2", "tp/r2", "dp/r2"]
     assert plan.cell("single/r1").spec.batch_sizes == [1, 4, 8]
     # batch 1 runs as one micro-batch of 1 row (the worker records it), so pp measures batch-1 latency too
@@ -95,17 +96,17 @@ def test_batch_sweep_one_job_per_configuration_all_sizes():
 
 
 def test_profile_sets_profile_flag():
-    plan = ex.plan("profile", config(batch_sizes=(1, 8)))
+    plan = catalog.plan("profile", config(batch_sizes=(1, 8)))
     assert all(c.spec.profile for c in plan.cells)
 
 
 def test_cpu_shape_asks_for_no_gpus():
-    plan = ex.plan("batch_sweep", config(shape=ex.ClusterShape(nodes=1, ranks_per_node=2, gpus=False)))
+    plan = catalog.plan("batch_sweep", config(shape=ex.ClusterShape(nodes=1, ranks_per_node=2, gpus=False)))
     assert all(c.resources.gpus_per_node == 0 for c in plan.cells)
 
 
 def test_quantization_runs_each_scheme_and_batch_size_as_a_scored_single_rank_job():
-    p = ex.plan("quantization", config())
+    p = catalog.plan("quantization", config())
     assert [c.key for c in p.cells] == ["none/b1", "none/b64", "int8/b1", "int8/b64", "int4/b1", "int4/b64"]
     for c in p.cells:
         assert c.spec.mode == "single" and c.num_ranks == 1 and c.spec.score
@@ -115,12 +116,12 @@ def test_quantization_runs_each_scheme_and_batch_size_as_a_scored_single_rank_jo
 
 
 def test_quantization_on_cpu_skips_int4_with_the_reason_and_refuses_unknown_schemes():
-    p = ex.plan("quantization", config(shape=ex.ClusterShape(nodes=1, ranks_per_node=1, gpus=False),
+    p = catalog.plan("quantization", config(shape=ex.ClusterShape(nodes=1, ranks_per_node=1, gpus=False),
                                        quant_batch_sizes=(4,)))
     assert [c.key for c in p.cells] == ["none/b4", "int8/b4"]
     assert p.skipped == (("int4/b4", "int4 runs through a CUDA kernel; CPU runs compare the others"),)
     with pytest.raises(ex.ExperimentError, match="quant_schemes: .*int3"):
-        ex.plan("quantization", config(quant_schemes=("none", "int3")))
+        catalog.plan("quantization", config(quant_schemes=("none", "int3")))
 
 
 @pytest.mark.parametrize(
@@ -135,12 +136,12 @@ def test_quantization_on_cpu_skips_int4_with_the_reason_and_refuses_unknown_sche
 )
 def test_bad_settings_are_named(changes, message):
     with pytest.raises(ex.ExperimentError, match=message):
-        ex.plan("correctness", config(**changes))
+        catalog.plan("correctness", config(**changes))
 
 
 def test_unknown_preset_lists_presets():
     with pytest.raises(ex.ExperimentError, match="unknown preset 'nope'; presets: correctness"):
-        ex.plan("nope", config())
+        catalog.plan("nope", config())
 
 
 def test_cartesian_and_paired_sweeps():
@@ -177,7 +178,7 @@ def test_parse_axis():
 
 
 def test_plan_round_trips_through_stored_parameters():
-    plan = ex.plan("correctness", config())
+    plan = catalog.plan("correctness", config())
     stored = json.loads(json.dumps(plan.parameters()))
     again = ex.plan_from_parameters(plan.kind, plan.name, stored)
     assert again.cells == plan.cells
@@ -187,3 +188,16 @@ def test_plan_round_trips_through_stored_parameters():
 def test_study_config_rejects_unknown_settings():
     with pytest.raises(ex.ExperimentError, match="unknown study setting"):
         ex.StudyConfig.from_dict({"nmae": "x"})
+
+
+def test_every_preset_is_complete_in_the_catalog():
+    """A preset is one catalog entry: it plans, is described, and the report has its section."""
+    from tui.studies import report
+
+    for name, preset in catalog.PRESETS.items():
+        assert preset.name == name and preset.description
+        assert callable(getattr(report, preset.report_section, None)), f"{name}: report has no {preset.report_section}"
+        assert preset.plan(config()).kind == name
+    assert callable(getattr(report, catalog.report_section_of("paired_sweep")))
+    with pytest.raises(ex.ExperimentError, match="unknown preset 'nope'; presets: correctness"):
+        catalog.plan("nope", config())

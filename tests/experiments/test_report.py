@@ -8,8 +8,7 @@ import pytest
 
 from storage.db import make_engine, read_session
 from tests.experiments import fixture_db
-from tui.studies import report
-from tui.studies import results
+from tui.studies import report, results
 
 
 def build(engine, ids, **kwargs) -> str:
@@ -184,11 +183,12 @@ def _store(engine, plan, walls_and_requests, tmp_path):
 
 
 def test_weak_scaling_section(tmp_path):
+    from tui.studies import catalog
     from tui.studies import presets as ex
     from worker.contract import ModelSource
 
     engine = make_engine(tmp_path / "weak.db")
-    plan = ex.plan("weak_scaling", ex.StudyConfig(
+    plan = catalog.plan("weak_scaling", ex.StudyConfig.of(
         name="weak", model=ModelSource(config="tiny"), modes=("dp", "pp"), num_requests=20, rank_counts=(1, 2),
         shape=ex.ClusterShape(nodes=1, ranks_per_node=2)))
     # 20 requests in 10 s on 1 GPU; 40 requests in 12.5 s with dp (E_w 0.8), in 25 s with pp (E_w 0.4)
@@ -224,12 +224,13 @@ def test_profile_section_draws_each_timeline_and_states_its_bubble(tmp_path):
 
     from storage.db import write_session
     from tests.experiments import bundles
+    from tui.studies import catalog
     from tui.studies import presets as ex
     from tui.studies.timeline import bubble_fraction, timeline_from
     from worker.contract import ModelSource
 
     recorded = json.loads((Path(__file__).parents[1] / "tui" / "timeline_pp2_cpu.json").read_text())
-    plan = ex.plan("profile", ex.StudyConfig(name="prof", model=ModelSource(config="tiny"), modes=("pp",),
+    plan = catalog.plan("profile", ex.StudyConfig.of(name="prof", model=ModelSource(config="tiny"), modes=("pp",),
                                              batch_sizes=(4,), num_requests=8, micro_batches=2,
                                              shape=ex.ClusterShape(nodes=1, ranks_per_node=2)))
     dirs = {}

@@ -12,10 +12,8 @@ import pytest
 from remote.cluster import Resources
 from storage.db import make_engine, read_session, write_session
 from tests.experiments import bundles
+from tui.studies import catalog, report, results, validity
 from tui.studies import presets as ex
-from tui.studies import report
-from tui.studies import results
-from tui.studies import validity
 from tui.studies.comparison import compare_runs, format_comparison
 from worker.contract import ModelSource
 
@@ -24,10 +22,10 @@ T0 = 1_790_000_000.0
 
 
 def _plan(name: str) -> ex.ExperimentPlan:
-    cfg = ex.StudyConfig(name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp",),
+    cfg = ex.StudyConfig.of(name=name, model=ModelSource(config="tiny"), dtype="float32", device="cpu", modes=("pp",),
                          shape=ex.ClusterShape(nodes=1, ranks_per_node=2, gpus=False), resources=Resources(),
                          batch_size=4, num_requests=16, max_new_tokens=8, repeats=3, rank_counts=(1, 2))
-    return ex.plan("strong_scaling", cfg)
+    return catalog.plan("strong_scaling", cfg)
 
 
 def _experiment(tmp_path: Path, name: str, cells: dict[str, tuple[list[float], float, str]]):

@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import paramiko
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import pytest
 
 from remote.cluster import ClusterError, JobState, Resources, RunBundle
 from remote.ssh import AuthenticationFailed, HostKeyChanged, HostKeyUnknown, HostUnreachable, fingerprint

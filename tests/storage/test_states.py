@@ -29,3 +29,11 @@ def test_states_import_without_sqlmodel():
     code = "import sys, storage.states; print(sorted(m for m in ('sqlmodel', 'sqlalchemy') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_scheduler_state_is_live_or_finished_except_unknown():
+    from remote.cluster import JobState
+
+    scheduler = {s.value for s in JobState} - {"UNKNOWN"}
+    assert states.LIVE_STATES | states.SCHEDULER_FINISHED_STATES == scheduler
+    assert not states.LIVE_STATES & states.FINISHED_STATES

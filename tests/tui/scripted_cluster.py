@@ -13,19 +13,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from remote import errors
 from remote.cluster import ClusterError, JobState, JobStatus, LogChunk, PreparedRun, RunBundle
 from worker import contract
 
 BUNDLE = Path(__file__).resolve().parents[1] / "storage" / "fixtures" / "pp2_bundle"
 
 
-class HostKeyUnknown(ClusterError):
-    """Shaped like the remote layer's host-key error: carries the host and fingerprint, and trust()."""
+class HostKeyUnknown(errors.HostKeyUnknown):
+    """The remote layer's host-key error, whose trust() records the key here instead of known_hosts."""
 
     def __init__(self, host: str, fingerprint: str, on_trust) -> None:
-        super().__init__(f"unknown host key for {host}: {fingerprint}")
-        self.host = host
-        self.fingerprint = fingerprint
+        super().__init__(f"unknown host key for {host}: {fingerprint}", host=host, key_type="ssh-ed25519",
+                         fingerprint=fingerprint)
         self._on_trust = on_trust
 
     def trust(self) -> None:
@@ -152,7 +152,7 @@ class ScriptedCluster:
 
 
 class HostKeyChanged(HostKeyUnknown):
-    """Shaped like the remote layer's changed-key error: the key known_hosts holds, and the new one."""
+    """Like the remote layer's changed-key error: the key known_hosts holds, and the new one."""
 
     changed = True
 

@@ -7,15 +7,18 @@ test_app_slurm.py (Slurm over SSH).
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
 from pilot_wait import wait_for
-from remote.cluster import ClusterError, JobState
+from rich.console import Console
 from scripted_cluster import HostKeyUnknown
 from textual.widgets import Button, DataTable, Input, Select, TabbedContent
 
+from remote.cluster import ClusterError, JobState
+from remote.errors import AuthenticationFailed
 from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
 from tui.ui.screens.new_run import NewRunScreen
 from tui.ui.screens.run import RunScreen
@@ -167,10 +170,10 @@ async def test_lost_connection_shows_reconnecting_then_recovers(make_app, script
     async with app.run_test(size=SIZE) as pilot:
         run_id = await submit_demo(app, pilot, scripted)
         scripted.fail_status_with = ClusterError("ssh connection to gpu-login lost")
-        await wait_for(pilot, lambda: app.connections["local"][0] == "reconnecting", what="reconnecting")
+        await wait_for(pilot, lambda: app.connections["local"].state == "reconnecting", what="reconnecting")
         assert "reconnecting" in str(app.screen.query_one("#connection-bar").render())
         scripted.fail_status_with = None
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40, what="recovery")
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", timeout=40, what="recovery")
         assert app.runs[run_id].state == "PENDING"
 
 
@@ -184,7 +187,7 @@ async def test_broken_log_stream_resumes_without_losing_or_repeating_lines(make_
         logs = app.run_logs[run_id]
         await wait_for(pilot, lambda: logs.merged.received == 100)
         seen: list[str] = []
-        app.watch(app, "connections_version", lambda _: seen.append(app.connections["local"][0]), init=False)
+        app.watch(app, "connections_version", lambda _: seen.append(app.connections["local"].state), init=False)
         scripted.break_next_stream = True
         # Shown until the stream or the next status poll succeeds (here within a poll interval).
         await wait_for(pilot, lambda: "reconnecting" in seen, what="reconnecting")
@@ -193,7 +196,7 @@ async def test_broken_log_stream_resumes_without_losing_or_repeating_lines(make_
         await pilot.pause(0.5)
         assert list(logs.ranks[0].lines) == (
             [f"before {i}" for i in range(100)] + [f"after {i}" for i in range(100)])
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", what="connected again")
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", what="connected again")
 
 
 async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, scripted):
@@ -207,13 +210,10 @@ async def test_unknown_host_key_dialog_shows_fingerprint_and_trusts(make_app, sc
         scripted.fail_status_with = None
         await pilot.click("#trust")
         await wait_for(pilot, lambda: trusted == [1], what="trust()")
-        await wait_for(pilot, lambda: app.connections["local"][0] == "local", timeout=40)
+        await wait_for(pilot, lambda: app.connections["local"].state == "local", timeout=40)
 
 
 async def test_failed_login_says_why(make_app, scripted):
-    class AuthenticationFailed(ClusterError):
-        pass
-
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await submit_demo(app, pilot, scripted)
@@ -287,6 +287,12 @@ async def test_log_filter_search_and_follow(make_app, scripted):
         await wait_for(pilot, lambda: logs.merged.received == 500)
         view = app.screen.query_one("#log-merged", RankLog)
         assert view.follow and view.scroll_y == view.max_scroll_y > 0
+        state = app.screen.query_one("#follow-state")
+        assert "following" in str(state.render())
+        view.action_page_up()  # scrolling back pauses, and the label says so
+        await wait_for(pilot, lambda: "paused" in str(state.render()), what="the paused label")
+        view.action_scroll_end()
+        await wait_for(pilot, lambda: "following" in str(state.render()), what="following again")
         await pilot.press("f")
         assert not view.follow
         app.screen.query_one("#log-filter", Input).value = "WARN"
@@ -429,7 +435,7 @@ async def test_trusting_the_host_key_resumes_the_interrupted_submit(make_app, sc
         # No second ctrl+s: the submit the dialog interrupted goes on.
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run submitted")
         assert trusted == [1] and len(app.service.runs()) == 1
-        assert app.connections["gpu"][0] == "connected"
+        assert app.connections["gpu"].state == "connected"
         assert not form.busy or form not in app.screen_stack
 
 
@@ -444,7 +450,7 @@ async def test_refusing_the_host_key_ends_the_submit_and_says_so(make_app, scrip
         await pilot.click("#refuse")
         await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not form.busy, what="the form back")
         assert "was refused" in str(form.query_one("#error-general").render())
-        assert app.connections["gpu"][0] == "refused" and app.service.runs() == []
+        assert app.connections["gpu"].state == "refused" and app.service.runs() == []
 
 
 async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_app, scripted, tmp_path):
@@ -470,7 +476,7 @@ async def test_preview_meets_the_host_key_dialog_and_resumes_once_trusted(make_a
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the dialog again")
         await pilot.click("#trust")
         await wait_for(pilot, lambda: "srun" in (form.preview_script or ""), what="the script")
-        assert app.connections["gpu"][0] == "connected"
+        assert app.connections["gpu"].state == "connected"
 
 
 async def test_preview_of_an_unreachable_cluster_still_shows_the_script(make_app, scripted, tmp_path):
@@ -821,3 +827,30 @@ async def test_the_runs_list_fits_80_columns_and_widens_with_the_terminal(make_a
         await wait_for(pilot, lambda: len(table.ordered_columns) == 7, what="the narrow layout again")
         assert columns(table)[1] <= table.scrollable_content_region.width
         assert app.screen.selected_run_id() == record.id
+
+
+async def test_a_draft_is_saved_without_submitting_then_submitted_from_its_screen(make_app, scripted):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.service is not None)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen))
+        form = app.screen
+        form.query_one("#name", Input).value = "later"
+        await pilot.press("ctrl+r")  # the preview shows the settings beside the script
+        await wait_for(pilot, lambda: form.preview_script is not None, what="the preview")
+        assert '"run_name": "later"' in (form.preview_spec or "")
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(form.query_one("#preview-text").content)
+        shown = console.export_text()
+        assert shown.index("Batch script") < shown.index("Run settings") < shown.index('"run_name": "later"')
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the draft's screen")
+        (draft,) = app.service.runs()
+        assert draft.state == "DRAFT" and draft.name == "later" and draft.job_id is None
+        assert not scripted.prepared  # nothing reached the cluster
+        await wait_for(pilot, lambda: app.screen.check_action("submit_draft", ()), what="the submit key")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.service.run(draft.id).state != "DRAFT", what="the submit")
+        assert app.service.run(draft.id).job_id is not None
+        await wait_for(pilot, lambda: not app.screen.check_action("submit_draft", ()), what="no second submit")

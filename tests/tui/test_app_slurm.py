@@ -16,8 +16,8 @@ import pytest
 from pilot_wait import wait_for
 from textual.widgets import DataTable, Input, Select
 
-from tui.ui.app import DinfApp
 from tui.display.runs import printable
+from tui.ui.app import DinfApp
 from tui.ui.screens.new_run import NewRunScreen
 from tui.ui.screens.run import RunScreen
 from tui.ui.screens.runs import RunsScreen
@@ -70,7 +70,7 @@ async def test_submit_two_node_pipeline_streams_and_completes(slurm_app):
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), timeout=60, what="submitted")
         screen = app.screen
         run_id = screen.run_id
-        assert app.connections["mini"][0] == "connected"
+        assert app.connections["mini"].state == "connected"
         assert app.service.run(run_id).job_id
 
         logs = app.run_logs[run_id]
@@ -133,7 +133,7 @@ async def test_unknown_host_key_is_a_dialog_and_trusting_it_connects(minicluster
         await wait_for(pilot, lambda: known_hosts.read_text().strip() != "", timeout=30, what="known_hosts written")
         # The submit the dialog interrupted goes on by itself: no second ctrl+s.
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), timeout=60, what="submitted after trusting")
-        assert app.connections["mini"][0] == "connected"
+        assert app.connections["mini"].state == "connected"
         run_id = app.screen.run_id
         await wait_for(pilot, lambda: app.runs.get(run_id) and app.runs[run_id].state not in ("DRAFT",),
                        timeout=30)
@@ -188,7 +188,7 @@ async def test_preview_after_refusing_the_host_key_asks_again_and_renders_once_t
         assert "#SBATCH" in form.preview_script and known_hosts.read_text().strip()
         toasts = " ".join(str(toast.render()) for toast in app.screen.query("Toast"))
         assert "trust_host_key" not in toasts, toasts
-        assert app.connections["mini"][0] == "connected"
+        assert app.connections["mini"].state == "connected"
 
 
 async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
@@ -231,7 +231,7 @@ async def test_failed_login_is_a_dialog_saying_why(minicluster, tmp_path: Path):
         await wait_for(pilot, lambda: isinstance(app.screen, ProblemDialog), timeout=60, what="the login dialog")
         detail = str(app.screen.query_one("#problem-detail").render())
         assert minicluster.user in detail or "auth" in detail.lower()
-        assert app.connections["mini"][0] == "failed"
+        assert app.connections["mini"].state == "failed"
         assert app.service.runs() == []
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen) and not app.screen.busy)

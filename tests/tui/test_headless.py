@@ -8,9 +8,9 @@ import re
 import time
 
 from remote.cluster import LogChunk
+from tui.core.logs.buffers import LogBuffer, RankState, RunLogs
 from tui.core.logs.routing import classify_path, leading_timestamp, route_chunks
 from tui.core.run_form import RunForm, check_form
-from tui.core.logs.buffers import LogBuffer, RankState, RunLogs
 from worker import contract
 
 

@@ -19,17 +19,18 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pilot_wait import wait_for
-from remote.cluster import ClusterError, FailureSummary
 from rich.console import Console
 from scripted_cluster import BUNDLE, HostKeyUnknown, ScriptedCluster
 from textual.widgets import Select
 from textual.widgets._toast import Toast
 
+from remote.cluster import FailureSummary
+from remote.errors import AuthenticationFailed
 from storage import repo
 from storage.db import write_session
+from tui.display.runs import CONTROL_SHOWN, plain, printable
 from tui.ui.app import DinfApp
 from tui.ui.messages import ActionFailed, SshTroubleMet
-from tui.display.runs import CONTROL_SHOWN, plain, printable
 from tui.ui.screens.compare import CompareScreen
 from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
 from tui.ui.screens.new_run import NewRunScreen
@@ -95,10 +96,6 @@ def test_plain_text_is_never_markup_and_never_a_control_sequence(text):
 def toml_string(text: str) -> str:
     """A TOML basic string holding `text` exactly (every non-printable-ASCII character escaped)."""
     return '"' + "".join(ch if " " <= ch <= "~" and ch not in '"\\' else f"\\u{ord(ch):04x}" for ch in text) + '"'
-
-
-class AuthenticationFailed(ClusterError):
-    """Shaped like the remote layer's login failure (the app recognises it by name)."""
 
 
 def screen_text(app) -> str:
@@ -201,7 +198,7 @@ async def drive(app: DinfApp, scripted: ScriptedCluster, fields: dict[str, str])
         await wait_for(pilot, lambda: isinstance(app.screen, HostKeyDialog), what="the host key dialog")
         assert shown_by(app.screen.query_one(".dialog-question")) == f"Unknown host key for {host} (cluster {cluster})"
         await pilot.press("escape")  # refuse
-        await wait_for(pilot, lambda: app.connections.get(fields["cluster"], ("",))[0] == "refused")
+        await wait_for(pilot, lambda: app.connections[fields["cluster"]].state == "refused")
         assert_shown(app, f"{cluster} ✖ host key refused")
 
         app.post_message(SshTroubleMet(fields["cluster"], AuthenticationFailed(fields["error"])))

@@ -126,8 +126,8 @@ def _live_run(dinf, workdir: Path, job_id: str = "77") -> int:
 
 
 async def test_opening_a_run_with_a_long_log_reads_only_its_tail(tmp_path: Path) -> None:
-    from tui.ui.app import DinfApp
     from tui.core.service import Dinf, make_cluster
+    from tui.ui.app import DinfApp
     from worker import contract
 
     workdir = tmp_path / "live"

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from textual.app import App, ComposeResult
 
-from tui.studies.timeline import RankSpans, Timeline, bubble_fraction, first_timeline, render, shares, timeline_from
+from tui.studies.timeline import (
+    RankSpans,
+    Timeline,
+    bubble_fraction,
+    first_timeline,
+    render,
+    shares,
+    timeline_from,
+)
 from tui.ui.widgets.timeline import PipelineTimeline
 
 RECORDED = json.loads((Path(__file__).parent / "timeline_pp2_cpu.json").read_text())

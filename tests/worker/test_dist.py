@@ -15,7 +15,14 @@ import time
 import pytest
 
 from tests.worker.conftest import (
-    COMMON_RUN_ARGS, REPO, free_port, launcher_output, read_completions, start_slurm_ranks, wait_all, worker_env,
+    COMMON_RUN_ARGS,
+    REPO,
+    free_port,
+    launcher_output,
+    read_completions,
+    start_slurm_ranks,
+    wait_all,
+    worker_env,
 )
 from worker.contract import EXIT_OK, EXIT_PEER_LOST, MODEL_CONFIGS, events_file, parse_event
 

@@ -11,7 +11,14 @@ import json
 import pytest
 import torch
 
-from tests.worker.conftest import COMMON_RUN_ARGS, launcher_output, read_completions, run_cli, start_slurm_ranks, wait_all
+from tests.worker.conftest import (
+    COMMON_RUN_ARGS,
+    launcher_output,
+    read_completions,
+    run_cli,
+    start_slurm_ranks,
+    wait_all,
+)
 from worker import quant
 from worker.checkpoint import SyntheticTensors, llama_config
 from worker.contract import MODEL_CONFIGS

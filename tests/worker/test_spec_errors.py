@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.worker.conftest import run_cli
-from worker.cli import run_command, spec_from_args, build_parser
+from worker.cli import build_parser, run_command, spec_from_args
 from worker.contract import EXIT_BAD_SPEC
 
 

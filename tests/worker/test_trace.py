@@ -70,7 +70,7 @@ def test_the_result_keeps_a_few_steps_of_every_rank_cut_at_the_same_instants(pro
 
 
 def test_dinf_trace_merges_the_ranks_into_one_perfetto_file(profiled_pp, tmp_path, monkeypatch, capsys):
-    from tui.cli.main import main as cli
+    from tui.cli import main as cli
 
     monkeypatch.setenv("DINF_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DINF_DB", raising=False)

@@ -11,7 +11,7 @@ from worker.checkpoint import SyntheticTensors, llama_config, load_stage, synthe
 from worker.contract import MODEL_CONFIGS
 from worker.distributed import detect, expand_nodelist, port_for_job
 from worker.generate import BatchOutput, Picker, StageTimer, StepClock, generate_local
-from worker.metrics import request_stats, summarize, RepeatTiming
+from worker.metrics import RepeatTiming, request_stats, summarize
 from worker.partition import StagePlan, split_layers
 from worker.reference_model import SeqState
 from worker.tokenizer import make_batches, micro_batch_bounds, pad_batch

@@ -49,7 +49,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,8 @@ from remote.poller import ACTIVE_S
 from tui.cli import studies as study_cli
 from tui.cli.completion import SHELLS
 from tui.core import locations
+from tui.core.logs.follow import follow_then_drain
+from tui.display.tables import text_table
 from worker.contract import RunSpec, SpecError
 
 if TYPE_CHECKING:
@@ -447,12 +449,14 @@ def show_runs(records: list[RunRecord], args) -> int:
     if args.json:
         _print_json([r.to_dict() for r in records])
         return EXIT_OK
+    from tui.display.runs import clock, duration, elapsed_s  # with rich: for the table only
+
     rows = [
         (str(r.id), r.name, r.cluster or "-", r.mode, str(r.num_ranks), r.state, r.job_id or "-",
-         _clock(r.created_at), _duration(r))
+         clock(r.created_at), duration(elapsed_s(r)))
         for r in records
     ]
-    print(_table(("ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE", "JOB", "CREATED", "ELAPSED"), rows))
+    print(text_table(("ID", "NAME", "CLUSTER", "MODE", "RANKS", "STATE", "JOB", "CREATED", "ELAPSED"), rows))
     return EXIT_OK
 
 
@@ -464,7 +468,7 @@ def _sort_key(value: Any) -> tuple[bool, Any]:
 
 
 def cmd_show(dinf, args) -> int:
-    from tui.display.runs import describe_accuracy, describe_engine  # rich: `dinf runs` goes without
+    from tui.display.runs import clock, describe_accuracy, describe_engine  # with rich: not at start-up
 
     record = dinf.run(args.run)
     if not args.no_refresh and not record.finished and record.job_id:
@@ -497,7 +501,7 @@ def cmd_show(dinf, args) -> int:
             print(f"  {label:10} {value}")
     print("timeline:")
     for entry in record.history:
-        print(f"  {_clock(entry.at)}  {entry.state}" + (f"  {entry.reason}" if entry.reason else ""))
+        print(f"  {clock(entry.at)}  {entry.state}" + (f"  {entry.reason}" if entry.reason else ""))
     if measurements:
         print("measurements:")
         rows = [
@@ -506,7 +510,7 @@ def cmd_show(dinf, args) -> int:
              _num(m["decode_throughput_tok_s"]), _num(m["per_gpu_output_tok_s"]))
             for m in measurements
         ]
-        print(_table(("BATCH", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "OUT tok/s", "DECODE tok/s",
+        print(text_table(("BATCH", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "OUT tok/s", "DECODE tok/s",
                       "PER-GPU tok/s"), rows, indent="  "))
     for c in correctness:
         scope = "all batches" if c["batch_size"] == -1 else f"batch {c['batch_size']}"
@@ -529,15 +533,17 @@ def cmd_logs(dinf, args) -> int:
     labels = {s.path: (s.rank, s.kind) for s in dinf.log_sources(record.id)}
     multi = len({labels[p] for p in labels if labels[p][1] in kinds
                  and (args.rank is None or labels[p][0] in args.rank)}) > 1
-    for chunk in _drain(stream, follow=args.follow, idle_s=args.idle, finished=lambda: _finished(dinf, record.id)):
-        rank, kind = labels.get(chunk.path, (None, "?"))
-        for line in chunk.lines:
-            if args.json:
-                print(json.dumps({"rank": rank, "kind": kind, "line": line}), flush=False)
-            elif multi:
-                print(f"[{rank} {kind}] {line}", flush=False)
-            else:
-                print(line, flush=False)
+    finished = (lambda: _finished(dinf, record.id)) if args.follow else None
+    for batch in follow_then_drain(stream, quiet_s=args.idle, finished=finished):
+        for chunk in batch:
+            rank, kind = labels.get(chunk.path, (None, "?"))
+            for line in chunk.lines:
+                if args.json:
+                    print(json.dumps({"rank": rank, "kind": kind, "line": line}), flush=False)
+                elif multi:
+                    print(f"[{rank} {kind}] {line}", flush=False)
+                else:
+                    print(line, flush=False)
         sys.stdout.flush()
     return EXIT_OK
 
@@ -545,50 +551,6 @@ def cmd_logs(dinf, args) -> int:
 def _finished(dinf, run_id: int) -> bool:
     _refresh(dinf, quiet=True)
     return dinf.run(run_id).finished
-
-
-def _drain(stream, *, follow: bool, idle_s: float, finished) -> Iterator:
-    """Chunks from a blocking log stream, read on a helper thread so we can decide when to stop.
-
-    Without follow: stop after `idle_s` without new lines. With follow: stop once the run has
-    finished and a final `idle_s` went by with nothing new (the last lines are flushed by then).
-    """
-    batches: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for batch in stream:
-                batches.put(batch)
-        except Exception as exc:  # noqa: BLE001 - handed to the main thread
-            batches.put(exc)
-        batches.put(None)
-
-    threading.Thread(target=pump, name="dinf-logs", daemon=True).start()
-    last_new = time.monotonic()
-    done_seen_at: float | None = None
-    while True:
-        try:
-            batch = batches.get(timeout=0.2)
-        except queue.Empty:
-            batch = []
-        if batch is None:
-            return
-        if isinstance(batch, Exception):
-            raise batch
-        if any(chunk.lines for chunk in batch):
-            last_new = time.monotonic()
-            yield from (chunk for chunk in batch if chunk.lines)
-            continue
-        quiet_for = time.monotonic() - last_new
-        if not follow:
-            if quiet_for >= idle_s:
-                return
-        elif quiet_for >= idle_s:
-            if done_seen_at is None and finished():
-                done_seen_at = time.monotonic()
-                last_new = done_seen_at  # one more quiet period to catch the final lines
-            elif done_seen_at is not None:
-                return
 
 
 def cmd_cancel(dinf, args) -> int:
@@ -657,7 +619,7 @@ def cmd_clusters(args) -> int:
         (c.name + (" *" if c.name == config.default_cluster else ""), c.backend, c.host or "-", c.workdir)
         for c in clusters
     ]
-    print(_table(("NAME", "BACKEND", "HOST", "WORKDIR"), rows))
+    print(text_table(("NAME", "BACKEND", "HOST", "WORKDIR"), rows))
     print(f"(configuration: {config.path})", file=sys.stderr)
     return EXIT_OK
 
@@ -780,30 +742,6 @@ def _emit(args, data: Any, text: str | None) -> None:
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def _clock(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _duration(record) -> str:
-    start = record.started_at or record.submitted_at
-    if start is None:
-        return "-"
-    end = record.finished_at or (None if record.finished else time.time())
-    if end is None:
-        return "-"
-    seconds = int(max(0.0, end - start))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _num(value: float | None, scale: float = 1.0) -> str:

@@ -26,18 +26,16 @@ import sys
 from pathlib import Path
 
 from remote.cluster import Resources
+from tui.display.tables import text_table
+from tui.studies.catalog import PRESETS, plan
 from tui.studies.presets import (
-    PRESET_DESCRIPTIONS,
-    PRESETS,
     ClusterShape,
     ExperimentError,
     ExperimentPlan,
     StudyConfig,
     parse_axis,
-    plan,
     plan_sweep,
 )
-from tui.display.tables import text_table
 from worker.contract import ModelSource, RunSpec
 
 RESOURCE_FLAGS = ("partition", "account", "qos", "time_limit", "constraint", "mem", "container_image",
@@ -187,7 +185,7 @@ def study_config(dinf, args, *, cluster: str | None = None) -> StudyConfig:
         model = ModelSource(source="checkpoint", path=args.checkpoint, seed=args.seed)
     else:
         model = ModelSource(source="synthetic", config=args.model, seed=args.seed)
-    return StudyConfig(
+    return StudyConfig.of(
         name=args.name, model=model, dtype=args.dtype, device=args.device,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         shape=ClusterShape(nodes=args.nodes, ranks_per_node=args.ranks_per_node, gpus=not (args.cpu or local)),
@@ -222,25 +220,11 @@ def _plan_text(p: ExperimentPlan) -> str:
 
 
 def cmd_compare(dinf, args) -> int:
-    from storage.db import read_session
-    from tui.studies.comparison import compare_runs, format_comparison, run_label  # plotext: only when charting
-    from tui.studies.results import load_experiment, load_runs
+    from tui.core.comparisons import compare  # plotext: only when charting
+    from tui.studies.comparison import format_comparison, run_label
 
-    with read_session(dinf.engine) as session:
-        runs = load_runs(session, args.runs)
-        for ref in args.experiment:
-            exp = load_experiment(session, ref)
-            runs += [c.run for c in exp.cells if c.done and c.run is not None] or [r for r in exp.runs if r.points]
-        baseline = load_runs(session, [args.baseline])[0] if args.baseline else None
-        for ref in args.experiment if baseline is None else ():
-            cells = load_experiment(session, ref).completed("baseline")
-            baseline = cells[0].run if cells else None
-            if baseline is not None:
-                break
-    if not runs:
-        raise ExperimentError("compare: name runs (RUN...) or experiments (--experiment EXP) to compare")
-    unique = list({r.id: r for r in runs}.values())
-    comparison = compare_runs(unique, baseline=baseline, batch_size=args.batch_size)
+    comparison = compare(dinf, args.runs, experiments=args.experiment, baseline=args.baseline,
+                         batch_size=args.batch_size)
     if args.json:
         _print_json({
             "baseline": comparison.baseline.id,
@@ -277,7 +261,7 @@ def cmd_report(dinf, args) -> int:
 
 
 def cmd_presets(dinf, args) -> int:
-    rows = {name: {"description": PRESET_DESCRIPTIONS[name], "available": True} for name in PRESETS}
+    rows = {name: {"description": preset.description, "available": True} for name, preset in PRESETS.items()}
     if args.json:
         _print_json(rows)
         return 0

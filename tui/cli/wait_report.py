@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from tui.display.runs import duration, printable
 from tui.core.logs.buffers import RankState
+from tui.display.runs import duration, printable
 
 PROGRESS_EVERY_S = 1.0
 """At most one redraw of the progress line a second: a terminal that scrolls back stays quiet."""

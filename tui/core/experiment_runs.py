@@ -17,9 +17,9 @@ from pathlib import Path
 
 from storage import repo
 from storage.db import read_session, write_session
+from tui.core.service import Dinf, RunRecord
 from tui.studies.presets import Cell, ExperimentError, ExperimentPlan, run_name
 from tui.studies.results import ExperimentResult, cell_key_of, find_experiment, load_experiment
-from tui.core.service import Dinf, RunRecord
 
 
 @dataclass(frozen=True)

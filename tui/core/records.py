@@ -1,12 +1,14 @@
-"""The run snapshots the service hands out (`RunRecord`, `StateEntry`), and how rows become them.
+"""The snapshots the service hands out: a run as stored at one moment, its state history, its logs.
 
-`records(runs, clusters, history)` turns rows of the run, cluster and state-change tables into frozen
+Frozen and detached from any database session, so they pass between threads and the app holds one
+per run. Standard library only (no sqlmodel): the app's screens and the CLI's printing import these
+types without the database layer. Run states are `storage.states`' vocabulary (the scheduler's
+names plus dinf's own).
+
+`records(runs, clusters, history)` turns rows of the run, cluster and state-change tables into
 `RunRecord`s. The rows may be SQLModel objects (`tui.core.service.Dinf`, through `storage.repo`) or
 the plain namespaces of `storage.light_read` (`dinf runs` without SQLModel): anything with the
 columns as attributes. One function for both, so the two paths can't drift apart.
-
-Standard library plus two light modules: no SQLModel, paramiko or Textual, so the CLI's light
-commands can import it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from remote.cluster import FailureSummary
-from storage.states import FINISHED_STATES
+from storage.states import DONE_STATES, FINISHED_STATES
+
+LOG_KINDS = ("worker", "events", "launcher")
+"""Per rank: the worker's own log, its JSON-lines events, and the launcher's captured stdout/stderr."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: a thousand runs hold four of these each
@@ -96,6 +101,11 @@ class RunRecord:
         return self.state in FINISHED_STATES
 
     @property
+    def done(self) -> bool:
+        """Finished with results to read (completed, or imported from a bundle)."""
+        return self.state in DONE_STATES
+
+    @property
     def has_results(self) -> bool:
         return self.ingested_at is not None
 
@@ -108,6 +118,20 @@ class RunRecord:
         data["history"] = [{"state": h.state, "at": h.at, "reason": h.reason} for h in self.history]
         data["failure"] = None if self.failure is None else self.failure.to_dict()
         return data
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """One log file of one rank, as a path on the run's cluster."""
+
+    rank: int
+    kind: str
+    """One of LOG_KINDS."""
+    path: str
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank} {self.kind}"
 
 
 def records(runs: Iterable[Any], clusters: Iterable[Any], history: Iterable[Any]) -> list[RunRecord]:

@@ -19,7 +19,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,9 @@ from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
 from tui.core.config import LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
-from tui.core.records import RunRecord, StateEntry, records  # noqa: F401 - StateEntry: callers import it here
+from tui.core.records import LOG_KINDS, LogSource, RunRecord, StateEntry, records  # noqa: F401 - StateEntry re-exported
 from worker import contract
 from worker.contract import RunSpec
-
-LOG_KINDS = ("worker", "events", "launcher")
-"""Per rank: the worker's own log, its JSON-lines events, and the launcher's captured stdout/stderr."""
 
 
 class ServiceError(RuntimeError):
@@ -59,20 +55,6 @@ class ServiceError(RuntimeError):
 
 
 RunNotFound = repo.RunNotFound
-
-
-@dataclass(frozen=True)
-class LogSource:
-    """One log file of one rank, as a path on the run's cluster."""
-
-    rank: int
-    kind: str
-    """One of LOG_KINDS."""
-    path: str
-
-    @property
-    def label(self) -> str:
-        return f"rank {self.rank} {self.kind}"
 
 
 ClusterFactory = Callable[[ClusterConfig], Cluster]
@@ -140,7 +122,7 @@ class Dinf:
         for cluster in clusters:
             try:
                 cluster.close()
-            except Exception:  # noqa: BLE001 - closing must not hide the caller's own error
+            except Exception:
                 pass
         self.engine.dispose()
 

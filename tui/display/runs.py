@@ -16,10 +16,7 @@ from typing import Any, Protocol
 
 from rich.text import Text
 
-from remote.cluster import TERMINAL_STATES
-
-FINISHED_STATES = frozenset(state.value for state in TERMINAL_STATES) | {"SUBMIT_FAILED", "IMPORTED"}
-LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"})
+from storage.states import FINISHED_STATES, LIVE_STATES
 
 STATE_STYLES = {
     "DRAFT": "dim",

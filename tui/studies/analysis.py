@@ -24,7 +24,6 @@ from typing import Any
 
 from worker.correctness import check_completion
 
-
 # --- measurement points ---------------------------------------------------------------------------
 
 
@@ -85,12 +84,6 @@ class Point:
         if len(self.wall_samples) < 2 or not self.wall_s:
             return None
         return (max(self.wall_samples) - min(self.wall_samples)) / self.wall_s
-
-    @property
-    def per_gpu_tok_s(self) -> float | None:
-        if self.output_tok_s is None or not self.num_gpus:
-            return None
-        return self.output_tok_s / self.num_gpus
 
 
 def _median(values: Sequence[float]) -> float | None:

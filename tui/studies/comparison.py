@@ -12,15 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tui.studies import analysis
-
-from tui.studies import charts
-
-from tui.studies import validity
+from tui.display.tables import text_table
+from tui.studies import analysis, charts, validity
 from tui.studies.analysis import Correctness, Point
 from tui.studies.charts import Chart
 from tui.studies.results import RunResult
-from tui.display.tables import text_table
 
 
 @dataclass(frozen=True)

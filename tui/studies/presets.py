@@ -58,14 +58,27 @@ class ClusterShape:
         return self.nodes * self.ranks_per_node
 
 
+def default_study_spec() -> RunSpec:
+    """The template of a study's cells when none is given: METRICS.md's greedy, fixed-length decode
+    in fp16, 64 new tokens."""
+    return RunSpec(dtype="float16", max_new_tokens=64)
+
+
+STUDY_FIELDS_IN_SPEC = frozenset(f.name for f in dataclasses.fields(RunSpec)) - {"run_name", "mode", "batch_sizes"}
+"""Settings a study takes from its template spec; every cell sets its own name, mode and batch sizes."""
+
+
 @dataclass
 class StudyConfig:
-    """What every preset needs to know. Defaults follow METRICS.md (greedy, fixed output length)."""
+    """What every preset needs to know: the spec every cell starts from, and how the study varies it.
+
+    The worker's settings (model, dtype, device, engine, tokens, requests, repeats, ...) are not
+    repeated here: they are `spec`'s, so a field added to `RunSpec` reaches every preset. Build one
+    from flat settings with `StudyConfig.of(name=..., dtype=..., modes=...)`."""
 
     name: str = "study"
-    model: ModelSource = field(default_factory=ModelSource)
-    dtype: str = "float16"
-    device: str = "auto"
+    spec: RunSpec = field(default_factory=default_study_spec)
+    """The template of every cell's spec (its run_name, mode and batch_sizes are the cell's)."""
     modes: tuple[str, ...] = PARALLEL_MODES
     shape: ClusterShape = field(default_factory=ClusterShape)
     resources: Resources = field(default_factory=Resources)
@@ -74,18 +87,12 @@ class StudyConfig:
     """Batch of the correctness, scaling and profile studies (20 = the shipped prompts in one batch)."""
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Sizes of the batch sweep and the profile study."""
-    max_new_tokens: int = 64
-    num_requests: int | None = None
-    """Requests per measurement (None: one per prompt; the scaling studies size it from
-    batches_per_gpu). Weak scaling multiplies it by N."""
     batches_per_gpu: int = 8
-    """Scaling studies without num_requests: strong scaling gives the whole workload
+    """Scaling studies without the spec's num_requests: strong scaling gives the whole workload
     batch_size x batches_per_gpu x the largest rank count requests (so even there each GPU still
     runs that many batches), weak scaling batch_size x batches_per_gpu per GPU. A timed part of
-    one or two batches is over before launch overheads and clock reads stop mattering."""
-    micro_batches: int = 1
-    warmup: int = 1
-    repeats: int = 3
+    one or two batches is over before launch overheads and clock reads stop mattering.
+    (spec.num_requests, when set, is the requests per measurement; weak scaling multiplies it by N.)"""
     rank_counts: tuple[int, ...] | None = None
     """Scaling studies: rank counts to try; None = 1, 2, 4, ... up to what the cluster has."""
     scale_by: str = "gpus"
@@ -93,25 +100,41 @@ class StudyConfig:
     parallel_ranks: int | None = None
     """Ranks of each parallel mode in the correctness, batch-sweep and profile studies (default:
     min(2, what the cluster has))."""
-    prompts_file: str | None = None
-    top_k: int = 5
     quant_schemes: tuple[str, ...] = QUANT_SCHEMES
     """Quantization study: the schemes compared ('none' is the unquantized baseline)."""
     quant_batch_sizes: tuple[int, ...] = (1, 64)
     """Quantization study: one job per (scheme, batch size)."""
 
+    @classmethod
+    def of(cls, **settings: Any) -> StudyConfig:
+        """From flat settings: the spec's fields go into the template, the rest are the study's."""
+        spec_settings = {k: settings.pop(k) for k in list(settings) if k in STUDY_FIELDS_IN_SPEC}
+        return cls.from_dict({**settings, "spec": {**default_study_spec().to_dict(), **spec_settings}})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["spec"] = self.spec.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ExperimentError(f"unknown study setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        """From `to_dict`, or from the flat settings experiments stored before the template existed."""
         values = dict(data)
-        if isinstance(values.get("model"), Mapping):
-            values["model"] = ModelSource(**values["model"])
+        spec = values.pop("spec", None)
+        spec_data = dict(spec.to_dict() if isinstance(spec, RunSpec) else spec or default_study_spec().to_dict())
+        spec_data.update({k: values.pop(k) for k in list(values) if k in STUDY_FIELDS_IN_SPEC})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ExperimentError(f"unknown study setting(s): {', '.join(unknown)}; known: "
+                                  f"{', '.join(sorted(known | STUDY_FIELDS_IN_SPEC))}")
+        bad = sorted(set(spec_data) - {f.name for f in dataclasses.fields(RunSpec)})
+        if bad:
+            raise ExperimentError(f"study spec: unknown field(s) {', '.join(bad)}")
+        if isinstance(spec_data.get("model"), Mapping):
+            spec_data["model"] = ModelSource(**spec_data["model"])
+        # Not validated here: the template's mode is no cell's; each cell's spec is checked when recorded.
+        values["spec"] = RunSpec(**spec_data)
         if isinstance(values.get("shape"), Mapping):
             values["shape"] = ClusterShape(**values["shape"])
         if isinstance(values.get("resources"), Mapping):
@@ -206,21 +229,10 @@ def run_name(experiment_name: str, cell_key: str) -> str:
 
 
 def _base_spec(cfg: StudyConfig, *, run: str, mode: str, batch_sizes: Sequence[int]) -> RunSpec:
-    return RunSpec(
-        run_name=run,
-        model=copy.deepcopy(cfg.model),
-        dtype=cfg.dtype,
-        mode=mode,
-        micro_batches=cfg.micro_batches if mode == "pp" else 1,
-        batch_sizes=list(batch_sizes),
-        max_new_tokens=cfg.max_new_tokens,
-        prompts_file=cfg.prompts_file,
-        num_requests=cfg.num_requests,
-        warmup=cfg.warmup,
-        repeats=cfg.repeats,
-        top_k=cfg.top_k,
-        device=cfg.device,
-    )
+    spec = copy.deepcopy(cfg.spec)  # the template is shared by every cell: never alias its lists
+    spec.run_name, spec.mode, spec.batch_sizes = run, mode, list(batch_sizes)
+    spec.micro_batches = spec.micro_batches if mode == "pp" else 1
+    return spec
 
 
 def resources_for(ranks: int, cfg: StudyConfig) -> Resources:
@@ -244,7 +256,7 @@ def resources_for(ranks: int, cfg: StudyConfig) -> Resources:
 
 def _mode_problem(mode: str, ranks: int, cfg: StudyConfig) -> str | None:
     """Why `mode` cannot run on `ranks` ranks with this model, or None."""
-    model = MODEL_CONFIGS.get(cfg.model.config) if cfg.model.source == "synthetic" else None
+    model = MODEL_CONFIGS.get(cfg.spec.model.config) if cfg.spec.model.source == "synthetic" else None
     if mode == "single" and ranks != 1:
         return "single runs on one rank"
     if mode != "single" and ranks < 2:
@@ -341,7 +353,7 @@ def plan_correctness(cfg: StudyConfig) -> ExperimentPlan:
         if why:
             skipped.append((key, why))
             continue
-        floor_b = noise_floor_batch(mode, b, ranks, cfg.micro_batches)
+        floor_b = noise_floor_batch(mode, b, ranks, cfg.spec.micro_batches)
         floor_key = f"noise_floor/b{floor_b}"
         cells.append(_cell(key, "parallel", cfg, mode=mode, ranks=ranks, batch_sizes=[b],
                            params={"mode": mode, "ranks": ranks, "batch_size": b, "noise_floor": floor_key}))
@@ -360,7 +372,7 @@ def _scaling(cfg: StudyConfig, kind: str) -> ExperimentPlan:
     if isinstance(cfg.batches_per_gpu, bool) or not isinstance(cfg.batches_per_gpu, int) or cfg.batches_per_gpu < 1:
         raise ExperimentError(f"batches_per_gpu: must be an integer >= 1, got {cfg.batches_per_gpu!r}")
     per_gpu = cfg.batch_size * cfg.batches_per_gpu
-    base_requests = cfg.num_requests or (per_gpu if kind == "weak_scaling" else per_gpu * max(counts))
+    base_requests = cfg.spec.num_requests or (per_gpu if kind == "weak_scaling" else per_gpu * max(counts))
     cells, skipped = [], []
     baseline_count = counts[0]
     if baseline_count == 1:
@@ -408,7 +420,7 @@ def _per_mode_jobs(cfg: StudyConfig, kind: str, role: str, **spec_changes: Any) 
     _check_common(cfg)
     ranks = _parallel_ranks(cfg)
     sizes = sorted(set(cfg.batch_sizes))
-    requests = cfg.num_requests or max(sizes)
+    requests = cfg.spec.num_requests or max(sizes)
     cells = [_cell("single/r1", "baseline", cfg, mode="single", ranks=1, batch_sizes=sizes,
                    params={"mode": "single", "ranks": 1, "num_requests": requests},
                    num_requests=requests, **spec_changes)]
@@ -451,43 +463,14 @@ def plan_quantization(cfg: StudyConfig) -> ExperimentPlan:
     for scheme in dict.fromkeys(cfg.quant_schemes):
         for b in sorted(set(cfg.quant_batch_sizes)):
             key = f"{scheme}/b{b}"
-            if scheme == "int4" and (cfg.device == "cpu" or not cfg.shape.gpus):
+            if scheme == "int4" and (cfg.spec.device == "cpu" or not cfg.shape.gpus):
                 skipped.append((key, "int4 runs through a CUDA kernel; CPU runs compare the others"))
                 continue
-            requests = cfg.num_requests or max(4 * b, 20)  # several batches per pass, whatever the size
+            requests = cfg.spec.num_requests or max(4 * b, 20)  # several batches per pass, whatever the size
             cells.append(_cell(key, "baseline" if scheme == "none" else "quant", cfg, mode="single", ranks=1,
                                batch_sizes=[b], params={"quant": scheme, "batch_size": b},
                                num_requests=requests, quant=scheme, score=True))
     return ExperimentPlan("quantization", cfg.name, cfg.to_dict(), tuple(cells), tuple(skipped))
-
-
-PRESETS = {
-    "correctness": plan_correctness,
-    "strong_scaling": plan_strong_scaling,
-    "weak_scaling": plan_weak_scaling,
-    "batch_sweep": plan_batch_sweep,
-    "profile": plan_profile,
-    "quantization": plan_quantization,
-}
-
-PRESET_DESCRIPTIONS = {
-    "correctness": "1-GPU baseline, each parallel mode, and the batch-split noise floor on the 20 prompts",
-    "strong_scaling": "fixed workload on 1, 2, 4, ... GPUs per mode",
-    "weak_scaling": "num_requests proportional to the GPU count",
-    "batch_sweep": "every batch size in one job per configuration",
-    "profile": "compute / communication / idle per rank (profile=True)",
-    "quantization": "fp16 against int8 and int4 weight-only: speed, weight memory and accuracy (KL, top-1, "
-                    "exact ids) judged against fp16 in the same job",
-}
-
-
-def plan(kind: str, cfg: StudyConfig) -> ExperimentPlan:
-    """Expand preset `kind` for `cfg`."""
-    try:
-        planner = PRESETS[kind]
-    except KeyError:
-        raise ExperimentError(f"unknown preset {kind!r}; presets: {', '.join(PRESETS)}") from None
-    return planner(cfg)
 
 
 # --- generic sweeps ---------------------------------------------------------------------------

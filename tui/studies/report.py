@@ -19,18 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui.studies import analysis
-
-from tui.studies import charts
-
-from tui.studies import timeline
-
-from tui.studies import validity
+from tui.studies import analysis, charts, timeline, validity
 from tui.studies.analysis import Correctness, Point
+from tui.studies.catalog import report_section_of
 from tui.studies.charts import Chart
 from tui.studies.comparison import quant_label, speed_accuracy_points
 from tui.studies.results import CellState, ExperimentResult, RunResult, describe_engine
 from worker.contract import MODEL_CONFIGS
+
+Profiles = dict[tuple[str, int], Point]
+"""The profile studies' points by (mode, batch size): a section may cite them (the batch sweep does)."""
 
 SCALES_WELL = 0.8
 """Efficiency from which a mode is said to scale (80% of linear)."""
@@ -140,7 +138,7 @@ def _single_point(cell: CellState | None) -> Point | None:
     return cell.run.points[0]
 
 
-def correctness_section(exp: ExperimentResult) -> Section:
+def correctness_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
     section = Section(f"Correctness: {exp.name}")
     baseline = exp.cell("baseline")
     if baseline is None or not baseline.done or baseline.run is None:
@@ -229,7 +227,8 @@ def _scaling_series(exp: ExperimentResult, baseline: Point) -> dict[str, list[Po
     return {mode: sorted(points, key=lambda p: p.num_gpus) for mode, points in sorted(series.items())}
 
 
-def scaling_section(exp: ExperimentResult, *, weak: bool) -> Section:
+def scaling_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
+    weak = exp.kind == "weak_scaling"
     study = "Weak scaling" if weak else "Strong scaling"
     section = Section(f"{study}: {exp.name}")
     base_cell = exp.cell("single/r1")
@@ -332,7 +331,8 @@ def _mean_split(point: Point) -> tuple[float, float, float] | None:
     return (sum(s.compute for s in splits) / n, sum(s.comm for s in splits) / n, sum(s.idle for s in splits) / n)
 
 
-def batch_sweep_section(exp: ExperimentResult, profiles: dict[tuple[str, int], Point]) -> Section:
+def batch_sweep_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
+    profiles = profiles or {}
     section = Section(f"Batch sweep: {exp.name}")
     base_cell = exp.cell("single/r1")
     if base_cell is None or not base_cell.done or base_cell.run is None:
@@ -400,7 +400,7 @@ def _batch_verdicts(mode: str, gpus: int, rows: Sequence[analysis.BatchCompariso
     return ["\n".join(lines)]
 
 
-def profile_section(exp: ExperimentResult) -> Section:
+def profile_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
     section = Section(f"Profile: {exp.name}")
     section.blocks.append(
         "Per rank, the measured time split into stage compute, time waiting in send/recv or collectives "
@@ -454,7 +454,7 @@ def profile_section(exp: ExperimentResult) -> Section:
     return section
 
 
-def sweep_section(exp: ExperimentResult) -> Section:
+def sweep_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
     section = Section(f"Sweep: {exp.name}")
     axes = exp.parameters.get("config", {}).get("axes", {})
     section.blocks.append(
@@ -477,7 +477,7 @@ def sweep_section(exp: ExperimentResult) -> Section:
     return section
 
 
-def quantization_section(exp: ExperimentResult) -> Section:
+def quantization_section(exp: ExperimentResult, profiles: Profiles | None = None) -> Section:
     section = Section(f"Quantization: {exp.name}")
     section.blocks.append(
         "Weight-only quantization of every matmul weight (embeddings stay in the run's dtype), one job per scheme "
@@ -542,20 +542,6 @@ def quantization_section(exp: ExperimentResult) -> Section:
 
 def _sci(value: float | None) -> str:
     return "–" if value is None else f"{value:.2e}"
-
-
-def _study_section(exp: ExperimentResult, profiles: dict[tuple[str, int], Point]) -> Section:
-    if exp.kind == "correctness":
-        return correctness_section(exp)
-    if exp.kind in ("strong_scaling", "weak_scaling"):
-        return scaling_section(exp, weak=exp.kind == "weak_scaling")
-    if exp.kind == "batch_sweep":
-        return batch_sweep_section(exp, profiles)
-    if exp.kind == "profile":
-        return profile_section(exp)
-    if exp.kind == "quantization":
-        return quantization_section(exp)
-    return sweep_section(exp)
 
 
 # --- setup, method, definitions ------------------------------------------------------------------
@@ -758,7 +744,7 @@ def build_report(experiments: Sequence[ExperimentResult], *, png_dir: Path | Non
     if not experiments:
         raise ValueError("experiments: name at least one experiment to report on")
     profiles = _profile_index(experiments)
-    sections = [_study_section(exp, profiles) for exp in experiments]
+    sections = [globals()[report_section_of(exp.kind)](exp, profiles) for exp in experiments]
     names = ", ".join(e.name for e in experiments)
     out: list[str] = [f"# dinf report: {names}", ""]
     out.append(md_table(

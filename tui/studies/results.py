@@ -21,10 +21,10 @@ from sqlmodel import Session, col, select
 from storage import repo
 from storage.models import ClusterRow, Completion, Experiment, Run
 from storage.states import DONE_STATES, FAILED_STATES
-from tui.studies.analysis import Point, RankStat, timed_window
-from tui.studies.timeline import timeline_from
 from tui.display.runs import describe_engine  # noqa: F401  (re-exported: the report and CLI import it here)
+from tui.studies.analysis import Point, RankStat, timed_window
 from tui.studies.presets import Cell, ExperimentPlan, plan_from_parameters
+from tui.studies.timeline import timeline_from
 
 
 def _json(text: str | None, default: Any) -> Any:

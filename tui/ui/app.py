@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -35,24 +35,54 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from tui.core.connection import (
+    Connections,
+    HostKeyError,
+    LinkState,
+    PollVerdict,
+    Trouble,
+    classify,
+    first_line,
+    needs_the_user,
+    problem_text,
+)
+from tui.core.logs.buffers import DEFAULT_MAX_LINES, RunLogs
+from tui.core.logs.follow import follow_then_drain
+from tui.core.logs.routing import route_chunks
+from tui.display.runs import is_finished, is_live, printable, state_of
 from tui.ui.messages import (
     ActionFailed,
+    CompareMarksChanged,
     ConnectionChanged,
+    DraftRequested,
+    DraftSaved,
+    DraftSubmitRequested,
     HostKeyTrusted,
     LogBatchReceived,
+    LogsUpdated,
     LogTailEnded,
+    PreviewRendered,
+    PreviewRequested,
     ResultsLoaded,
+    ResultsRequested,
     RunCancelled,
+    RunCancelRequested,
+    RunOpenRequested,
     RunsRefreshed,
     RunSubmitted,
     ServiceFailed,
     ServiceOpened,
     SshTroubleMet,
+    SubmitRequested,
 )
-from tui.core.logs.routing import route_chunks
-from tui.display.runs import is_finished, is_live, printable, state_of
-from tui.core.logs.buffers import DEFAULT_MAX_LINES, RunLogs
+from tui.ui.screens import focused_run_id
 from tui.ui.screens.dialogs import ConfirmDialog, HostKeyDialog, ProblemDialog
+
+if TYPE_CHECKING:
+    from tui.core.config import ClusterConfig
+    from tui.core.records import RunRecord
+    from tui.core.run_form import CheckedForm, RunForm
+    from tui.core.service import Dinf
 from tui.ui.screens.runs import RunsScreen
 
 LIVE_POLL_S = 2.0
@@ -60,7 +90,7 @@ LIVE_POLL_S = 2.0
 IDLE_POLL_S = 15.0
 MAX_BACKOFF_S = 30.0
 TAIL_DRAIN_S = 3.0
-"""Keep tailing this long after a run finished, so its last lines arrive."""
+"""After a run finished, keep tailing until this long passes without a new line (its last lines)."""
 TAIL_QUEUE_LIMIT = 8
 """Back-pressure: a tail waits while this many messages are queued for the UI."""
 
@@ -88,8 +118,10 @@ class RunCommands(Provider):
     async def search(self, query: str) -> Hits:
         app = self.app
         matcher = self.matcher(query)
-        for record in list(getattr(app, "runs", {}).values()):
-            title = printable(f"Open run #{record.id} {getattr(record, 'name', '')} ({state_of(record)})")
+        if not isinstance(app, DinfApp):
+            return
+        for record in list(app.runs.values()):
+            title = printable(f"Open run #{record.id} {record.name} ({state_of(record)})")
             score, offsets = matcher.fuzzy_search.match(matcher.query, title)
             if score > 0:
                 # Not matcher.highlight(): it parses the title as markup, and run names are data.
@@ -129,9 +161,10 @@ class DinfApp(App):
         self.log_max_lines = log_max_lines
         self.log_tail_bytes = log_tail_bytes
         self.max_backoff_s = max_backoff_s
-        self.service: Any = None
-        self.runs: dict[int, Any] = {}
-        self.connections: dict[str, tuple[str, str]] = {}
+        self.service: Dinf = None  # type: ignore[assignment]  (set once opened: every use waits for it)
+        self.runs: dict[int, RunRecord] = {}
+        self.connections = Connections()
+        """The link to each cluster (`tui.core.connection`); changed on the UI thread only."""
         self.run_logs: dict[int, RunLogs] = {}
         self._tailing: set[int] = set()
         self._finished_runs: set[int] = set()
@@ -139,6 +172,8 @@ class DinfApp(App):
         self._wake_refresh = threading.Event()
         self._stopping = threading.Event()
         self._open_dialog_for: set[str] = set()
+        self.compare_marks: tuple[list[int], int | None] = ([], None)
+        """The compare screen's marks and baseline when it was last open (kept for its next opening)."""
         self._waiting_for_trust: dict[str, list[tuple[Callable[[], None] | None, Callable[[str], None] | None]]] = {}
         """cluster -> actions a host-key dialog interrupted: (resume, give_up), resumed once trusted."""
 
@@ -177,9 +212,9 @@ class DinfApp(App):
         # keeps full garbage collections, which stop every thread, from walking it again and again:
         # streaming 100k lines/s they paused the UI for 100-165 ms each (bench_tui.py).
         gc.freeze()
-        for name, cluster in self.cluster_configs().items():
-            local = getattr(cluster, "backend", "") == "local"
-            self.connections[name] = ("local", "") if local else ("idle", "")
+        self.connections = Connections(
+            {name: cluster.backend == "local" for name, cluster in self.cluster_configs().items()}
+        )
         self.connections_version += 1
         self._refresh_loop()
         if self.start_demo:
@@ -188,9 +223,8 @@ class DinfApp(App):
     def on_service_failed(self, message: ServiceFailed) -> None:
         self.push_screen(ProblemDialog("dinf could not open its database or configuration", message.error))
 
-    def cluster_configs(self) -> dict[str, Any]:
-        config = getattr(self.service, "config", None)
-        return dict(getattr(config, "clusters", {}) or {})
+    def cluster_configs(self) -> dict[str, ClusterConfig]:
+        return dict(self.service.config.clusters) if self.service is not None else {}
 
     # --- refreshing runs --------------------------------------------------------------------------
 
@@ -233,26 +267,15 @@ class DinfApp(App):
             self._wake_refresh.clear()
 
     def _report_clusters(self, runs: Iterable[Any], errors: dict[str, str]) -> None:
-        """From the refresh worker: the service notes the last error per cluster, cleared on success."""
-        live = {str(getattr(r, "cluster", "")) for r in runs if is_live(r)}
-        for name in live | set(errors):
-            state = self.connections.get(name, ("", ""))[0]
-            healthy = self._healthy_state(name)
-            if state == healthy and name not in errors:
-                continue
-            if name in errors:
-                if state == "refused":
-                    continue
-                # Newly failing: is it something the user must answer (a dialog then says so)?
-                if state in ("failed",) or (state != "reconnecting" and self._probe_cluster(name)):
-                    continue
-                self.post_message(ConnectionChanged(name, "reconnecting", errors[name].splitlines()[0][:120]))
+        """From the refresh worker: what the poll means for each cluster's link (`Connections.polled`)."""
+        live = {str(r.cluster) for r in runs if is_live(r)}
+        for name, verdict in self.connections.polled(live, errors).items():
+            if verdict is PollVerdict.HEALTHY:
+                self.post_message(ConnectionChanged(name, self.connections.healthy(name)))
+            elif verdict is PollVerdict.PROBE and self._probe_cluster(name):
+                continue  # it needs the user: a dialog is on its way
             else:
-                self.post_message(ConnectionChanged(name, healthy))
-
-    def _healthy_state(self, name: str) -> str:
-        config = self.cluster_configs().get(name)
-        return "local" if getattr(config, "backend", "") == "local" else "connected"
+                self.post_message(ConnectionChanged(name, LinkState.RECONNECTING, errors[name]))
 
     def _probe_cluster(self, name: str) -> bool:
         """From a worker: retry one status call to get the error itself; True if it needs the user
@@ -260,23 +283,23 @@ class DinfApp(App):
         try:
             self.service.cluster(name).status([])
         except Exception as exc:
-            if _needs_the_user(exc):
+            if needs_the_user(exc):
                 self._report_trouble(name, exc)
                 return True
         return False
 
     def _report_trouble(self, cluster: str | None, exc: BaseException) -> None:
         """From a worker: host-key and login problems become dialogs, the rest 'reconnecting'."""
-        names = [cluster] if cluster else [n for n, (s, _) in self.connections.items() if s != "local"]
-        if _needs_the_user(exc):
+        names = [cluster] if cluster else self.connections.remote_names()
+        if needs_the_user(exc):
             for name in names or ["?"]:
                 self.post_message(SshTroubleMet(name, exc))
             return
-        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        detail = first_line(str(exc)) or type(exc).__name__
         if not names:
             self.post_message(ActionFailed("refresh", detail))
         for name in names:
-            self.post_message(ConnectionChanged(name, "reconnecting", detail))
+            self.post_message(ConnectionChanged(name, LinkState.RECONNECTING, detail))
 
     def on_runs_refreshed(self, message: RunsRefreshed) -> None:
         fresh = {record.id: record for record in message.runs}
@@ -287,8 +310,11 @@ class DinfApp(App):
         self.runs_version += 1
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
-        self.connections[message.cluster] = (message.state, message.detail)
-        self.connections_version += 1
+        self._set_link(message.cluster, message.state, message.detail)
+
+    def _set_link(self, cluster: str, state: LinkState, detail: str = "") -> None:
+        if self.connections.set(cluster, state, detail):
+            self.connections_version += 1  # the connection bar redraws
 
     def action_refresh_runs(self) -> None:
         self._wake_refresh.set()
@@ -298,9 +324,9 @@ class DinfApp(App):
     def on_ssh_trouble_met(self, message: SshTroubleMet) -> None:
         exc = message.error
         cluster = message.cluster
-        fingerprint = _host_key_fingerprint(exc)
+        trouble = classify(exc)
         if message.resume is not None or message.give_up is not None:
-            if fingerprint is not None:  # the action resumes once the user trusts the key
+            if trouble is Trouble.HOST_KEY:  # the action resumes once the user trusts the key
                 self._waiting_for_trust.setdefault(cluster, []).append((message.resume, message.give_up))
             elif message.give_up is not None:  # a failed login: nothing to resume, the dialog says why
                 message.give_up(f"login to cluster {cluster} failed (see the dialog)")
@@ -311,32 +337,27 @@ class DinfApp(App):
         def closed(_: Any = None) -> None:
             self._open_dialog_for.discard(cluster)
 
-        if fingerprint is not None:
-            host = str(getattr(exc, "host", None) or getattr(exc, "hostname", None) or cluster)
-            changed = bool(getattr(exc, "changed", False)) or "changed" in type(exc).__name__.lower()
-            self.connections[cluster] = ("failed", "host key changed" if changed else "unknown host key")
-            self.connections_version += 1
-            known = getattr(exc, "expected_fingerprint", None)
+        if isinstance(exc, HostKeyError):
+            host = exc.host or cluster
+            self._set_link(cluster, LinkState.FAILED, Connections.host_key_detail(exc))
+            known = exc.expected_fingerprint
 
             def answered(trust: bool | None) -> None:
                 closed()
                 if trust:
-                    self.connections[cluster] = ("connecting", "")
-                    self.connections_version += 1
+                    self._set_link(cluster, LinkState.CONNECTING)
                     self._trust_host_key(cluster, exc)
                 else:
-                    self.connections[cluster] = ("refused", "")
-                    self.connections_version += 1
+                    self._set_link(cluster, LinkState.REFUSED)
                     self._give_up_waiting(cluster, f"the host key of cluster {cluster} was refused; nothing was sent")
 
             self.push_screen(
-                HostKeyDialog(cluster, host, fingerprint, changed=changed,
+                HostKeyDialog(cluster, host, exc.fingerprint, changed=exc.changed,
                               known_fingerprint=str(known) if known else None),
                 answered,
             )
             return
-        self.connections[cluster] = ("failed", "login failed")
-        self.connections_version += 1
+        self._set_link(cluster, LinkState.FAILED, "login failed")
         self.push_screen(
             ProblemDialog(
                 f"Login to cluster {cluster} failed",
@@ -352,25 +373,18 @@ class DinfApp(App):
                 give_up(why)
 
     @work(thread=True, exit_on_error=False, group="ssh", description="trusting a host key")
-    def _trust_host_key(self, cluster: str, exc: BaseException) -> None:
+    def _trust_host_key(self, cluster: str, exc: HostKeyError) -> None:
         try:
-            trust = getattr(exc, "trust", None)
-            if callable(trust):
-                trust()
-            else:
-                from remote import ssh  # the remote layer records the key in known_hosts
-
-                ssh.trust_host_key(exc)  # type: ignore[attr-defined]
+            exc.trust()  # the transport that raised it records the key (known_hosts)
         except Exception as error:
-            self.post_message(HostKeyTrusted(cluster, _problem_text(error)))
+            self.post_message(HostKeyTrusted(cluster, problem_text(error)))
             return
         self.post_message(HostKeyTrusted(cluster))
 
     def on_host_key_trusted(self, message: HostKeyTrusted) -> None:
         cluster = message.cluster
         if message.error is not None:
-            self.connections[cluster] = ("failed", message.error.splitlines()[0][:120])
-            self.connections_version += 1
+            self._set_link(cluster, LinkState.FAILED, message.error)
             self.notify(printable(f"trusting the host key of {cluster} failed: {message.error}", multiline=True),
                         severity="error", timeout=8, markup=False)
             self._give_up_waiting(cluster, f"the host key of cluster {cluster} could not be trusted")
@@ -390,15 +404,13 @@ class DinfApp(App):
         except Exception as exc:
             self._report_trouble(cluster, exc)
             return
-        self.post_message(ConnectionChanged(cluster, self._healthy_state(cluster)))
+        self.post_message(ConnectionChanged(cluster, self.connections.healthy(cluster)))
 
     def on_action_failed(self, message: ActionFailed) -> None:
         if message.what in ("submit", "preview"):
-            # The form may be under a dialog (an SSH problem answered first): find it in the stack.
+            # The form may be under a dialog (an SSH problem answered first): tell the whole stack.
             for screen in self.screen_stack:
-                failed = getattr(screen, f"{message.what}_failed", None)
-                if failed is not None:
-                    failed(message.error)
+                screen.post_message(ActionFailed(message.what, message.error, message.run_id))
         self.notify(printable(f"{message.what} failed: {message.error}", multiline=True), severity="error",
                     timeout=8, markup=False)
 
@@ -429,41 +441,30 @@ class DinfApp(App):
     @work(thread=True, exit_on_error=False, group="tails", description="tailing run logs")
     def _tail(self, run_id: int, offsets: dict[str, int], last_time: dict[str, float]) -> None:
         worker = get_current_worker()
-        finished_at: float | None = None
-        stream = None
         try:
             # The launcher's capture holds the worker's log plus anything on stderr (tracebacks),
             # so it and the events are enough; the worker's own log file would repeat every line.
             stream = self.service.stream_logs(
                 run_id, offsets or None, kinds=TAIL_KINDS, tail_bytes=self.log_tail_bytes
             )
-            for chunks in stream:
-                if worker.is_cancelled or self._stopping.is_set():
-                    break
-                if chunks:
-                    # One message per batch, parsed here so the UI thread only appends.
-                    self.post_message(LogBatchReceived(run_id, route_chunks(chunks, last_time)))
-                    while self.message_queue_size > TAIL_QUEUE_LIMIT and not self._stopping.is_set():
-                        time.sleep(0.005)
-                if run_id in self._finished_runs:
-                    finished_at = finished_at or time.monotonic()
-                    if time.monotonic() - finished_at > TAIL_DRAIN_S:
-                        break
+            batches = follow_then_drain(
+                stream, quiet_s=TAIL_DRAIN_S, finished=lambda: run_id in self._finished_runs,
+                stopped=lambda: worker.is_cancelled or self._stopping.is_set(),
+            )
+            for chunks in batches:
+                # One message per batch, parsed here so the UI thread only appends.
+                self.post_message(LogBatchReceived(run_id, route_chunks(chunks, last_time)))
+                while self.message_queue_size > TAIL_QUEUE_LIMIT and not self._stopping.is_set():
+                    time.sleep(0.005)
         except Exception as exc:
             self.post_message(LogTailEnded(run_id, f"{type(exc).__name__}: {exc}"))
             return
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
         self.post_message(LogTailEnded(run_id))
 
     def on_log_batch_received(self, message: LogBatchReceived) -> None:
         logs = self.logs_for(message.run_id)
         logs.apply(message.batch)
-        screen = self.screen
-        if getattr(screen, "run_id", None) == message.run_id and hasattr(screen, "logs_updated"):
-            screen.logs_updated()
+        self.screen.post_message(LogsUpdated(message.run_id))  # the run's screen redraws; others ignore it
 
     def on_log_tail_ended(self, message: LogTailEnded) -> None:
         self._tailing.discard(message.run_id)
@@ -472,10 +473,10 @@ class DinfApp(App):
                         severity="warning", markup=False)
             record = self.runs.get(message.run_id)
             if record is not None and not is_finished(record):
-                cluster = str(getattr(record, "cluster", ""))
-                if self.connections.get(cluster, ("", ""))[0] != "refused":
-                    self.connections[cluster] = ("reconnecting", "log stream interrupted")
-                    self.connections_version += 1
+                cluster = str(record.cluster)
+                state = self.connections.stream_interrupted(cluster)
+                if state is not None:
+                    self._set_link(cluster, state, "log stream interrupted")
                 # Resume from the last delivered offsets (the backend already retried): no line
                 # lost or repeated; the next successful poll marks the cluster connected again.
                 self.set_timer(2.0, lambda: self.start_tail(message.run_id))
@@ -484,17 +485,36 @@ class DinfApp(App):
     def load_results(self, run_id: int) -> None:
         try:
             measurements = list(self.service.measurements(run_id))
-            correctness_of = getattr(self.service, "correctness", None)
-            correctness = correctness_of(run_id) if callable(correctness_of) else None
+            correctness = self.service.correctness(run_id)
         except Exception as exc:
             self.post_message(ActionFailed("loading results", str(exc), run_id))
             return
         self.post_message(ResultsLoaded(run_id, measurements, correctness))
 
     def on_results_loaded(self, message: ResultsLoaded) -> None:
-        for screen in self.screen_stack:
-            if getattr(screen, "run_id", None) == message.run_id and hasattr(screen, "show_results"):
-                screen.show_results(message.measurements, message.correctness)
+        for screen in self.screen_stack:  # the run's screen may be under a dialog
+            screen.post_message(ResultsLoaded(message.run_id, message.measurements, message.correctness))
+
+    def on_results_requested(self, message: ResultsRequested) -> None:
+        self.load_results(message.run_id)
+
+    def on_run_open_requested(self, message: RunOpenRequested) -> None:
+        self.open_run(message.run_id)
+
+    def on_run_cancel_requested(self, message: RunCancelRequested) -> None:
+        self.confirm_cancel(message.run_id)
+
+    def on_preview_requested(self, message: PreviewRequested) -> None:
+        self.preview_run(message.form, message.checked)
+
+    def on_submit_requested(self, message: SubmitRequested) -> None:
+        self.submit_run(message.form, message.checked)
+
+    def on_draft_requested(self, message: DraftRequested) -> None:
+        self._save_draft(message.form, message.checked)
+
+    def on_draft_submit_requested(self, message: DraftSubmitRequested) -> None:
+        self._submit_draft(message.run_id)
 
     # --- new runs ------------------------------------------------------------------------------
 
@@ -505,18 +525,16 @@ class DinfApp(App):
             self.notify("Still opening the database…")
             return
         configs = self.cluster_configs()
-        default = getattr(getattr(self.service, "config", None), "default_cluster", "local")
+        default = self.service.config.default_cluster
         names = sorted(configs, key=lambda n: (n != default, n)) or ["local"]
         defaults = {name: _form_defaults(cfg) for name, cfg in configs.items()}
         self.push_screen(NewRunScreen(names, defaults))
 
     @work(thread=True, exit_on_error=False, group="preview", exclusive=True, description="rendering the script")
-    def preview_run(self, screen: Any, form: Any, checked: Any) -> None:
-        """Render the batch script without recording a run (no drafts pile up from previews)."""
-        from remote.cluster import RunBundle
-        from tui.core.service import new_uid
-
-        resume = lambda: self.preview_run(screen, form, checked)  # noqa: E731
+    def preview_run(self, form: RunForm, checked: CheckedForm) -> None:
+        """Render the batch script without recording a run (no drafts pile up from previews), with
+        the renderer `dinf submit --dry-run` and a submit use (`Dinf.render_script`)."""
+        resume = lambda: self.preview_run(form, checked)  # noqa: E731
         give_up = lambda why: self.post_message(ActionFailed("preview", why))  # noqa: E731
         if self._is_remote(form.cluster):
             # Meet a host key to trust (or a failed login) as a submit would, in the same dialog.
@@ -524,47 +542,81 @@ class DinfApp(App):
             try:
                 self.service.cluster(form.cluster).status([])
             except Exception as exc:
-                if _needs_the_user(exc):
+                if needs_the_user(exc):
                     self.post_message(SshTroubleMet(form.cluster, exc, resume=resume, give_up=give_up))
                     return
             else:
-                self.post_message(ConnectionChanged(form.cluster, "connected"))
-        name = form.name.strip() or "run"
-        bundle = RunBundle(
-            run_id=new_uid(name),
-            job_name=f"dinf-{name}",
-            spec_json=checked.spec.to_json(),
-            prompts_jsonl=None,
-            resources=checked.resources,
-        )
+                self.post_message(ConnectionChanged(form.cluster, LinkState.CONNECTED))
         try:
-            script = self.service.cluster(form.cluster).preview(bundle)
+            script = self.service.render_script(cluster=form.cluster, spec=checked.spec, resources=checked.resources,
+                                                name=form.name.strip() or None)
         except Exception as exc:
-            if _needs_the_user(exc):  # the same dialog as a submit; the preview resumes once trusted
+            if needs_the_user(exc):  # the same dialog as a submit; the preview resumes once trusted
                 self.post_message(SshTroubleMet(form.cluster, exc, resume=resume, give_up=give_up))
             else:
-                self.post_message(ActionFailed("preview", _problem_text(exc)))
+                self.post_message(ActionFailed("preview", problem_text(exc)))
             return
-        self.call_from_thread(screen.show_preview, script)
+        self.post_message(PreviewRendered(script, checked.spec.to_json()))
 
-    def _draft(self, form: Any, checked: Any) -> Any:
+    def on_preview_rendered(self, message: PreviewRendered) -> None:
+        for screen in self.screen_stack:  # the form, possibly under a dialog
+            screen.post_message(PreviewRendered(message.script, message.spec_json))
+
+    def _draft(self, form: RunForm, checked: CheckedForm) -> RunRecord:
         return self.service.new_run(
             cluster=form.cluster, spec=checked.spec, resources=checked.resources, name=form.name.strip() or None
         )
 
     @work(thread=True, exit_on_error=False, group="submit", description="submitting a run")
-    def submit_run(self, screen: Any, form: Any, checked: Any) -> None:
-        if not self._connect_before_submit(form.cluster, resume=lambda: self.submit_run(screen, form, checked)):
+    def submit_run(self, form: RunForm, checked: CheckedForm) -> None:
+        if not self._connect_before_submit(form.cluster, resume=lambda: self.submit_run(form, checked)):
             return
         try:
             record = self._draft(form, checked)
             record = self.service.submit(record.id)
         except Exception as exc:
-            self.post_message(ActionFailed("submit", _problem_text(exc)))
+            self.post_message(ActionFailed("submit", problem_text(exc)))
             return
         if state_of(record) == "SUBMIT_FAILED":  # recorded, nothing left running: say why
-            self.post_message(ActionFailed("submit", getattr(record, "error", None) or "submission failed", record.id))
+            self.post_message(ActionFailed("submit", record.error or "submission failed", record.id))
             return
+        self.post_message(RunSubmitted(record))
+
+    @work(thread=True, exit_on_error=False, group="submit", description="saving a draft")
+    def _save_draft(self, form: RunForm, checked: CheckedForm) -> None:
+        try:
+            record = self._draft(form, checked)
+        except Exception as exc:
+            self.post_message(ActionFailed("draft", problem_text(exc)))
+            return
+        self.post_message(DraftSaved(record))
+
+    def on_draft_saved(self, message: DraftSaved) -> None:
+        from tui.ui.screens.new_run import NewRunScreen
+
+        record = message.run
+        self.runs[record.id] = record
+        self.runs_version += 1
+        if isinstance(self.screen, NewRunScreen):
+            self.pop_screen()
+        self.open_run(record.id)
+        self.notify(printable(f"Saved run #{record.id} as a draft: press s on its screen to submit it."),
+                    markup=False)
+
+    @work(thread=True, exit_on_error=False, group="submit", description="submitting a draft")
+    def _submit_draft(self, run_id: int) -> None:
+        record = self.runs.get(run_id)
+        if record is None:
+            return
+        if not self._connect_before_submit(record.cluster or "", resume=lambda: self._submit_draft(run_id)):
+            return
+        try:
+            record = self.service.submit(run_id)
+        except Exception as exc:
+            self.post_message(ActionFailed("submit", problem_text(exc), run_id))
+            return
+        if state_of(record) == "SUBMIT_FAILED":
+            self.post_message(ActionFailed("submit", record.error or "submission failed", record.id))
         self.post_message(RunSubmitted(record))
 
     def _connect_before_submit(self, cluster: str, *, resume: Callable[[], None]) -> bool:
@@ -573,23 +625,22 @@ class DinfApp(App):
         trusts the key, `resume` submits again; a refusal or a failed login ends the submit."""
         if not self._is_remote(cluster):
             return True
-        self.post_message(ConnectionChanged(cluster, "connecting"))
+        self.post_message(ConnectionChanged(cluster, LinkState.CONNECTING))
         try:
             self.service.cluster(cluster).status([])
         except Exception as exc:
-            if _needs_the_user(exc):
+            if needs_the_user(exc):
                 self.post_message(SshTroubleMet(cluster, exc, resume=resume,
                                                 give_up=lambda why: self.post_message(ActionFailed("submit", why))))
             else:
-                self.post_message(ConnectionChanged(cluster, "failed", str(exc).splitlines()[0][:120]))
+                self.post_message(ConnectionChanged(cluster, LinkState.FAILED, str(exc)))
                 self.post_message(ActionFailed("submit", f"cannot reach cluster {cluster}: {exc}"))
             return False
-        self.post_message(ConnectionChanged(cluster, "connected"))
+        self.post_message(ConnectionChanged(cluster, LinkState.CONNECTED))
         return True
 
     def _is_remote(self, cluster: str) -> bool:
-        config = self.cluster_configs().get(cluster)
-        return config is not None and getattr(config, "backend", "") != "local"
+        return self.connections.is_remote(cluster)
 
     def action_demo_run(self) -> None:
         if self.service is None:
@@ -605,10 +656,10 @@ class DinfApp(App):
             if state_of(record) == "DRAFT":
                 record = self.service.submit(record.id)
         except Exception as exc:
-            self.post_message(ActionFailed("demo run", _problem_text(exc)))
+            self.post_message(ActionFailed("demo run", problem_text(exc)))
             return
         if state_of(record) == "SUBMIT_FAILED":
-            self.post_message(ActionFailed("demo run", getattr(record, "error", None) or "submission failed", record.id))
+            self.post_message(ActionFailed("demo run", record.error or "submission failed", record.id))
         self.post_message(RunSubmitted(record))
 
     def on_run_submitted(self, message: RunSubmitted) -> None:
@@ -620,6 +671,7 @@ class DinfApp(App):
         if isinstance(self.screen, NewRunScreen):
             self.pop_screen()
         self.open_run(record.id)
+        self.start_tail(record.id)  # a draft submitted from its own screen: that screen is already open
         self._wake_refresh.set()
 
     # --- cancelling ----------------------------------------------------------------------------
@@ -635,8 +687,8 @@ class DinfApp(App):
                 self.notify(f"Cancelling run {run_id}…")
                 self._cancel(run_id)
 
-        name = getattr(record, "name", "")
-        job = getattr(record, "job_id", None) or "not submitted"
+        name = record.name
+        job = record.job_id or "not submitted"
         question = f"Cancel run #{run_id} {printable(name)} (job {printable(job)})?\nIts ranks will be stopped."
         self.push_screen(ConfirmDialog(question, yes_label="Cancel run", no_label="Keep running"), answered)
 
@@ -645,7 +697,7 @@ class DinfApp(App):
         try:
             record = self.service.cancel(run_id)
         except Exception as exc:
-            self.post_message(ActionFailed("cancel", _problem_text(exc), run_id))
+            self.post_message(ActionFailed("cancel", problem_text(exc), run_id))
             return
         self.post_message(RunCancelled(record))
 
@@ -661,14 +713,19 @@ class DinfApp(App):
     # --- command palette -----------------------------------------------------------------------
 
     def action_compare_runs(self) -> None:
-        """Open the compare screen, the highlighted run (if any) marked as the baseline."""
+        """Open the compare screen with the marks it had when last closed, plus the run in focus
+        (the baseline when none was kept)."""
         from tui.ui.screens.compare import CompareScreen
 
-        screen = self.screen
-        run_id = getattr(screen, "run_id", None)
-        if run_id is None and hasattr(screen, "selected_run_id"):
-            run_id = screen.selected_run_id()
-        self.push_screen(CompareScreen([run_id] if run_id is not None else None))
+        run_id = focused_run_id(self.screen)
+        marked, baseline = self.compare_marks
+        if run_id is not None and run_id not in marked:
+            marked = [*marked, run_id]
+            baseline = baseline if baseline is not None else run_id
+        self.push_screen(CompareScreen(marked, baseline))
+
+    def on_compare_marks_changed(self, message: CompareMarksChanged) -> None:
+        self.compare_marks = (list(message.marked), message.baseline_id)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -677,41 +734,15 @@ class DinfApp(App):
         yield SystemCommand("New run", "Fill in and submit a new run", self.action_new_run)
         yield SystemCommand("Demo run", "A tiny pipeline-parallel run on this machine", self.action_demo_run)
         yield SystemCommand("Refresh runs", "Poll every cluster now", self.action_refresh_runs)
-        run_id = getattr(screen, "run_id", None)
-        if run_id is None and hasattr(screen, "selected_run_id"):
-            run_id = screen.selected_run_id()
+        run_id = focused_run_id(screen)
         if run_id is not None:
             yield SystemCommand(f"Cancel run {run_id}", "Stop its job (asks first)", lambda: self.confirm_cancel(run_id))
             yield SystemCommand(f"Open run {run_id}", "Logs, progress and results", lambda: self.open_run(run_id))
 
 
-def _host_key_fingerprint(exc: BaseException) -> str | None:
-    fingerprint = getattr(exc, "fingerprint", None)
-    return str(fingerprint) if fingerprint else None
-
-
-def _needs_the_user(exc: BaseException) -> bool:
-    """A host key to trust or a login to fix: a dialog, not an error message."""
-    return _host_key_fingerprint(exc) is not None or _is_auth_failure(exc)
-
-
-def _is_auth_failure(exc: BaseException) -> bool:
-    names = " ".join(cls.__name__ for cls in type(exc).__mro__).lower()
-    return "authentication" in names or "auth" in type(exc).__name__.lower()
-
-
-def _problem_text(exc: BaseException) -> str:
-    problems = getattr(exc, "problems", None)
-    if isinstance(problems, dict) and problems:
-        return "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
-    return str(exc) or type(exc).__name__
-
-
-def _form_defaults(cluster_config: Any) -> dict[str, Any]:
+def _form_defaults(cluster_config: ClusterConfig) -> dict[str, Any]:
     """New-run form values from a cluster's configured Slurm defaults."""
-    resources = getattr(cluster_config, "defaults", None)
-    if resources is None:
-        return {}
+    resources = cluster_config.defaults
     defaults = {
         "nodes": resources.nodes,
         "ranks_per_node": resources.tasks_per_node,
@@ -723,7 +754,7 @@ def _form_defaults(cluster_config: Any) -> dict[str, Any]:
         "constraint": resources.constraint,
         "container_image": resources.container_image,
     }
-    if getattr(cluster_config, "backend", "") == "local":
+    if cluster_config.backend == "local":
         defaults["ranks_per_node"] = max(2, resources.tasks_per_node)  # the demo's shape: pp over 2
     return defaults
 

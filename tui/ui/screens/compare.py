@@ -26,12 +26,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from tui.display.runs import plain, printable
+from tui.ui.messages import CompareMarksChanged
 
 CHART_INSET = 2  # the charts' scrollbar gutter, kept so a scrollbar appearing never narrows them
 MIN_CHART_WIDTH = 30  # narrower than this plotext has no room for its axes: the pane scrolls instead
 GRID_NOTE = ("On the local backend the cells of an experiment run one at a time (each waits for the one "
              "before), so no two share the machine they time; on Slurm the scheduler places them.")
-DONE_STATES = ("COMPLETED", "IMPORTED")
 
 
 def draw_charts(comparison: Any, width: int) -> list[Text]:
@@ -117,10 +117,12 @@ class CompareScreen(Screen):
         Binding("v", "app.compare_runs", "Compare", show=False),  # already here: kept off the footer
     ]
 
-    def __init__(self, run_ids: list[int] | None = None) -> None:
+    def __init__(self, run_ids: list[int] | None = None, baseline_id: int | None = None) -> None:
+        """`run_ids` start marked (the app passes the marks this screen had when last closed, plus
+        the run in focus); `baseline_id` among them, else the first."""
         super().__init__()
-        self.marked: list[int] = list(run_ids or [])
-        self.baseline_id: int | None = self.marked[0] if self.marked else None
+        self.marked: list[int] = list(dict.fromkeys(run_ids or []))
+        self.baseline_id: int | None = baseline_id if baseline_id in self.marked else (self.marked[0] if self.marked else None)
         self.run_records: dict[int, Any] = {}
         self.experiment_rows: dict[int, Any] = {}
         self.comparison: Any = None
@@ -159,6 +161,13 @@ class CompareScreen(Screen):
         for key, label in (("id", "ID"), ("name", "Experiment"), ("kind", "Study"), ("runs", "Runs")):
             experiments.add_column(label, key=key)
         self._load_lists()
+        # Runs finishing while the screen is open join the pickers (marks are kept).
+        self.watch(self.app, "runs_version", self._runs_changed, init=False)
+
+    def _runs_changed(self, _version: int = 0) -> None:
+        done = {run_id for run_id, record in self.app.runs.items() if record.done}
+        if done != set(self.run_records):
+            self._load_lists()
 
     # --- loading -----------------------------------------------------------------------------------
 
@@ -168,16 +177,10 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-lists", exit_on_error=False)
     def _load_lists(self) -> None:
-        from storage import repo
-        from storage.db import read_session
+        from tui.core.comparisons import choices
 
         try:
-            runs = [r for r in self.service.runs() if r.state in DONE_STATES]
-            with read_session(self.service.engine) as session:
-                experiments = []
-                for e in repo.list_experiments(session=session):
-                    count = len(repo.list_runs(session=session, experiment_id=e.id))
-                    experiments.append((e.id, e.name, e.kind, count))
+            runs, experiments = choices(self.service)
         except Exception as exc:  # noqa: BLE001 - shown, not raised into the UI thread
             self.post_message(CompareFailed(f"could not read runs: {exc}"))
             return
@@ -196,9 +199,9 @@ class CompareScreen(Screen):
                           str(record.num_ranks), key=str(record.id))
         experiments = self.query_one("#compare-experiments", DataTable)
         experiments.clear()
-        self.experiment_rows = {row[0]: row for row in message.experiments}
-        for exp_id, name, kind, count in message.experiments:
-            experiments.add_row(str(exp_id), plain(name), plain(kind), str(count), key=str(exp_id))
+        self.experiment_rows = {row.id: row for row in message.experiments}
+        for row in message.experiments:
+            experiments.add_row(str(row.id), plain(row.name), plain(row.kind), str(row.runs), key=str(row.id))
         self._rebuild()
 
     def _mark(self, run_id: int) -> str:
@@ -207,6 +210,7 @@ class CompareScreen(Screen):
         return "✓" if run_id in self.marked else ""
 
     def _refresh_marks(self) -> None:
+        self.post_message(CompareMarksChanged(list(self.marked), self.baseline_id))  # the app keeps them
         table = self.query_one("#compare-runs", DataTable)
         for run_id in self.run_records:
             table.update_cell(str(run_id), "mark", self._mark(run_id))
@@ -259,12 +263,10 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-grid", exit_on_error=False)
     def _load_experiment(self, exp_id: int) -> None:
-        from storage.db import read_session
-        from tui.studies.results import load_experiment
+        from tui.core.experiment_runs import load
 
         try:
-            with read_session(self.service.engine) as session:
-                experiment = load_experiment(session, exp_id)
+            experiment = load(self.service, exp_id)
         except Exception as exc:  # noqa: BLE001
             self.post_message(CompareFailed(f"could not load experiment {exp_id}: {exc}"))
             return
@@ -327,15 +329,10 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-build", exit_on_error=False)
     def _compare(self, run_ids: list[int], baseline_id: int | None, width: int) -> None:
-        from storage.db import read_session
-        from tui.studies.comparison import compare_runs
-        from tui.studies.results import load_runs
+        from tui.core.comparisons import compare
 
         try:
-            with read_session(self.service.engine) as session:
-                runs = load_runs(session, run_ids)
-            baseline = next((r for r in runs if r.id == baseline_id), None)
-            comparison = compare_runs(runs, baseline=baseline)
+            comparison = compare(self.service, run_ids, baseline=baseline_id)
             drawn = draw_charts(comparison, width)
         except Exception as exc:  # noqa: BLE001
             self.post_message(CompareFailed(f"could not compare: {exc}"))

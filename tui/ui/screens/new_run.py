@@ -17,8 +17,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
-from tui.display.runs import plain
 from tui.core.run_form import CheckedForm, RunForm, check_form, follow_change
+from tui.display.runs import plain
+from tui.ui.messages import ActionFailed, DraftRequested, PreviewRendered, PreviewRequested, SubmitRequested
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
 from worker.contract import DTYPES, MODEL_CONFIGS, MODEL_SOURCES, MODES
@@ -70,6 +71,7 @@ class NewRunScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+r", "preview", "Preview script"),
         Binding("ctrl+s", "submit", "Submit"),
+        Binding("ctrl+d", "save_draft", "Save draft"),
     ]
 
     def __init__(self, clusters: list[str], defaults: dict[str, dict[str, Any]] | None = None) -> None:
@@ -79,6 +81,7 @@ class NewRunScreen(Screen):
         self.checked = CheckedForm()
         self.busy = False
         self.preview_script: str | None = None
+        self.preview_spec: str | None = None
 
     def compose(self) -> ComposeResult:
         initial = RunForm(cluster=self.clusters[0])
@@ -105,8 +108,10 @@ class NewRunScreen(Screen):
                 with Horizontal(id="form-buttons"):
                     yield Button("Preview script", id="preview")
                     yield Button("Submit", variant="success", id="submit")
+                    yield Button("Save draft", id="save-draft")
             with VerticalScroll(id="preview-pane"):
-                yield Static("[dim]The sbatch script appears here (ctrl+r).[/]", id="preview-text", markup=True)
+                yield Static("[dim]The run's settings and its sbatch script appear here (ctrl+r).[/]",
+                             id="preview-text", markup=True)
         yield Footer(compact=True)  # about a third more bindings fit in 80 columns
 
     def on_mount(self) -> None:
@@ -174,7 +179,7 @@ class NewRunScreen(Screen):
         if request is not None:
             form, checked = request
             self.query_one("#preview-text", Static).update("[dim]rendering the script…[/]")
-            self.app.preview_run(self, form, checked)  # type: ignore[attr-defined]
+            self.post_message(PreviewRequested(form, checked))
 
     @on(Button.Pressed, "#submit")
     def action_submit(self) -> None:
@@ -184,20 +189,45 @@ class NewRunScreen(Screen):
             self.busy = True
             self.query_one("#submit", Button).disabled = True
             self.query_one("#submit", Button).label = "Submitting…"
-            self.app.submit_run(self, form, checked)  # type: ignore[attr-defined]
+            self.post_message(SubmitRequested(form, checked))
 
-    def show_preview(self, script: str) -> None:
+    @on(Button.Pressed, "#save-draft")
+    def action_save_draft(self) -> None:
+        request = self._request()
+        if request is not None and not self.busy:
+            self.post_message(DraftRequested(*request))
+
+    def on_preview_rendered(self, message: PreviewRendered) -> None:
+        from rich.console import Group
         from rich.syntax import Syntax
+        from rich.text import Text
 
-        self.preview_script = script
-        self.query_one("#preview-text", Static).update(Syntax(script, "bash", theme="ansi_dark", word_wrap=True))
+        self.preview_script, self.preview_spec = message.script, message.spec_json
+        # How the run is launched, then what the worker will read (spec.json: one setting a line).
+        parts = [Text("Batch script", style="bold"), Syntax(message.script, "bash", theme="ansi_dark", word_wrap=True)]
+        if message.spec_json:
+            parts += [Text(""), Text("Run settings (spec.json)", style="bold"),
+                      Syntax(_one_setting_a_line(message.spec_json), "json", theme="ansi_dark", word_wrap=True)]
+        self.query_one("#preview-text", Static).update(Group(*parts))
 
-    def preview_failed(self, error: str) -> None:
-        """No script this time: say why where it would have been (not 'rendering…' forever)."""
-        self.query_one("#preview-text", Static).update(plain(f"No preview: {error}", "red", multiline=True))
+    def on_action_failed(self, message: ActionFailed) -> None:
+        if message.what == "preview":
+            # No script this time: say why where it would have been (not 'rendering…' forever).
+            self.query_one("#preview-text", Static).update(plain(f"No preview: {message.error}", "red", multiline=True))
+        elif message.what in ("submit", "draft"):
+            self._submit_failed(message.error)
 
-    def submit_failed(self, error: str) -> None:
+    def _submit_failed(self, error: str) -> None:
         self.busy = False
         self.query_one("#submit", Button).label = "Submit"
         self._validate()
         self.query_one("#error-general", FieldError).show(error)
+
+
+def _one_setting_a_line(spec_json: str) -> str:
+    """The spec as JSON with each top-level setting on one line (lists and the model inline)."""
+    import json
+
+    spec = json.loads(spec_json)
+    lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in sorted(spec.items())]
+    return "{\n" + ",\n".join(lines) + "\n}"

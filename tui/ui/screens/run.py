@@ -18,10 +18,11 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
+from tui.core.logs.buffers import RunLogs
 from tui.display.runs import (
     clock,
     describe_engine,
@@ -35,7 +36,14 @@ from tui.display.runs import (
     state_of,
     state_text,
 )
-from tui.core.logs.buffers import RunLogs
+from tui.ui.messages import (
+    DraftSubmitRequested,
+    LogsUpdated,
+    ResultsLoaded,
+    ResultsRequested,
+    RunCancelRequested,
+)
+from tui.ui.screens import FocusesRun
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
 from tui.ui.widgets.fixed_text import FixedText
@@ -43,12 +51,11 @@ from tui.ui.widgets.rank_log import RankLog
 from tui.ui.widgets.rank_progress import RankProgressRow
 from tui.ui.widgets.results import ResultsPanel
 
-
 PROGRESS_REDRAW_S = 0.25
 HEADER_MIN_LINES, HEADER_MAX_LINES = 6, 16
 
 
-class RunScreen(Screen):
+class RunScreen(FocusesRun, Screen):
     """Watch one run live; Esc goes back to the list (the run keeps going)."""
 
     # The footer shows what fits in 80 columns, most used first; the rest stay active and are
@@ -60,6 +67,7 @@ class RunScreen(Screen):
         Binding("R", "show_tab('results')", "Results"),
         Binding("0", "show_rank(0)", "Rank", key_display="0-9"),
         Binding("c", "cancel_run", "Cancel run"),
+        Binding("s", "submit_draft", "Submit draft"),
         Binding("q", "app.quit", "Quit"),
         Binding("m", "show_tab('merged')", "Merged log", show=False),
         Binding("ctrl+f", "focus_search", "Search", show=False),
@@ -82,7 +90,7 @@ class RunScreen(Screen):
         self._views: dict[str, RankLog] = {}
         """pane id -> its mounted log view."""
         self._progress_pending = False
-        self._finished_shown: bool | None = None
+        self._actions_offered: tuple[bool, bool] | None = None
 
     @property
     def record(self) -> Any:
@@ -126,13 +134,14 @@ class RunScreen(Screen):
         record = self.record
         if record is None:
             return
-        if is_finished(record) != self._finished_shown:  # "Cancel run" only while there is something to cancel
-            self._finished_shown = is_finished(record)
+        offered = (is_finished(record), state_of(record) == "DRAFT")  # "Cancel run" and "Submit draft"
+        if offered != self._actions_offered:  # only while there is something to cancel or submit
+            self._actions_offered = offered
             self.refresh_bindings()  # (only on a change: it redraws the footer)
         self._draw_header(record)
         self._draw_progress()
         if is_finished(record) and not self.results_shown:
-            self.app.load_results(self.run_id)  # type: ignore[attr-defined]
+            self.post_message(ResultsRequested(self.run_id))
 
     def _draw_header(self, record: Any) -> None:
         # Every field but the numbers comes from outside dinf (the user, Slurm, the ranks): each is
@@ -192,7 +201,7 @@ class RunScreen(Screen):
 
     # --- logs ----------------------------------------------------------------------------------
 
-    def logs_updated(self) -> None:
+    def on_logs_updated(self, message: LogsUpdated) -> None:
         """The app applied a new batch to `self.logs`: redraw the visible log (every batch) and the
         progress rows (at most a few times a second: their labels cost a layout pass)."""
         active = self._active_log()
@@ -253,7 +262,8 @@ class RunScreen(Screen):
             text = Text.assemble(("paused", "bold yellow"), " (f to follow)")
         self.query_one("#follow-state", FixedText).update(text)
 
-    def on_rank_log_follow_changed(self) -> None:  # pragma: no cover - reserved for a message
+    def on_rank_log_follow_changed(self, message: RankLog.FollowChanged) -> None:
+        self.follow = message.follow  # scrolling back in a log pauses following, as `f` does
         self._show_follow()
 
     def action_focus_search(self) -> None:
@@ -339,20 +349,31 @@ class RunScreen(Screen):
 
     # --- results and actions ---------------------------------------------------------------------
 
-    def show_results(self, measurements: list[Any], correctness: Any) -> None:
+    def on_results_loaded(self, message: ResultsLoaded) -> None:
+        if message.run_id != self.run_id:
+            return
         self.results_shown = True
-        self.query_one(ResultsPanel).show(measurements, correctness)
+        self.query_one(ResultsPanel).show(message.measurements, message.correctness)
         if self.follow:
             self.query_one(TabbedContent).active = "results"
+
+    def focused_run_id(self) -> int | None:
+        return self.run_id
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_run":  # a finished run has nothing to cancel: no key, no footer entry
             record = self.record
             return record is not None and not is_finished(record)
+        if action == "submit_draft":  # only a draft has something to submit
+            record = self.record
+            return record is not None and state_of(record) == "DRAFT"
         return True
 
+    def action_submit_draft(self) -> None:
+        self.post_message(DraftSubmitRequested(self.run_id))
+
     def action_cancel_run(self) -> None:
-        self.app.confirm_cancel(self.run_id)  # type: ignore[attr-defined]
+        self.post_message(RunCancelRequested(self.run_id))
 
     def action_back(self) -> None:
         # Escape in the filter or search box leaves the box, not the screen: the next letters would

@@ -35,6 +35,8 @@ from tui.display.runs import (
     state_of,
     state_text,
 )
+from tui.ui.messages import RunCancelRequested, RunOpenRequested
+from tui.ui.screens import FocusesRun
 from tui.ui.widgets.connection_bar import ConnectionBar
 from tui.ui.widgets.field_error import FieldError
 from tui.ui.widgets.runs_table import PlainCell, RunsTable
@@ -106,7 +108,7 @@ def _row_values(record: Any, now: float) -> dict[str, Any]:
     }
 
 
-class RunsScreen(Screen):
+class RunsScreen(FocusesRun, Screen):
     """Every run; Enter opens one."""
 
     # At 80 columns the footer holds about six bindings: the ones a newcomer needs are shown, in
@@ -276,6 +278,9 @@ class RunsScreen(Screen):
 
     # --- actions -----------------------------------------------------------------------------
 
+    def focused_run_id(self) -> int | None:
+        return self.selected_run_id()
+
     def selected_run_id(self) -> int | None:
         table = self.query_one(DataTable)
         if table.row_count == 0:
@@ -289,17 +294,17 @@ class RunsScreen(Screen):
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
-            self.app.open_run(int(event.row_key.value))  # type: ignore[attr-defined]
+            self.post_message(RunOpenRequested(int(event.row_key.value)))
 
     def action_open_run(self) -> None:
         run_id = self.selected_run_id()
         if run_id is not None:
-            self.app.open_run(run_id)  # type: ignore[attr-defined]
+            self.post_message(RunOpenRequested(run_id))
 
     def action_cancel_run(self) -> None:
         run_id = self.selected_run_id()
         if run_id is not None:
-            self.app.confirm_cancel(run_id)  # type: ignore[attr-defined]
+            self.post_message(RunCancelRequested(run_id))
 
     def _cancel_offered(self) -> bool:
         record = getattr(self.app, "runs", {}).get(self.selected_run_id())

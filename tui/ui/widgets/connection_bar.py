@@ -1,6 +1,6 @@
 """The line at the top of every screen: each cluster's connection state, and the screen's title.
 
-It reads `app.connections` (cluster -> (state, detail)) whenever `app.connections_version`
+It reads `app.connections` (`tui.core.connection.Connections`) whenever `app.connections_version`
 changes, so it is always current on whichever screen is showing.
 """
 
@@ -39,11 +39,12 @@ class ConnectionBar(Static):
     def _redraw(self, _version: int = 0) -> None:
         # Cluster names and details (error text) come from outside: Content(...) is plain text, so
         # they are assembled around the marks, never parsed as markup.
-        connections = getattr(self.app, "connections", {})
+        connections = self.app.connections
         parts = [Content.assemble(("dinf", "bold"), " · ", printable(self.title_text))]
         if not connections:
             parts.append(Content.assemble(("opening the database…", "dim")))
-        for cluster, (state, detail) in sorted(connections.items()):
+        for cluster, link in connections.items():
+            state, detail = link.state, link.detail
             mark, style, words = STATE_MARKS.get(state, ("", "", state))
             text = Content.assemble(printable(cluster), " ", (mark, style), " " if mark else "", printable(words))
             if detail and state not in ("connected", "local"):

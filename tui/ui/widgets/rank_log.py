@@ -13,11 +13,13 @@ import re
 from rich.segment import Segment
 from rich.style import Style
 from textual.geometry import Size
+from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tui.core.logs.buffers import LogBuffer
+
 
 class RankLog(ScrollView, can_focus=True):
     """Shows a LogBuffer; follows the tail while `follow` is on; highlights `search` matches."""
@@ -64,9 +66,17 @@ class RankLog(ScrollView, can_focus=True):
             self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
 
+    class FollowChanged(Message):
+        """The view started or stopped following new lines (a key, or the user scrolling back)."""
+
+        def __init__(self, follow: bool) -> None:
+            super().__init__()
+            self.follow = follow
+
     def watch_follow(self, follow: bool) -> None:
         if follow:
             self.scroll_end(animate=False, x_axis=False)
+        self.post_message(self.FollowChanged(follow))  # the screen's following/paused label
 
     def watch_search(self) -> None:
         self.refresh()

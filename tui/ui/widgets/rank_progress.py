@@ -9,8 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
-from tui.display.runs import plain
 from tui.core.logs.buffers import RankState
+from tui.display.runs import plain
 from tui.ui.widgets.fixed_text import FixedText
 
 PHASE_TEXT = {
