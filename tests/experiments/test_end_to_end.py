@@ -23,7 +23,8 @@ from tui.core import experiment_runs
 from tui.core.service import Dinf
 from tui.studies import charts, report, validity
 from tui.studies.comparison import compare_runs, format_comparison
-from tui.studies.presets import ClusterShape, StudyConfig, plan
+from tui.studies.catalog import plan
+from tui.studies.presets import ClusterShape, StudyConfig
 from tui.studies.results import load_experiment
 from worker.contract import ModelSource
 
