@@ -813,6 +813,10 @@ async def test_the_runs_list_fits_80_columns_and_widens_with_the_terminal(make_a
         name, created = row_text(table, str(record.id))[1], row_text(table, str(record.id))[-1]
         assert name.endswith("…") and long_name.startswith(name[:-1])
         assert time.strptime(created, "%m-%d %H:%M")  # to the minute, no year
+        for _ in range(3):  # s cycles the shown columns: id, name, mode, ranks; its arrow widens Ranks most
+            await pilot.press("s")
+        await wait_for(pilot, lambda: table.ordered_columns[3].label.plain.startswith("Ranks "), what="Ranks sorted")
+        assert columns(table)[1] <= table.scrollable_content_region.width
 
         await pilot.resize_terminal(160, 45)
         await wait_for(pilot, lambda: len(table.ordered_columns) == 9, what="the wide layout")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
@@ -60,23 +60,32 @@ class TableLayout:
 
     columns: tuple[str, ...]
     created: Callable[[float | None], str]
-    name_width: int | None
-    """Names longer than this are cut with an ellipsis; None: never."""
+    widths: dict[str, int] = field(default_factory=dict)
+    """Fixed content widths by column; the others fit their content. A DataTable column only ever
+    grows (a sort arrow added to its label widened it at the next cell update): fixed ones don't."""
+
+    @property
+    def name_width(self) -> int | None:
+        """Names longer than this are cut with an ellipsis; None: never."""
+        return self.widths.get("name")
 
 
-WIDE_FROM = 110
-"""Terminal columns from which every column fits with full timestamps and whole names (~105 with
-20-character names, 4-digit ids and the vertical scrollbar)."""
-NARROW_OTHERS = 62
-"""Below WIDE_FROM, the columns but Name at their widest (ids to 9999, SUBMIT_FAILED, a sort
-arrow, elapsed times past 10 hours, a short date) plus the scrollbar: Name gets the rest."""
+WIDE_FROM = 120
+"""Terminal columns from which every column shows, with full timestamps and whole names (~112 with
+a 20-character name, an 8-digit Slurm job id, a sort arrow and the vertical scrollbar)."""
+NARROW_WIDTHS = {"mode": 6, "ranks": 5, "state": 13, "elapsed": 9, "created": 11}
+"""Below WIDE_FROM: 'single', ranks to 99999, SUBMIT_FAILED, '100:00:00', '11-26 14:03'."""
+NARROW_OTHERS = 6 + sum(width + 2 for width in NARROW_WIDTHS.values()) + 2 + 2
+"""Below WIDE_FROM, the room all but the names take: the id column at its widest (ids to 9999, or
+its label with the sort arrow), the fixed columns with their padding, the vertical scrollbar and
+the name column's own padding. Names get the rest (16 characters at 80 columns)."""
 
 
 def layout_for(width: int) -> TableLayout:
     if width >= WIDE_FROM:
-        return TableLayout(tuple(key for key, _ in COLUMNS), clock, None)
+        return TableLayout(tuple(key for key, _ in COLUMNS), clock)
     return TableLayout(("id", "name", "mode", "ranks", "state", "elapsed", "created"), short_clock,
-                       max(10, width - NARROW_OTHERS))
+                       {**NARROW_WIDTHS, "name": max(10, width - NARROW_OTHERS)})
 
 
 def _cut(text: str, width: int | None) -> str:
@@ -171,7 +180,7 @@ class RunsScreen(FocusesRun, Screen):
         self._shown_keys = None
         labels = dict(COLUMNS)
         for key in layout.columns:
-            table.add_column(labels[key], key=key)
+            table.add_column(labels[key], key=key, width=layout.widths.get(key))
         self._layout = layout
 
     # --- drawing -----------------------------------------------------------------------------
