@@ -10,7 +10,8 @@ Write transactions start with `BEGIN IMMEDIATE` (`write_session`): the poller th
 then queue for the write lock instead of failing with "database is locked" when a deferred
 read transaction tries to upgrade after the other side committed.
 
-It deliberately holds no queries (`storage.repo`) and no table definitions (`storage.models`).
+It deliberately holds no queries (`storage.repo`) and no table definitions (`storage.models`); the
+version read that comes first is `storage.light_read`'s (no SQLModel there, for the light commands).
 """
 
 from __future__ import annotations
@@ -19,59 +20,21 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from storage import migrations, models
+from storage.light_read import BUSY_TIMEOUT_MS, DatabaseError, read_schema_version  # no SQLModel there
 from storage.migrations import DB_SCHEMA_VERSION
 from storage.models import SchemaVersion
-
-BUSY_TIMEOUT_MS = 30_000
-"""How long a writer waits for another one before giving up (the poller's writes take milliseconds)."""
 
 DINF_VERSION = "0.1.0"
 
 
-class DatabaseError(RuntimeError):
-    """The database file cannot be used; the message says why and what to do."""
-
-
 class SchemaTooNew(DatabaseError):
     """The file was written by a newer dinf; it is refused and left untouched."""
-
-
-def read_schema_version(path: Path) -> int | None:
-    """The version recorded in an existing file, read without writing a byte; None if unversioned."""
-    # With no -wal file beside it the main file is complete, and immutable=1 reads it without
-    # creating -wal/-shm files; otherwise another process has it open and WAL must be honoured.
-    wal_in_use = Path(f"{path}-wal").exists()
-    uri = f"file:{quote(path.resolve().as_posix())}?" + ("mode=ro" if wal_in_use else "immutable=1")
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
-    try:
-        try:
-            has_table = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
-            ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseError(f"{path} is not a dinf database (SQLite says: {exc})") from exc
-        if not has_table:
-            others = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-            if others:
-                raise DatabaseError(
-                    f"{path} is an SQLite database of something else ({others} tables, no dinf schema_version); "
-                    "point DINF_DB at another file. It was not modified."
-                )
-            return None
-        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
-        return None if row is None else int(row[0])
-    finally:
-        conn.close()
 
 
 def _check_version(path: Path) -> None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Connection
+if TYPE_CHECKING:  # DB_SCHEMA_VERSION is read by storage.light_read, which must not load SQLAlchemy
+    from sqlalchemy.engine import Connection
 
 FIRST_VERSION = 1
 """The schema of the first files that recorded a version (dinf before migrations existed)."""

@@ -882,24 +882,64 @@ async def test_the_new_run_preview_goes_below_the_form_when_narrow(make_app):
         assert pane.region.x >= form.region.right and pane.region.width >= 90  # beside it when wide
 
 
-async def test_the_runs_list_shows_state_and_elapsed_at_80_columns(make_app):
+async def test_the_runs_list_fits_80_columns_and_widens_with_the_terminal(make_app):
+    """At 80 columns every shown column is whole (the creation time was cut off); at 160 all nine
+    show, with full timestamps and whole names; the layout follows a resize, the cursor its run."""
+    from remote.cluster import Resources
+    from storage import repo
+    from storage.db import write_session
+    from worker.contract import RunSpec
+
+    def columns(table) -> tuple[list[str], int]:
+        """The column labels (without the sort arrow) and the width they need together."""
+        labels = [column.label.plain.split(" ")[0] for column in table.ordered_columns]
+        return labels, sum(column.get_render_width(table) for column in table.ordered_columns)
+
+    def row_text(table, key: str) -> list[str]:
+        return [str(cell) for cell in table.get_row(key)]
+
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.service is not None)
-        from remote.cluster import Resources
-        from worker.contract import RunSpec
-
-        name = "llama-pp2-baseline"  # a name as long as the seeded ones in the snapshots
-        app.service.new_run(cluster="local", spec=RunSpec(run_name=name), resources=Resources(), name=name)
+        long_name = "llama-pp2-baseline-with-a-name-longer-than-the-column"
+        record = app.service.new_run(cluster="local", spec=RunSpec(run_name=long_name), resources=Resources(),
+                                     name=long_name)
+        with write_session(app.service.engine) as session:  # the widest state and a run of over 10 hours
+            run = repo.get_run(session=session, run_id=record.id)
+            repo.record_state(session=session, run=run, state="SUBMIT_FAILED")
+            repo.update_run(session=session, run=run, started_at=1000.0, finished_at=1000.0 + 11 * 3600)
+            session.commit()
+        for _ in range(3):
+            app.service.new_run(cluster="local", spec=RunSpec(), resources=Resources(), name="short")
         app.action_refresh_runs()
         table = app.screen.query_one(DataTable)
-        await wait_for(pilot, lambda: table.row_count == 1)
-        right, visible = 0, []
-        for column in table.ordered_columns:
-            right += column.get_render_width(table)
-            if right <= table.scrollable_content_region.width:
-                visible.append(column.label.plain.split(" ")[0])  # without the sort arrow
-        assert visible[:8] == ["ID", "Name", "Cluster", "Mode", "Ranks", "State", "Job", "Elapsed"]
+        await wait_for(pilot, lambda: table.row_count == 4)
+        table.move_cursor(row=table.get_row_index(str(record.id)))
+
+        labels, needed = columns(table)
+        assert labels == ["ID", "Name", "Mode", "Ranks", "State", "Elapsed", "Created"]
+        assert needed <= table.scrollable_content_region.width  # nothing cut, no horizontal scroll
+        name, created = row_text(table, str(record.id))[1], row_text(table, str(record.id))[-1]
+        assert name.endswith("…") and long_name.startswith(name[:-1])
+        assert time.strptime(created, "%m-%d %H:%M")  # to the minute, no year
+        for _ in range(3):  # s cycles the shown columns: id, name, mode, ranks; its arrow widens Ranks most
+            await pilot.press("s")
+        await wait_for(pilot, lambda: table.ordered_columns[3].label.plain.startswith("Ranks "), what="Ranks sorted")
+        assert columns(table)[1] <= table.scrollable_content_region.width
+
+        await pilot.resize_terminal(160, 45)
+        await wait_for(pilot, lambda: len(table.ordered_columns) == 9, what="the wide layout")
+        labels, needed = columns(table)
+        assert labels == ["ID", "Name", "Cluster", "Mode", "Ranks", "State", "Job", "Elapsed", "Created"]
+        assert needed <= table.scrollable_content_region.width
+        cells = row_text(table, str(record.id))
+        assert cells[1] == long_name and cells[7] == "11:00:00" and time.strptime(cells[-1], "%Y-%m-%d %H:%M:%S")
+        assert app.screen.selected_run_id() == record.id
+
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: len(table.ordered_columns) == 7, what="the narrow layout again")
+        assert columns(table)[1] <= table.scrollable_content_region.width
+        assert app.screen.selected_run_id() == record.id
 
 
 async def test_a_draft_is_saved_without_submitting_then_submitted_from_its_screen(make_app, scripted):

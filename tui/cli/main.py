@@ -15,11 +15,17 @@
     dinf clusters                            the configured clusters
     dinf trust CLUSTER [--fingerprint FP]    show / record a cluster's SSH host key
     dinf compare | report | experiment ...   studies over many runs (tui/cli/studies.py)
+    dinf completion bash|zsh|tcsh            the shell completion script (tui/cli/completion.py)
 
 RUN is a numeric id, a uid (or a unique prefix of one) or a unique run name. Every command takes
 --json for machine-readable output on stdout; messages go to stderr. `--wait` without --json
 prints each state change of the run on stdout before its result line, and on a terminal one
 progress line rewritten in place (tui/cli/wait_report.py).
+
+Start-up is kept light, since a command is often a whole process: `--help`, argument errors and
+`clusters` import neither the service nor SQLModel; `runs` reads with sqlite3 alone unless a run
+needs polling (`light_runs`); the service and its backends are imported only by the commands that
+use them, and each error's class is looked up only where its module was loaded (`_loaded`).
 
 Exit codes (stable, for scripts):
   0  done
@@ -49,23 +55,20 @@ from typing import TYPE_CHECKING, Any
 
 from remote.cluster import ClusterError, Resources
 from remote.poller import ACTIVE_S
-from storage.db import DatabaseError
-from storage.ingest import IngestError
 from tui.cli import studies as study_cli
+from tui.cli.completion import SHELLS
 from tui.cli.slurm_options import FIELDS as SLURM_OPTION_FIELDS
 from tui.cli.slurm_options import add_slurm_options, apply_slurm_options, join_sbatch_values
-from tui.core.config import ConfigError
-from tui.core.logs.follow import follow_then_drain
+from tui.core import locations
 from tui.core.export import FORMATS, ExportError, repeat_stats, to_csv, to_json, write_parquet
-from tui.core.service import Dinf, RunNotFound, ServiceError
-from tui.display.runs import clock, describe_accuracy, duration, elapsed_s, printable
+from tui.core.logs.follow import follow_then_drain
 from tui.display.tables import text_table
-from tui.studies.results import describe_engine
 from worker.contract import RunSpec, SpecError
 
 if TYPE_CHECKING:
     from tui.cli.wait_report import WaitReport
     from tui.core.logs.buffers import RankState
+    from tui.core.records import RunRecord
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -86,20 +89,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_sbatch_values(sys.argv[1:] if argv is None else argv))
     try:
-        with Dinf(db_path=args.db, config_path=args.config, config_required=args.config is not None) as dinf:
-            return args.handler(dinf, args)
-    except (SpecError, ConfigError, UsageError, IngestError) as exc:
+        return _dispatch(args)
+    except (SpecError, UsageError, *_loaded("tui.core.config", "ConfigError"),
+            *_loaded("storage.ingest", "IngestError")) as exc:
         return _fail(exc, EXIT_BAD_INPUT)
     except BrokenPipeError:
         # The reader went away (`dinf logs 3 | head`): not an error. Before the OSError below (it is
         # one). Point stdout at /dev/null so the interpreter's final flush doesn't complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except RunNotFound as exc:
+    except _loaded("storage.repo", "RunNotFound") as exc:
         return _fail(exc, EXIT_NOT_FOUND)
-    except DatabaseError as exc:
+    except _loaded("storage.light_read", "DatabaseError") as exc:
         return _fail(exc, EXIT_DATABASE)
-    except (ClusterError, ServiceError, ExportError, OSError) as exc:
+    except (ClusterError, ExportError, OSError, *_loaded("tui.core.service", "ServiceError")) as exc:
         return _fail(exc, EXIT_FAILED)
     except ValueError as exc:  # the service's field checks (resources.*, rank, experiment_id)
         return _fail(exc, EXIT_BAD_INPUT)
@@ -108,8 +111,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command's light path if it has one and it can answer, else its handler over the service."""
+    light = getattr(args, "light", None)
+    if light is not None:
+        code = light(args)
+        if code is not None:
+            return code
+    # The service brings SQLModel and the clusters' code: most of a second, paid only here.
+    from tui.core.service import Dinf
+
+    with Dinf(db_path=args.db, config_path=args.config, config_required=args.config is not None) as dinf:
+        return args.handler(dinf, args)
+
+
+def _loaded(module: str, name: str) -> tuple[type[BaseException], ...]:
+    """The exception class `module.name` if that module is loaded, else none: an error of a module
+    that was never imported was never raised, and importing it to name its errors (the service:
+    SQLModel) would cost the light commands their start-up."""
+    loaded = sys.modules.get(module)
+    return (getattr(loaded, name),) if loaded is not None else ()
+
+
 def run() -> None:
     sys.exit(main())
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata is ~30 ms of every start-up else."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
@@ -131,15 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dinf", description="Run and compare distributed LLaMA inference on Slurm clusters (headless).",
         epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 no such run, 4 unusable database.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--db", type=Path, help="database file (default: $DINF_DB, $DINF_HOME/dinf.db or XDG)")
     parser.add_argument("--config", type=Path, help="configuration TOML (default: $DINF_CONFIG or XDG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    def command(name: str, handler, help: str, light=None) -> argparse.ArgumentParser:  # noqa: A002
+        """`handler(dinf, args)` runs over the service; `light(args)`, where given, runs first without
+        it and returns None when it can't answer alone."""
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, light=light)
         return sub
 
     submit = command("submit", cmd_submit, "record and submit a run")
@@ -162,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--wait", action="store_true")
     demo.add_argument("--poll", type=float, default=None, metavar="SECONDS")
 
-    runs = command("runs", cmd_runs, "list runs")
+    runs = command("runs", cmd_runs, "list runs", light=light_runs)
     runs.add_argument("--state", action="append", help="only runs in this state (repeatable)")
     runs.add_argument("--tag", action="append", help="only runs with this tag (repeatable: every one must match)")
     runs.add_argument("--experiment", type=int)
@@ -218,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tag", action="append", help="only runs with this tag (repeatable: every one must match)")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout; parquet needs one)")
 
-    command("clusters", cmd_clusters, "list the configured clusters")
+    command("clusters", None, "list the configured clusters", light=cmd_clusters)
 
     trust = command("trust", cmd_trust, "check a cluster's SSH host key; record it once you confirm it")
     trust.add_argument("cluster")
@@ -227,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("run", help="run id, uid or name, or a results directory holding rank<r>.trace.json")
     trace.add_argument("-o", "--output", type=Path, help="file to write (default: <run uid>.trace.json here)")
     study_cli.register(commands)  # compare, report, experiment ... (tui/cli/studies.py)
+
+    completion = commands.add_parser("completion", help="print the shell completion script",
+                                     description="print the shell completion script: "
+                                                 "dinf completion bash > ~/.local/share/bash-completion/completions/dinf")
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=None, light=cmd_completion)
     return parser
 
 
@@ -308,6 +353,8 @@ def wait_for(dinf, run_id: int, *, poll_s: float | None, report: WaitReport | No
     `report`, each new state is printed, and on a terminal the ranks' progress from their events
     (read on a helper thread, like `dinf logs -f`).
     """
+    from tui.display.runs import printable  # rich: only the commands that wait need it
+
     dinf.watch_run(run_id, every_s=poll_s if poll_s is not None else ACTIVE_S)
     events = _RankEvents(dinf, run_id) if report is not None and report.isatty else None
     last_error = None
@@ -321,7 +368,8 @@ def wait_for(dinf, run_id: int, *, poll_s: float | None, report: WaitReport | No
                     report.progress(record, events.ranks())
                     if events.error is not None:
                         report.clear()
-                        print(f"dinf: warning: no progress from the ranks' events: {printable(events.error)}", file=sys.stderr)
+                        print(f"dinf: warning: no progress from the ranks' events: {printable(events.error)}",
+                              file=sys.stderr)
                         events = None
             if record.finished:
                 return record
@@ -383,10 +431,36 @@ class _RankEvents:
         self._stopping.set()
 
 
+def light_runs(args) -> int | None:
+    """`dinf runs` read with sqlite3 alone, when the service would have nothing to do but read.
+
+    That is when no run is submitted and unfinished (a refresh polls those, so the service and its
+    cluster backends are needed), or with --no-refresh; and when the file is at today's schema (else
+    the service migrates it, or refuses it). A home without a database lists no runs and, unlike the
+    service, creates no file. The records come from the same code as the service's
+    (`tui.core.records`), so the listing is the same to the byte.
+    """
+    from storage.light_read import read_runs
+    from tui.core.records import records
+
+    _config(args)  # a broken configuration fails `dinf runs` on either path
+    if args.tag:
+        return None  # filtering by tag is the service's query (its checks name a bad tag)
+    read = read_runs(_db_path(args), experiment_id=args.experiment, states=args.state)
+    if read is None or (read.polled and not args.no_refresh):
+        return None
+    return show_runs(records(read.runs, read.clusters, read.histories, read.tags), args)
+
+
 def cmd_runs(dinf, args) -> int:
     if not args.no_refresh:
         _refresh(dinf)
-    records = dinf.runs(experiment_id=args.experiment, states=args.state, tags=_checked_tags(args.tag))
+    return show_runs(dinf.runs(experiment_id=args.experiment, states=args.state, tags=_checked_tags(args.tag)),
+                     args)
+
+
+def show_runs(records: list[RunRecord], args) -> int:
+    """Filter (--match), sort (--sort) and print the runs: a table, or --json."""
     if args.match:
         try:
             pattern = re.compile(args.match, re.IGNORECASE)
@@ -398,6 +472,8 @@ def cmd_runs(dinf, args) -> int:
     if args.json:
         _print_json([r.to_dict() for r in records])
         return EXIT_OK
+    from tui.display.runs import clock, duration, elapsed_s  # with rich: for the table only
+
     rows = [
         (str(r.id), r.name, r.cluster or "-", r.mode, str(r.num_ranks), r.state, r.job_id or "-",
          clock(r.created_at), duration(elapsed_s(r)), ",".join(r.tags) or "-")
@@ -422,6 +498,8 @@ def _sort_key(value: Any) -> tuple[bool, Any]:
 
 
 def cmd_show(dinf, args) -> int:
+    from tui.display.runs import clock, describe_accuracy, describe_engine, printable  # with rich: not at start-up
+
     record = dinf.run(args.run)
     if not args.no_refresh and not record.finished and record.job_id:
         _refresh(dinf)
@@ -519,6 +597,8 @@ def cmd_tag(dinf, args) -> int:
 
 
 def cmd_note(dinf, args) -> int:
+    from tui.display.runs import printable  # rich: not at start-up
+
     if args.clear and args.text is not None:
         raise UsageError("give a note or --clear, not both")
     record = dinf.run(args.run)
@@ -619,17 +699,26 @@ def cmd_export(dinf, args) -> int:
     return EXIT_OK
 
 
-def cmd_clusters(dinf, args) -> int:
-    clusters = list(dinf.config.clusters.values())
+def cmd_clusters(args) -> int:
+    """The configuration alone: no database, no service."""
+    config = _config(args)
+    clusters = list(config.clusters.values())
     if args.json:
-        _print_json([{**c.to_dict(), "default": c.name == dinf.config.default_cluster} for c in clusters])
+        _print_json([{**c.to_dict(), "default": c.name == config.default_cluster} for c in clusters])
         return EXIT_OK
     rows = [
-        (c.name + (" *" if c.name == dinf.config.default_cluster else ""), c.backend, c.host or "-", c.workdir)
+        (c.name + (" *" if c.name == config.default_cluster else ""), c.backend, c.host or "-", c.workdir)
         for c in clusters
     ]
     print(text_table(("NAME", "BACKEND", "HOST", "WORKDIR"), rows))
-    print(f"(configuration: {dinf.config.path})", file=sys.stderr)
+    print(f"(configuration: {config.path})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    from tui.cli.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
     return EXIT_OK
 
 
@@ -711,6 +800,21 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from exc
+
+
+# --- without the service -------------------------------------------------------------------------
+
+
+def _config(args):
+    """The configuration the service would load (same file, same checks), without the service."""
+    from tui.core.config import load_config
+
+    return load_config(args.config, data_dir=locations.data_dir(), required=args.config is not None)
+
+
+def _db_path(args) -> Path:
+    """The database file the service would open."""
+    return (args.db if args.db is not None else locations.db_path()).expanduser()
 
 
 # --- output helpers ------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ service (`Dinf`) and the parsed arguments and returns an exit code, like the oth
     dinf experiment list | show EXP | submit EXP [--serial] | resubmit EXP | attach EXP DIR...
 
 Errors raise the exceptions tui/cli/main.py maps to exit codes (ExperimentError is a ValueError: 2).
+
+Building the parser imports nothing heavy (`dinf --help` runs it): the handlers import the storage
+layer (SQLModel) and the study modules that read it when they run.
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ import sys
 from pathlib import Path
 
 from remote.cluster import Resources
-from storage import repo
-from storage.db import read_session
 from tui.cli.slurm_options import add_slurm_options, apply_slurm_options
-from tui.core import experiment_runs
 from tui.display.tables import text_table
 from tui.studies.catalog import PRESETS, plan
 from tui.studies.presets import (
@@ -37,7 +37,6 @@ from tui.studies.presets import (
     parse_axis,
     plan_sweep,
 )
-from tui.studies.results import load_experiments
 from worker.contract import ModelSource, RunSpec
 
 RESOURCE_FLAGS = ("partition", "account", "qos", "time_limit", "constraint", "mem", "container_image",
@@ -258,7 +257,9 @@ def cmd_compare(dinf, args) -> int:
 
 
 def cmd_report(dinf, args) -> int:
+    from storage.db import read_session
     from tui.studies.report import write_report  # plotext: only when reporting
+    from tui.studies.results import load_experiments
 
     with read_session(dinf.engine) as session:
         experiments = load_experiments(session, args.experiments)
@@ -307,6 +308,8 @@ def _launch_text(launches) -> str:
 
 
 def cmd_create(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     if args.serial and (args.record_only or args.no_submit):
         raise ExperimentError("--serial chains the cells' jobs as they are submitted; with --no-submit or "
                               "--record-only nothing is (give it to `dinf experiment submit EXP --serial` later)")
@@ -328,6 +331,8 @@ def cmd_create(dinf, args) -> int:
 
 
 def cmd_sweep(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     base = RunSpec.from_json(args.spec.read_text()) if args.spec else RunSpec()
     cluster = args.cluster or dinf.config.default_cluster
     resources = dataclasses.replace(dinf.config.cluster(cluster).defaults, nodes=args.nodes,
@@ -346,6 +351,9 @@ def cmd_sweep(dinf, args) -> int:
 
 
 def cmd_list(dinf, args) -> int:
+    from storage import repo
+    from storage.db import read_session
+
     with read_session(dinf.engine) as session:
         experiments = repo.list_experiments(session=session)
         rows = []
@@ -361,6 +369,8 @@ def cmd_list(dinf, args) -> int:
 
 
 def cmd_show(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     dinf.refresh()
     exp = experiment_runs.load(dinf, args.experiment)
     cells = [{"cell": c.cell.key, "role": c.cell.role, "mode": c.cell.spec.mode, "ranks": c.cell.num_ranks,
@@ -389,6 +399,8 @@ def _backend(dinf, cluster: str | None) -> str | None:
 
 
 def cmd_submit(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     launches = experiment_runs.launch(dinf, args.experiment, cluster=args.cluster or dinf.config.default_cluster,
                                       serial=args.serial)
     print(_launch_text(launches) if not args.json else json.dumps(
@@ -397,6 +409,8 @@ def cmd_submit(dinf, args) -> int:
 
 
 def cmd_resubmit(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     dinf.refresh()
     launches = experiment_runs.resubmit_failed(dinf, args.experiment, cluster=args.cluster)
     if args.json:
@@ -409,6 +423,8 @@ def cmd_resubmit(dinf, args) -> int:
 
 
 def cmd_attach(dinf, args) -> int:
+    from tui.core import experiment_runs
+
     attached = experiment_runs.attach_bundles(dinf, args.experiment, args.directories)
     if args.json:
         _print_json([{"directory": str(d), "cell": k, "run": r} for d, k, r in attached])

@@ -6,8 +6,8 @@ unfinished run with one batched status call per cluster, cancel, stream per-rank
 ingest results when a run finishes. Everything blocks; the app calls it from thread workers only.
 Each method opens its own database session, so one `Dinf` may serve several threads.
 
-What it hands out are frozen snapshots (`RunRecord`, `LogSource`) and plain dicts, never live ORM
-objects. No Textual import here (the headless `dinf` CLI uses this module), and no torch.
+What it hands out are frozen snapshots (`RunRecord` from `tui.core.records`, `LogSource`) and plain
+dicts, never live ORM objects. No Textual import here (the headless `dinf` CLI uses this module), and no torch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import dataclasses
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +46,7 @@ from storage.ingest import IngestReport, ingest_bundle
 from storage.models import DRAFT, FINISHED_STATES, IMPORTED, SUBMIT_FAILED, Measurement, RankStat, Run
 from tui.core import locations
 from tui.core.config import DEFAULT_SSH_CONFIG, LOCAL, ClusterConfig, ConfigError, DinfConfig, load_config
-from tui.core.records import LOG_KINDS, LogSource, RunRecord, StateEntry
+from tui.core.records import LOG_KINDS, LogSource, RunRecord, StateEntry, records  # noqa: F401 - StateEntry re-exported
 from tui.studies import baseline_checks
 from tui.studies.results import load_experiment
 from worker import contract
@@ -760,38 +759,9 @@ class Dinf:
     @staticmethod
     def _records(session: Session, runs: list[Run]) -> list[RunRecord]:
         """Snapshots of many runs with four queries in all (the Runs screen lists thousands)."""
-        clusters = {c.id: c for c in repo.list_clusters(session=session)}
-        tags = repo.tags_for_runs(session=session, run_ids=[run.id for run in runs])
-        histories: dict[int, list[StateEntry]] = {}
-        for change in repo.state_histories(session=session, run_ids=[run.id for run in runs]):
-            # interned: "COMPLETED" read from SQLite is a new string in every row otherwise
-            entry = StateEntry(sys.intern(change.state), change.at, change.reason)
-            histories.setdefault(change.run_id, []).append(entry)
-        return [_snapshot(run, clusters.get(run.cluster_id), tuple(histories.get(run.id, ())),
-                          tuple(tags.get(run.id, ()))) for run in runs]
-
-
-def _snapshot(run: Run, cluster: Any, history: tuple[StateEntry, ...], tags: tuple[str, ...] = ()) -> RunRecord:
-    return RunRecord(
-        id=run.id, uid=run.uid, name=run.name,
-        cluster=cluster.name if cluster else None, backend=cluster.backend if cluster else None,
-        experiment_id=run.experiment_id, mode=run.mode, state=run.state, state_reason=run.state_reason,
-        job_id=run.job_id, job_ids=tuple(json.loads(run.job_ids_json)), num_ranks=run.num_ranks,
-        num_gpus=run.num_gpus, spec_json=run.spec_json, resources_json=run.resources_json,
-        run_dir=run.run_dir, output_dir=run.output_dir, logs_dir=run.logs_dir, script_path=run.script_path,
-        local_results_dir=run.local_results_dir, error=run.error, exit_code=run.exit_code,
-        load_time_s=run.load_time_s, created_at=run.created_at, submitted_at=run.submitted_at,
-        started_at=run.started_at, finished_at=run.finished_at, ingested_at=run.ingested_at,
-        engine_impl=run.engine_impl, engine_compiled=run.engine_compiled,
-        engine_cuda_graphs=run.engine_cuda_graphs, engine_capture_s=run.engine_capture_s,
-        quant_scheme=run.quant_scheme, accuracy_json=run.accuracy_json,
-        history=history, failure=_failure(run), tags=tags, notes=run.notes,
-    )
-
-
-def _failure(run: Run) -> FailureSummary | None:
-    text = run.failure_json
-    return None if not text else FailureSummary.from_dict(json.loads(text))
+        run_ids = [run.id for run in runs]
+        return records(runs, repo.list_clusters(session=session), repo.state_histories(session=session, run_ids=run_ids),
+                       repo.tags_for_runs(session=session, run_ids=run_ids))
 
 
 # --- small pure helpers, used by the CLI and the app too -----------------------------------------

@@ -82,6 +82,14 @@ def clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def short_clock(ts: float | None) -> str:
+    """Local time of a Unix timestamp to the minute, without the year ('11-26 07:33'): for a column
+    that must fit 80 terminal columns; '-' when there is none."""
+    if ts is None:
+        return "-"
+    return time.strftime("%m-%d %H:%M", time.localtime(ts))
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -2,16 +2,23 @@
 
 It renders `app.runs` (kept fresh by the app's refresh worker) and asks the app for actions.
 It does no I/O itself.
+
+The table fits the terminal: from `WIDE_FROM` columns it shows every column with full timestamps;
+below, it drops the cluster and job columns (the run's screen shows both), shows the creation
+time to the minute without the year, and cuts long names with an ellipsis, so at 80 columns every
+column shows whole. The filter still matches the hidden columns.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -25,6 +32,7 @@ from tui.display.runs import (
     is_live,
     printable,
     ranks_of,
+    short_clock,
     state_of,
     state_text,
 )
@@ -43,8 +51,56 @@ COLUMNS: list[tuple[str, str]] = [
     ("state", "State"),
     ("job", "Job"),
     ("elapsed", "Elapsed"),
-    ("created", "Created"),  # last: at 80 columns the date is what is cut, not how long a run took
+    ("created", "Created"),  # last: the longest, and the least needed at a glance
 ]
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Which columns the table shows, and how wide its text may be."""
+
+    columns: tuple[str, ...]
+    created: Callable[[float | None], str]
+    widths: dict[str, int] = field(default_factory=dict)
+    """Fixed content widths by column; the others fit their content. A DataTable column only ever
+    grows (a sort arrow added to its label widened it at the next cell update): fixed ones don't."""
+
+    @property
+    def name_width(self) -> int | None:
+        """Names longer than this are cut with an ellipsis; None: never."""
+        return self.widths.get("name")
+
+
+WIDE_FROM = 120
+"""Terminal columns from which every column shows, with full timestamps and whole names (~112 with
+a 20-character name, an 8-digit Slurm job id, a sort arrow and the vertical scrollbar)."""
+NARROW_WIDTHS = {"mode": 6, "ranks": 5, "state": 13, "elapsed": 9, "created": 11}
+"""Below WIDE_FROM: 'single', ranks to 99999, SUBMIT_FAILED, '100:00:00', '11-26 14:03'."""
+NARROW_OTHERS = 6 + sum(width + 2 for width in NARROW_WIDTHS.values()) + 2 + 2
+"""Below WIDE_FROM, the room all but the names take: the id column at its widest (ids to 9999, or
+its label with the sort arrow), the fixed columns with their padding, the vertical scrollbar and
+the name column's own padding. Names get the rest (16 characters at 80 columns)."""
+
+
+def layout_for(width: int) -> TableLayout:
+    if width >= WIDE_FROM:
+        return TableLayout(tuple(key for key, _ in COLUMNS), clock)
+    return TableLayout(("id", "name", "mode", "ranks", "state", "elapsed", "created"), short_clock,
+                       {**NARROW_WIDTHS, "name": max(10, width - NARROW_OTHERS)})
+
+
+def _name_cell(name: str, tags: str, width: int) -> Any:
+    """The name, then its tags dimmed (so they show at 80 columns too; a column of their own would be
+    the first cut), cut together to the column's width. A run without tags keeps the light PlainCell."""
+    if not tags:
+        return PlainCell(_cut(name, width))
+    shown = _cut(f"{name}  {tags}", width)
+    split = min(len(name), len(shown))
+    return Text.assemble(printable(shown[:split]), (printable(shown[split:]), "dim"))
+
+
+def _cut(text: str, width: int | None) -> str:
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 REBUILD_WHEN_REMOVING = 50
 """Removing more rows than this at once clears and refills the table instead."""
@@ -102,6 +158,7 @@ class RunsScreen(FocusesRun, Screen):
         self._shown_records: dict[str, Any] = {}
         """Row key -> the run snapshot its cells were drawn from."""
         self._offered_cancel: bool | None = None
+        self._layout: TableLayout | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar("runs")
@@ -113,11 +170,31 @@ class RunsScreen(FocusesRun, Screen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        self._set_layout(layout_for(self.app.size.width))
         table.focus()
         self.watch(self.app, "runs_version", self._redraw, init=True)
         self.set_interval(1.0, self._tick_elapsed)
+
+    def on_resize(self, event: events.Resize) -> None:
+        layout = layout_for(event.size.width)
+        if layout != self._layout:
+            selected = self.selected_run_id()
+            self._set_layout(layout)
+            self._redraw()
+            table = self.query_one(DataTable)
+            if selected is not None and str(selected) in table.rows:
+                table.move_cursor(row=table.get_row_index(str(selected)))
+
+    def _set_layout(self, layout: TableLayout) -> None:
+        """Columns for `layout`, no rows: the next redraw fills them in its formats."""
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        self._shown_records.clear()
+        self._shown_keys = None
+        labels = dict(COLUMNS)
+        for key in layout.columns:
+            table.add_column(labels[key], key=key, width=layout.widths.get(key))
+        self._layout = layout
 
     # --- drawing -----------------------------------------------------------------------------
 
@@ -135,23 +212,23 @@ class RunsScreen(FocusesRun, Screen):
         return rows
 
     def _cells(self, values: dict[str, Any], record: Any) -> list[Any]:
+        """The cells of the columns the layout shows, in its order."""
         # A str cell would be parsed as markup by DataTable: text cells are PlainCells (shown
         # literally, light by the thousand), numbers stay ints, the state a coloured Text.
-        # Tags follow the name, dimmed, so they show at 80 columns too (a column of their own would
-        # be the first cut); a run without tags keeps the light PlainCell.
-        name = Text.assemble(printable(values["name"]), (f"  {values['tags']}", "dim")) if values["tags"] \
-            else PlainCell(values["name"])
-        return [
-            values["id"],
-            name,
-            PlainCell(values["cluster"]),
-            PlainCell(values["mode"]),
-            values["ranks"],
-            state_text(values["state"]),
-            PlainCell(values["job"] or "-"),
-            PlainCell(duration(elapsed_s(record))),
-            PlainCell(clock(values["created"] or None)),
-        ]
+        layout = self._layout
+        assert layout is not None  # set at mount
+        cells = {
+            "id": values["id"],
+            "name": _name_cell(values["name"], values["tags"], layout.name_width),
+            "cluster": PlainCell(values["cluster"]),
+            "mode": PlainCell(values["mode"]),
+            "ranks": values["ranks"],
+            "state": state_text(values["state"]),
+            "job": PlainCell(values["job"] or "-"),
+            "elapsed": PlainCell(duration(elapsed_s(record))),
+            "created": PlainCell(layout.created(values["created"] or None)),
+        }
+        return [cells[key] for key in layout.columns]
 
     def _redraw(self, _version: int = 0) -> None:
         """Show `app.runs`. Rows are keyed by run id and kept between refreshes: only a row whose
@@ -185,7 +262,7 @@ class RunsScreen(FocusesRun, Screen):
                 table.add_row(*cells, key=key)
                 order.append(key)
             else:
-                for (column, _), cell in zip(COLUMNS, cells):
+                for column, cell in zip(self._layout.columns, cells):
                     table.update_cell(key, column, cell, update_width=True)
             shown[key] = record
         if order != keys:
@@ -279,8 +356,9 @@ class RunsScreen(FocusesRun, Screen):
         self._redraw()
 
     def action_cycle_sort(self) -> None:
-        keys = [key for key, _ in COLUMNS]
-        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        keys = list(self._layout.columns if self._layout else (key for key, _ in COLUMNS))  # the shown ones
+        after = keys.index(self.sort_column) + 1 if self.sort_column in keys else 0
+        self.sort_column = keys[after % len(keys)]
         self.sort_reverse = False
         self._redraw()
 
