@@ -44,6 +44,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 
@@ -249,7 +250,7 @@ async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
     class StreamOnlyService:
         """The app's view of a service whose one run streams the benchmark files."""
 
-        config = None
+        config = SimpleNamespace(clusters={}, default_cluster="local")  # no cluster to connect to
         cluster_errors: dict[str, str] = {}
 
         def reconcile(self):
@@ -267,6 +268,9 @@ async def stream_into_dinf(rate: int, seconds: float) -> dict[str, object]:
             return follow(_read_local_from, [str(p) for p in paths], offsets, poll_s=0.02)
 
         def measurements(self, run_id):
+            return []
+
+        def correctness(self, run_id):
             return []
 
     app = DinfApp(service_factory=StreamOnlyService, live_poll_s=1.0)
