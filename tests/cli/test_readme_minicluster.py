@@ -62,5 +62,5 @@ def test_the_readme_recipe_works_as_written(tmp_path, minicluster):
     submitted, shown, logs = outputs
     # --wait prints the run's state lines first; the result line is the last
     assert submitted.splitlines()[-1].split("\t")[2] == "COMPLETED", submitted
-    assert "state      COMPLETED" in shown and "measurements:" in shown, shown
+    assert "state      COMPLETED" in shown and "\nmeasurements (medians" in shown, shown
     assert "rank 1" in logs, logs
