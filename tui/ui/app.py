@@ -53,6 +53,7 @@ from tui.core.logs.routing import route_chunks
 from tui.display.runs import is_finished, is_live, printable, state_of
 from tui.ui.messages import (
     ActionFailed,
+    AnnotationRequested,
     CompareMarksChanged,
     ConnectionChanged,
     DraftRequested,
@@ -65,7 +66,6 @@ from tui.ui.messages import (
     PreviewRendered,
     PreviewRequested,
     ResultsLoaded,
-    AnnotationRequested,
     ResultsRequested,
     RunAnnotated,
     RunCancelled,
@@ -599,14 +599,8 @@ class DinfApp(App):
         self.post_message(DraftSaved(record))
 
     def on_draft_saved(self, message: DraftSaved) -> None:
-        from tui.ui.screens.new_run import NewRunScreen
-
         record = message.run
-        self.runs[record.id] = record
-        self.runs_version += 1
-        if isinstance(self.screen, NewRunScreen):
-            self.pop_screen()
-        self.open_run(record.id)
+        self._show_new_run(record)
         self.notify(printable(f"Saved run #{record.id} as a draft: press s on its screen to submit it."),
                     markup=False)
 
@@ -669,15 +663,19 @@ class DinfApp(App):
             self.post_message(ActionFailed("demo run", record.error or "submission failed", record.id))
         self.post_message(RunSubmitted(record))
 
-    def on_run_submitted(self, message: RunSubmitted) -> None:
+    def _show_new_run(self, record: RunRecord) -> None:
+        """A run just recorded (a draft or a submit): into the list, the form closed, its screen open."""
         from tui.ui.screens.new_run import NewRunScreen
 
-        record = message.run
         self.runs[record.id] = record
         self.runs_version += 1
         if isinstance(self.screen, NewRunScreen):
             self.pop_screen()
         self.open_run(record.id)
+
+    def on_run_submitted(self, message: RunSubmitted) -> None:
+        record = message.run
+        self._show_new_run(record)
         self.start_tail(record.id)  # a draft submitted from its own screen: that screen is already open
         self._wake_refresh.set()
 
